@@ -1,0 +1,71 @@
+"""What a run leaves behind: the summary table, results.json and reconstructions.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from actors.lab import RunResult  # noqa: E402
+
+SCHEMA_VERSION = 1
+
+
+def sample_indices(labels: np.ndarray, per_class: int = 1) -> list[int]:
+    """The first ``per_class`` test images of each digit, so every row shows 0..9."""
+    out: list[int] = []
+    for digit in range(10):
+        out.extend(int(i) for i in np.flatnonzero(labels == digit)[:per_class])
+    return out
+
+
+def table(runs: list[RunResult]) -> str:
+    head = (f"{'protocol':<14}{'adversary':<14}{'aux':<15}{'target acc':>11}{'SSIM':>8}"
+            f"{'PSNR dB':>9}{'validator':>11}{'frames':>9}{'MB':>9}{'dropped':>9}{'s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        lines.append(
+            f"{r.protocol:<14}{r.adversary:<14}{r.aux:<15}{r.target_accuracy:>11.1%}"
+            f"{r.attack.ssim:>8.3f}{r.attack.psnr:>9.2f}{r.attack.validator_accuracy:>11.1%}"
+            f"{r.wire.frames:>9d}{r.wire.bytes / 1e6:>9.1f}{sum(r.wire.dropped.values()):>9d}"
+            f"{r.seconds:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: Path, config: dict[str, Any], runs: list[RunResult]) -> None:
+    doc = {"schema": SCHEMA_VERSION, "config": config, "runs": [r.to_json() for r in runs]}
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def write_figure(path: Path, runs: list[RunResult]) -> None:
+    """Originals on top, then one row of reconstructions per run, captioned with its scores."""
+    labels, originals = runs[0].labels, runs[0].originals
+    idx = sample_indices(labels)
+    rows = 1 + len(runs)
+    fig, axes = plt.subplots(rows, len(idx), figsize=(len(idx) * 0.9, rows * 1.15 + 0.3),
+                             squeeze=False)
+    captions = ["private test digits (never sent)"] + [
+        f"{r.protocol} / {r.adversary} / aux={r.aux}: SSIM {r.attack.ssim:.2f}, "
+        f"validator {r.attack.validator_accuracy:.0%}, target acc {r.target_accuracy:.1%}"
+        for r in runs
+    ]
+    images = [originals] + [r.reconstructions for r in runs]
+    for row, (imgs, caption) in enumerate(zip(images, captions, strict=True)):
+        for col, i in enumerate(idx):
+            ax = axes[row][col]
+            ax.imshow(np.clip(imgs[i], 0, 1).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row][0].set_title(caption, loc="left", fontsize=8, x=0.0)
+    fig.suptitle("SplitWire: what the adversary rebuilds from the wire", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / fig.get_figheight(),
+                        hspace=0.45, wspace=0.05)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

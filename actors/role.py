@@ -1,0 +1,73 @@
+"""What every party on the wire has in common: an endpoint, a network, and a safe dispatcher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from actors.wire import Network
+from protocol.endpoint import Endpoint, Message, WireStats
+from protocol.errors import ShapeError, SplitWireError
+from protocol.frame import MessageKind
+
+
+class Role:
+    """Base of DataOwner, ComputeServer, Eavesdropper: plain Python, no Ray.
+
+    ``handle`` is the only entry point for bytes from the wire. Any frame that fails decoding or
+    whose content the role rejects is dropped and counted by reason; the role keeps running.
+    """
+
+    def __init__(self, name: str, codec: str, session: int, network: Network) -> None:
+        self.name = name
+        self.endpoint = Endpoint(name, codec, session)
+        self.network = network
+
+    # --- receiving -------------------------------------------------------------------------
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        replies: list[bytes] = []
+        for data in frames:
+            msg = self.endpoint.accept(data)
+            if msg is None:
+                continue
+            try:
+                replies.extend(self.on_message(msg))
+            except SplitWireError as exc:
+                self.endpoint.stats.dropped[type(exc).__name__] += 1
+        return replies
+
+    def on_message(self, msg: Message) -> list[bytes]:
+        """Act on one valid message; return reply frames. Unexpected kinds are refused."""
+        raise ShapeError(f"{self.name} does not accept {msg.kind.name} from {msg.sender}")
+
+    # --- sending ---------------------------------------------------------------------------
+    def reply(self, to: str, kind: MessageKind, tensor: np.ndarray) -> bytes:
+        return self.endpoint.encode(to, kind, tensor)
+
+    def request(
+        self, receiver: str, items: Iterable[tuple[MessageKind, np.ndarray]]
+    ) -> list[Message]:
+        """Send a burst of tensors to ``receiver`` and return its valid replies."""
+        frames = [self.endpoint.encode(receiver, kind, t) for kind, t in items]
+        replies = self.network.exchange(receiver, frames)
+        return [m for m in (self.endpoint.accept(r) for r in replies) if m is not None]
+
+    def expect(self, replies: list[Message], kind: MessageKind, sender: str) -> Message:
+        """The single reply of ``kind`` from ``sender``, or a typed error naming what came."""
+        found = [m for m in replies if m.kind == kind and m.sender == sender]
+        if len(found) != 1:
+            got = [m.kind.name for m in replies]
+            raise ShapeError(f"{self.name} expected one {kind.name} from {sender}, got {got}")
+        return found[0]
+
+    def wire_stats(self) -> WireStats:
+        return self.endpoint.stats
+
+
+def check_batch(tensor: np.ndarray, width: int, what: str) -> None:
+    """A float batch of shape (B, width) with B >= 1: anything else is a ShapeError."""
+    if tensor.ndim != 2 or tensor.shape[1] != width or tensor.shape[0] < 1:
+        raise ShapeError(f"{what} must have shape (B, {width}), got {tensor.shape}")
+    if tensor.dtype.kind != "f":
+        raise ShapeError(f"{what} must be floating point, got {tensor.dtype}")

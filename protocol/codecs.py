@@ -1,0 +1,97 @@
+"""Codec registry: how a tensor's bytes become a frame payload, and back.
+
+A codec is chosen by name (``--protocol``); new codecs register themselves with
+``@register_codec`` and the actors never name one directly, so adding ``encrypted`` or
+``secret-shared`` touches only ``protocol/``. Codec instances are per endpoint because a real
+codec keeps per-link state (keys, counters); the plaintext codec has none.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from protocol.errors import CodecError, FrameError
+from protocol.frame import Frame, FrameHeader
+
+
+class Codec(ABC):
+    """Turns plaintext tensor bytes into a payload for one link, and back.
+
+    ``seal`` runs at the sender, ``open`` at the receiver; both see the encoded header so an
+    authenticated codec can bind it as associated data.
+    """
+
+    name: ClassVar[str]
+    codec_id: ClassVar[int]
+    description: ClassVar[str]
+
+    def __init__(self, local: str) -> None:
+        self.local = local
+
+    @abstractmethod
+    def payload_len(self, plaintext_len: int) -> int:
+        """Length of the payload that ``seal`` produces for ``plaintext_len`` bytes."""
+
+    @abstractmethod
+    def seal(self, header: FrameHeader, header_bytes: bytes, plaintext: bytes) -> bytes:
+        """Payload for a frame whose (already encoded) header is ``header_bytes``."""
+
+    @abstractmethod
+    def open(self, frame: Frame) -> bytes:
+        """Plaintext tensor bytes of ``frame``; raise CodecError if the payload is refused."""
+
+
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    """Class decorator: make a codec selectable by name and decodable by id."""
+    for other in _REGISTRY.values():
+        if other.codec_id == cls.codec_id and other is not cls:
+            raise ValueError(f"codec id {cls.codec_id} is taken by {other.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def codec_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_codec(name: str) -> type[Codec]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown codec {name!r}; choices: {', '.join(codec_names())}"
+        ) from None
+
+
+def codec_by_id(codec_id: int) -> type[Codec]:
+    for cls in _REGISTRY.values():
+        if cls.codec_id == codec_id:
+            return cls
+    raise FrameError(f"unknown codec id {codec_id}")
+
+
+@register_codec
+class PlaintextCodec(Codec):
+    """No protection: the payload is the tensor's raw little-endian bytes."""
+
+    name = "plaintext"
+    codec_id = 0
+    description = "raw little-endian tensor bytes; anyone on the wire reads them"
+
+    def payload_len(self, plaintext_len: int) -> int:
+        return plaintext_len
+
+    def seal(self, header: FrameHeader, header_bytes: bytes, plaintext: bytes) -> bytes:
+        return plaintext
+
+    def open(self, frame: Frame) -> bytes:
+        if len(frame.payload) != frame.header.tensor_nbytes:
+            raise CodecError(
+                f"plaintext payload is {len(frame.payload)} bytes, "
+                f"header's tensor needs {frame.header.tensor_nbytes}"
+            )
+        return frame.payload

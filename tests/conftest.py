@@ -1,0 +1,23 @@
+"""Shared fixtures: one loopback-only local Ray cluster for the tests that need Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    from actors.ray_backend import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    # address="local": a stale cluster file from another run must never be joined by a test.
+    init_ray(None, num_cpus=2, object_store_mb=300)
+    yield ray
+    ray.shutdown()
