@@ -10,32 +10,13 @@ reads each payload as the tensor the (cleartext) header claims, as well as the b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from actors.model import CUT_DIM, INPUT_DIM
-from actors.role import Role, check_batch
+from actors.adversary import Intercepted, InversionAttacker, stack
+from actors.role import Role
 from actors.wire import Network, TapRecord
-from attack.inversion import BlackBoxInversion
 from protocol.errors import FrameError
 from protocol.frame import Frame, MessageKind, decode_frame, numpy_dtype
-
-
-@dataclass(frozen=True)
-class Intercepted:
-    """The inference activations the adversary pulled off the wire for one owner."""
-
-    owner: str
-    seqs: list[int]
-    acts: np.ndarray  # (N, 500) float32 as parsed from the payloads
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    owner: str
-    images: np.ndarray  # (N, 784) in [0, 1]
-    queries_used: int
 
 
 def best_effort_tensor(frame: Frame) -> np.ndarray:
@@ -47,12 +28,12 @@ def best_effort_tensor(frame: Frame) -> np.ndarray:
     """
     h = frame.header
     dtype = numpy_dtype(h.dtype)
-    raw = frame.payload[: h.tensor_nbytes].ljust(h.tensor_nbytes, b"\0")
+    raw = bytes(frame.payload[: h.tensor_nbytes]).ljust(h.tensor_nbytes, b"\0")
     arr = np.frombuffer(raw, dtype=dtype).reshape(h.shape).astype(np.float32)
     return np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-class Eavesdropper(Role):
+class Eavesdropper(Role, InversionAttacker):
     """A passive tap plus an attacker that may use the public oracle like any customer."""
 
     def __init__(self, name: str, *, codec: str, session: int, network: Network) -> None:
@@ -74,7 +55,7 @@ class Eavesdropper(Role):
         return len(self.records)
 
     def intercepted_activations(self, owner: str) -> Intercepted:
-        frames: list[Frame] = []
+        items: list[tuple[int, np.ndarray]] = []
         for _, data in self.records:
             try:
                 frame = decode_frame(data)
@@ -83,30 +64,5 @@ class Eavesdropper(Role):
                 continue
             h = frame.header
             if h.kind == MessageKind.INFER_ACTIVATIONS and h.sender == owner:
-                frames.append(frame)
-        frames.sort(key=lambda f: f.header.seq)
-        acts = [best_effort_tensor(f).reshape(-1, CUT_DIM) for f in frames]
-        return Intercepted(
-            owner, [f.header.seq for f in frames],
-            np.concatenate(acts) if acts else np.zeros((0, CUT_DIM), np.float32),
-        )
-
-    # --- the attack ----------------------------------------------------------------------
-    def query_oracle(self, owner: str, x: np.ndarray) -> np.ndarray:
-        check_batch(x, INPUT_DIM, "oracle query")
-        replies = self.request(owner, [(MessageKind.QUERY, x.astype(np.float32))])
-        return self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
-
-    def attack(
-        self, owners: list[str], aux: np.ndarray, *, epochs: int, seed: int
-    ) -> list[Reconstruction]:
-        """Train one inverse network through the first owner's oracle, invert every owner."""
-        inversion = BlackBoxInversion(epochs=epochs, seed=seed)
-        inversion.run(lambda x: self.query_oracle(owners[0], x), aux)
-        out = []
-        for owner in owners:
-            got = self.intercepted_activations(owner)
-            out.append(Reconstruction(owner, inversion.reconstruct(got.acts),
-                                      inversion.queries_used))
-        return out
-
+                items.append((h.seq, best_effort_tensor(frame)))
+        return stack(owner, items)

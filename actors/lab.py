@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors.adversary import Reconstruction
 from actors.backend import Backend
 from actors.data import TargetData
-from actors.eavesdropper import Eavesdropper, Reconstruction
+from actors.eavesdropper import Eavesdropper
 from actors.model import seeded_parts
 from actors.owner import DataOwner, EpochReport, InferenceReport, TrainConfig
 from actors.server import ComputeServer
@@ -27,6 +28,10 @@ from protocol.endpoint import WireStats
 
 SERVER = "server"
 EAVESDROPPER = "eavesdropper"
+#: Who attacks, and which role plays them. The eavesdropper holds only tapped bytes; the server
+#: holds what it decrypted to compute on.
+ADVERSARY_ROLES = {"eavesdropper": EAVESDROPPER, "server": SERVER}
+ADVERSARIES = tuple(ADVERSARY_ROLES)
 
 
 def owner_name(i: int) -> str:
@@ -41,6 +46,7 @@ class RunConfig:
     attack_epochs: int = 30
     clients: int = 1
     seed: int = 0
+    adversaries: tuple[str, ...] = ("eavesdropper",)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -60,6 +66,7 @@ class RunResult:
     labels: np.ndarray
     epoch_losses: list[float]
     queries_used: int
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +83,7 @@ class RunResult:
             "placement": self.placement,
             "epoch_losses": self.epoch_losses,
             "queries_used": self.queries_used,
+            "baseline": self.baseline,
         }
 
 
@@ -100,8 +108,12 @@ def run_protocol(
     aux: np.ndarray,
     judge: Callable[[], torch.nn.Module],
     progress: Any = None,
-) -> RunResult:
-    """Train with ``cfg.clients`` owners, infer the private test set, attack it, score it."""
+) -> list[RunResult]:
+    """Train with ``cfg.clients`` owners, infer the private test set, attack it, score it.
+
+    Training and inference happen once; each adversary in ``cfg.adversaries`` then attacks
+    what it holds, giving one result per adversary.
+    """
     t0 = time.perf_counter()
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
     owners = [owner_name(i) for i in range(cfg.clients)]
@@ -120,6 +132,12 @@ def run_protocol(
             **common,
         )
     backend.connect()
+    # The trust registry: every party's public identity, pinned at every party (a no-op for
+    # codecs without keys). Private keys were made inside each role and never leave it.
+    names = [EAVESDROPPER, SERVER, *owners]
+    registry = dict(zip(names, backend.call_all([(n, "identity", ()) for n in names]),
+                        strict=True))
+    backend.call_all([(n, "trust", (registry,)) for n in names])
 
     # Vanilla split learning: the first part travels owner to owner, round-robin, each epoch.
     losses: list[float] = []
@@ -140,30 +158,39 @@ def run_protocol(
     infer: list[InferenceReport] = backend.call_all([(n, "infer", ()) for n in owners])
     target_acc = sum(r.correct for r in infer) / sum(r.examples for r in infer)
 
-    recons: list[Reconstruction] = backend.call(
-        EAVESDROPPER, "attack", owners, aux, epochs=cfg.attack_epochs, seed=cfg.seed
-    )
     judge_model = judge()  # trained concurrently elsewhere; wait for it only now
-    per_owner, all_recon = [], []
-    for i, rec in enumerate(recons):
-        te = shard(n_test, cfg.clients, i)
-        x, y = data.test.x[te], data.test.y[te]
-        if rec.images.shape != x.shape:
-            raise RuntimeError(
-                f"{rec.owner}: adversary reconstructed {rec.images.shape[0]} images, "
-                f"owner sent {len(x)}: frames were lost"
-            )
-        m = score(rec.images, x, y, judge_model)
-        per_owner.append({"owner": rec.owner, "target_accuracy": infer[i].accuracy,
-                          "attack": m.to_dict()})
-        all_recon.append(rec.images)
-    recon = np.concatenate(all_recon)
-    stats = sum(backend.call_all([(n, "wire_stats", ()) for n in [SERVER, EAVESDROPPER, *owners]]),
-                WireStats())
-    return RunResult(
-        protocol=cfg.protocol, adversary="eavesdropper", aux=cfg.aux,
-        target_accuracy=target_acc, attack=score(recon, data.test.x, data.test.y, judge_model),
-        wire=stats, seconds=time.perf_counter() - t0, per_owner=per_owner,
-        placement=backend.placement(), reconstructions=recon, originals=data.test.x,
-        labels=data.test.y, epoch_losses=losses, queries_used=recons[0].queries_used,
-    )
+    # What a guess that knows nothing scores: the mean training image for every test image.
+    mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), n_test, axis=0)
+    baseline = score(mean_guess, data.test.x, data.test.y, judge_model).to_dict()
+    # Every adversary attacks at once: they are different parties, each querying the oracle.
+    attacks: list[list[Reconstruction]] = backend.call_all(
+        [(ADVERSARY_ROLES[a], "attack", (owners, aux, cfg.attack_epochs, cfg.seed))
+         for a in cfg.adversaries])
+    seconds = time.perf_counter() - t0
+    results = []
+    for adversary, recons in zip(cfg.adversaries, attacks, strict=True):
+        per_owner, all_recon = [], []
+        for i, rec in enumerate(recons):
+            te = shard(n_test, cfg.clients, i)
+            x, y = data.test.x[te], data.test.y[te]
+            if rec.images.shape != x.shape:
+                raise RuntimeError(
+                    f"{rec.owner}: {adversary} reconstructed {rec.images.shape[0]} images, "
+                    f"owner sent {len(x)}: frames were lost")
+            per_owner.append({"owner": rec.owner, "target_accuracy": infer[i].accuracy,
+                              "attack": score(rec.images, x, y, judge_model).to_dict()})
+            all_recon.append(rec.images)
+        recon = np.concatenate(all_recon)
+        results.append(RunResult(
+            protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,
+            attack=score(recon, data.test.x, data.test.y, judge_model), wire=WireStats(),
+            seconds=seconds, per_owner=per_owner,
+            placement={}, reconstructions=recon, originals=data.test.x, labels=data.test.y,
+            epoch_losses=losses, queries_used=recons[0].queries_used, baseline=baseline,
+        ))
+    # Counted once the attacks (whose oracle queries cross the wire too) are done.
+    stats = sum(backend.call_all([(n, "wire_stats", ()) for n in names]), WireStats())
+    placement = backend.placement()
+    for r in results:
+        r.wire, r.placement = stats, placement
+    return results

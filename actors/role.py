@@ -8,7 +8,7 @@ import numpy as np
 
 from actors.wire import Network
 from protocol.endpoint import Endpoint, Message, WireStats
-from protocol.errors import ShapeError, SplitWireError
+from protocol.errors import CodecError, ShapeError, SplitWireError
 from protocol.frame import MessageKind
 
 
@@ -32,6 +32,9 @@ class Role:
             if msg is None:
                 continue
             try:
+                if msg.kind == MessageKind.HANDSHAKE:
+                    replies.extend(self.endpoint.handshake(msg))
+                    continue
                 replies.extend(self.on_message(msg))
             except SplitWireError as exc:
                 self.endpoint.stats.dropped[type(exc).__name__] += 1
@@ -49,16 +52,40 @@ class Role:
         self, receiver: str, items: Iterable[tuple[MessageKind, np.ndarray]]
     ) -> list[Message]:
         """Send a burst of tensors to ``receiver`` and return its valid replies."""
+        self.connect_to(receiver)
         frames = [self.endpoint.encode(receiver, kind, t) for kind, t in items]
         replies = self.network.exchange(receiver, frames)
         return [m for m in (self.endpoint.accept(r) for r in replies) if m is not None]
+
+    def connect_to(self, peer: str) -> None:
+        """Run the codec's handshake with ``peer`` first, if its link needs one and has none."""
+        offer = self.endpoint.handshake_offer(peer)
+        if offer is None:
+            return
+        for reply in self.network.exchange(peer, [offer]):
+            msg = self.endpoint.accept(reply)
+            if msg is not None and msg.kind == MessageKind.HANDSHAKE:
+                try:
+                    self.endpoint.handshake(msg)
+                except SplitWireError as exc:
+                    self.endpoint.stats.dropped[type(exc).__name__] += 1
+        if not self.endpoint.codec.link_ready(peer):
+            raise CodecError(f"{self.name}: handshake with {peer} failed")
+
+    # --- link set-up, codec-agnostic: the lab pins every party's public identity ------------
+    def identity(self) -> bytes:
+        return self.endpoint.identity()
+
+    def trust(self, registry: dict[str, bytes]) -> None:
+        self.endpoint.trust(registry)
 
     def expect(self, replies: list[Message], kind: MessageKind, sender: str) -> Message:
         """The single reply of ``kind`` from ``sender``, or a typed error naming what came."""
         found = [m for m in replies if m.kind == kind and m.sender == sender]
         if len(found) != 1:
             got = [m.kind.name for m in replies]
-            raise ShapeError(f"{self.name} expected one {kind.name} from {sender}, got {got}")
+            raise ShapeError(f"{self.name} expected one {kind.name} from {sender}, got {got} "
+                             "(a peer that drops a frame counts why in its wire stats)")
         return found[0]
 
     def wire_stats(self) -> WireStats:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors.adversary import Intercepted, InversionAttacker, stack
 from actors.model import CUT_DIM, N_CLASSES, ServerNet
 from actors.owner import TrainConfig
 from actors.role import Role, check_batch
@@ -15,13 +16,16 @@ from protocol.errors import ShapeError
 from protocol.frame import MessageKind
 
 
-class ComputeServer(Role):
+class ComputeServer(Role, InversionAttacker):
     """Vanilla split learning's server: forward, loss, backward, and the cut-layer gradient.
 
     Each owner sends ``LABELS`` then ``ACTIVATIONS`` in one burst; the server answers with the
     ``GRADIENTS`` of the loss w.r.t. those activations and the loss as a ``CONTROL`` scalar.
     ``INFER_ACTIVATIONS`` get ``PREDICTIONS`` (logits). Malformed content is a ShapeError, which
     ``Role.handle`` drops and counts.
+
+    It is honest but curious: it keeps the inference activations it had to decrypt anyway, and
+    the lab may ask it to run the same black-box attack on them (``attack``).
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class ComputeServer(Role):
         self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         self.pending_labels: dict[str, np.ndarray] = {}
         self.steps = 0
+        self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> (seq, activations)
 
     def on_message(self, msg: Message) -> list[bytes]:
         if msg.kind == MessageKind.LABELS:
@@ -55,8 +60,12 @@ class ComputeServer(Role):
             ]
         if msg.kind == MessageKind.INFER_ACTIVATIONS:
             check_batch(msg.tensor, CUT_DIM, "activations")
+            self.seen.setdefault(msg.sender, []).append((msg.seq, msg.tensor))
             return [self.reply(msg.sender, MessageKind.PREDICTIONS, self.predict(msg.tensor))]
         return super().on_message(msg)
+
+    def intercepted_activations(self, owner: str) -> Intercepted:
+        return stack(owner, self.seen.get(owner, []))
 
     def train_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         self.model.train()

@@ -43,6 +43,7 @@ def _positive(kind: type, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     from actors.data import DATASETS
+    from actors.lab import ADVERSARIES
     from attack.auxiliary import AUX_CHOICES
 
     protocols = [*codec_names(), "all"]
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--protocol", choices=protocols, default="all",
                    help="what protects the wire; 'all' runs every registered protocol")
+    p.add_argument("--adversary", choices=[*ADVERSARIES, "all"], default="all",
+                   help="who attacks: the eavesdropper on the wire, the curious compute server, "
+                        "or all (one row per protocol and adversary)")
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters",
                    help="the attacker's auxiliary data for querying the owner's oracle")
     p.add_argument("--aux-size", type=_positive(int, "--aux-size"), default=6000,
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from actors import report
     from actors.data import load_target
-    from actors.lab import RunConfig, run_protocol
+    from actors.lab import ADVERSARIES, RunConfig, run_protocol
     from actors.owner import TrainConfig
     from attack.auxiliary import load_aux
     from attack.validator import train_validator
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x,
                    data_dir=args.data_dir, download=args.download)
     protocols = codec_names() if args.protocol == "all" else [args.protocol]
+    adversaries = ADVERSARIES if args.adversary == "all" else (args.adversary,)
     torch.set_num_threads(1)
 
     if args.backend == "ray":
@@ -148,12 +153,12 @@ def run(args: argparse.Namespace) -> int:
     for protocol in protocols:
         cfg = RunConfig(protocol=protocol, aux=args.aux, epochs=args.epochs,
                         attack_epochs=args.attack_epochs, clients=args.clients, seed=args.seed,
-                        train=train_cfg)
+                        train=train_cfg, adversaries=tuple(adversaries))
         backend = make_backend()
         bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
                    disable=args.quiet, leave=False)
         try:
-            result = run_protocol(backend, cfg, data, aux, judge, progress=bar)
+            results = run_protocol(backend, cfg, data, aux, judge, progress=bar)
             if args.capture:
                 path = _capture_path(args.capture, protocol, len(protocols))
                 n = _write_capture(backend, path)
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
             backend.shutdown()
-        runs.append(result)
+        runs.extend(results)
 
     config: dict[str, Any] = dict(vars(args))
     report.write_json(out / "results.json", config, runs)

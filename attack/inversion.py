@@ -43,6 +43,9 @@ class BlackBoxInversion:
     seed: int = 0
     model: InverseNet | None = None
     queries_used: int = 0
+    #: Largest activation seen while fitting: inputs are clipped to a margin around it, so
+    #: garbage (ciphertext read as floats, say) cannot drive the network to meaningless extremes.
+    input_bound: float = 1.0
 
     def collect(self, oracle: Oracle, aux: np.ndarray) -> np.ndarray:
         """Ask the oracle for the first part's output on every auxiliary image."""
@@ -56,6 +59,7 @@ class BlackBoxInversion:
         model = InverseNet(acts.shape[1], 1000, images.shape[1])
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         a, x = torch.from_numpy(acts), torch.from_numpy(images.astype(np.float32))
+        self.input_bound = float(np.abs(acts).max()) if acts.size else 1.0
         for _ in range(self.epochs):
             perm = torch.randperm(len(a), generator=gen)
             for start in range(0, len(a), self.batch_size):
@@ -76,4 +80,7 @@ class BlackBoxInversion:
             raise RuntimeError("fit the inverse network before reconstructing")
         if len(acts) == 0:
             return np.zeros((0, self.model.net[-2].out_features), np.float32)
-        return self.model(torch.from_numpy(acts.astype(np.float32))).numpy()
+        bound = 2.0 * self.input_bound
+        safe = np.clip(np.nan_to_num(acts.astype(np.float32), nan=0.0, posinf=bound,
+                                     neginf=-bound), -bound, bound)
+        return self.model(torch.from_numpy(safe)).numpy()

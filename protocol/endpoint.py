@@ -15,17 +15,45 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol.codecs import Codec, get_codec
-from protocol.errors import FrameError, SplitWireError
+from protocol.errors import CodecError, FrameError, SplitWireError
 from protocol.frame import (
     MAX_PAYLOAD,
     DType,
     FrameHeader,
     MessageKind,
-    bytes_to_tensor,
     decode_frame,
     encode_header,
-    tensor_to_bytes,
+    numpy_dtype,
+    tensor_view,
 )
+
+
+class ReplayWindow:
+    """Anti-replay window (as in IPsec/DTLS): accept each sequence number at most once, and
+    tolerate reordering by up to ``size`` frames; anything older is refused."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.top = -1  # highest sequence number accepted so far
+        self.seen = 0  # bit i set: sequence number top - i was accepted
+
+    def check(self, seq: int, sender: str) -> None:
+        if seq > self.top:
+            return
+        age = self.top - seq
+        if age >= self.size:
+            raise FrameError(f"sequence number {seq} from {sender} is outside the replay window "
+                             f"(newest {self.top}, window {self.size})")
+        if self.seen >> age & 1:
+            raise FrameError(f"replayed sequence number {seq} from {sender}")
+
+    def update(self, seq: int) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.seen = ((self.seen << shift) | 1) & ((1 << self.size) - 1)
+            self.top = seq
+        else:
+            self.seen |= 1 << (self.top - seq)
 
 
 @dataclass(frozen=True)
@@ -84,28 +112,29 @@ class Endpoint:
         self, name: str, codec: str | Codec, session: int, max_payload: int = MAX_PAYLOAD
     ) -> None:
         self.name = name
-        self.codec = get_codec(codec)(name) if isinstance(codec, str) else codec
+        self.codec = get_codec(codec)(name, session) if isinstance(codec, str) else codec
         self.session = session
         self.max_payload = max_payload
         self.stats = WireStats()
         self._next_seq: Counter = Counter()  # receiver -> next sequence number to send
-        self._last_seen: dict[str, int] = {}  # sender -> highest sequence number accepted
+        self._windows: dict[str, ReplayWindow] = {}  # sender -> anti-replay window
 
-    def encode(self, receiver: str, kind: MessageKind, tensor: np.ndarray) -> bytes:
-        if tensor.dtype.kind == "f" and not np.all(np.isfinite(tensor)):
-            # A NaN on the wire would silently poison the peer's model; refuse at the source.
-            raise FrameError(f"refusing to send a {kind.name} tensor with NaN/inf values")
-        dtype, shape, plain = tensor_to_bytes(tensor)
+    def encode(self, receiver: str, kind: MessageKind, tensor: np.ndarray) -> bytearray:
+        # NaN/inf are refused where it matters, at the receiver (a sender may be hostile);
+        # checking here too would cost a second full pass over every tensor.
+        dtype, shape, plain = tensor_view(tensor)
         seq = self._next_seq[receiver]
         header = FrameHeader(
             codec=self.codec.codec_id, kind=kind, dtype=dtype, shape=shape, sender=self.name,
             receiver=receiver, session=self.session, seq=seq,
-            payload_len=self.codec.payload_len(len(plain)),
+            payload_len=self.codec.payload_len(kind, len(plain)),
         )
         header_bytes = encode_header(header, self.max_payload)
-        payload = self.codec.seal(header, header_bytes, plain)
+        # One buffer for the whole frame; the codec writes the payload straight into it.
+        frame = bytearray(len(header_bytes) + header.payload_len)
+        frame[:len(header_bytes)] = header_bytes
+        self.codec.seal_into(header, header_bytes, plain, memoryview(frame)[len(header_bytes):])
         self._next_seq[receiver] = seq + 1
-        frame = header_bytes + payload
         self.stats.frames_sent[(self.name, receiver)] += 1
         self.stats.bytes_sent[(self.name, receiver)] += len(frame)
         return frame
@@ -120,17 +149,41 @@ class Endpoint:
             raise FrameError(f"frame uses codec id {h.codec}, this link speaks {self.codec.name}")
         if h.session != self.session:
             raise FrameError(f"frame from session {h.session:#x}, this is {self.session:#x}")
-        last = self._last_seen.get(h.sender, -1)
-        if h.seq <= last:
-            raise FrameError(f"stale sequence number {h.seq} from {h.sender} (last {last})")
-        plain = self.codec.open(frame)
-        tensor = bytes_to_tensor(plain, h.dtype, h.shape)
+        window = self._windows.setdefault(h.sender, ReplayWindow())
+        window.check(h.seq, h.sender)
+        if h.payload_len != self.codec.payload_len(h.kind, h.tensor_nbytes):
+            # Checked before allocating: a forged shape must not make us reserve gigabytes.
+            raise CodecError(f"{self.codec.name} payload of {h.payload_len} bytes cannot carry a "
+                             f"{h.dtype.name} tensor of shape {h.shape}")
+        tensor = np.empty(h.shape, numpy_dtype(h.dtype))
+        self.codec.open_into(frame, memoryview(tensor.reshape(-1).view(np.uint8)))
         if tensor.dtype.kind == "f" and not np.all(np.isfinite(tensor)):
             raise FrameError(f"{h.kind.name} tensor from {h.sender} contains NaN/inf")
-        # Only a frame that passed every check advances the replay window.
-        self._last_seen[h.sender] = h.seq
+        # Only a frame that passed every check (authentication included) moves the window.
+        window.update(h.seq)
         self.stats.frames_received += 1
         return Message(h.sender, h.receiver, h.kind, h.session, h.seq, tensor)
+
+    # --- link set-up: identities and handshakes (no-ops for codecs without keys) -------------
+    def identity(self) -> bytes:
+        return self.codec.identity()
+
+    def trust(self, registry: dict[str, bytes]) -> None:
+        self.codec.trust(registry)
+
+    def handshake_offer(self, peer: str) -> bytes | None:
+        """The HANDSHAKE frame to send before the first data frame to ``peer``, if any."""
+        body = self.codec.handshake_offer(peer)
+        if body is None:
+            return None
+        return self.encode(peer, MessageKind.HANDSHAKE, np.frombuffer(body, np.uint8))
+
+    def handshake(self, msg: Message) -> list[bytes]:
+        """Process a received (already verified) HANDSHAKE; return the answer frame, if any."""
+        answer = self.codec.on_handshake(msg.sender, msg.tensor.tobytes())
+        if answer is None:
+            return []
+        return [self.encode(msg.sender, MessageKind.HANDSHAKE, np.frombuffer(answer, np.uint8))]
 
     def accept(self, data: bytes) -> Message | None:
         """``decode``, but a bad frame is dropped and counted instead of raised."""

@@ -127,10 +127,10 @@ class FrameHeader:
 class Frame:
     header: FrameHeader
     header_bytes: bytes  # the exact encoded header: authenticated as associated data
-    payload: bytes
+    payload: memoryview  # a zero-copy view into the received buffer
 
     def to_bytes(self) -> bytes:
-        return self.header_bytes + self.payload
+        return self.header_bytes + bytes(self.payload)
 
     @property
     def size(self) -> int:
@@ -175,7 +175,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
     It does not check the payload against the shape: that is the codec's job, because an
     encrypted payload is longer than the tensor it carries.
     """
-    data = bytes(data)
+    data = memoryview(data).cast("B")  # zero-copy: a 1 MiB payload is never duplicated here
     if len(data) < FIXED_HEADER_SIZE:
         raise FrameError(f"truncated frame: {len(data)} bytes, header alone is {FIXED_HEADER_SIZE}")
     (magic, version, codec, kind, dtype, ndim, slen, rlen, flags, session, seq,
@@ -206,7 +206,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
         )
     shape = struct.unpack_from(f"<{ndim}I", data, FIXED_HEADER_SIZE)
     off = FIXED_HEADER_SIZE + 4 * ndim
-    sender, receiver = data[off:off + slen], data[off + slen:header_len]
+    sender, receiver = bytes(data[off:off + slen]), bytes(data[off + slen:header_len])
     for raw, role in ((sender, "sender"), (receiver, "receiver")):
         if not _NAME_RE.match(raw):
             raise FrameError(f"{role} name {raw!r} is not [a-z0-9:_.-]")
@@ -214,7 +214,8 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
         codec=codec, kind=kind_e, dtype=dtype_e, shape=tuple(shape), sender=sender.decode(),
         receiver=receiver.decode(), session=session, seq=seq, payload_len=payload_len,
     )
-    return Frame(header=header, header_bytes=data[:header_len], payload=data[header_len:])
+    return Frame(header=header, header_bytes=bytes(data[:header_len]),
+                 payload=data[header_len:])
 
 
 def tensor_to_bytes(array: np.ndarray) -> tuple[DType, tuple[int, ...], bytes]:
@@ -222,6 +223,13 @@ def tensor_to_bytes(array: np.ndarray) -> tuple[DType, tuple[int, ...], bytes]:
     dtype = wire_dtype(array)
     arr = np.asarray(array, dtype=numpy_dtype(dtype), order="C")  # keeps 0-d as 0-d
     return dtype, tuple(int(d) for d in arr.shape), arr.tobytes()
+
+
+def tensor_view(array: np.ndarray) -> tuple[DType, tuple[int, ...], memoryview]:
+    """Like tensor_to_bytes, but a zero-copy byte view when the array is already C-ordered LE."""
+    dtype = wire_dtype(array)
+    arr = np.asarray(array, dtype=numpy_dtype(dtype), order="C")
+    return dtype, tuple(int(d) for d in arr.shape), memoryview(arr.reshape(-1).view(np.uint8))
 
 
 def bytes_to_tensor(raw: bytes, dtype: DType, shape: tuple[int, ...]) -> np.ndarray:

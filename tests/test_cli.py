@@ -21,7 +21,8 @@ def test_unknown_protocol_exits_2_with_one_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert "--protocol" in lines[0] and "bogus" in lines[0] and "plaintext" in lines[0]
+    assert "--protocol" in lines[0] and "bogus" in lines[0]
+    assert "plaintext" in lines[0] and "encrypted" in lines[0]
 
 
 @pytest.mark.parametrize("flags,needle", [
@@ -56,7 +57,8 @@ def test_help_exits_0():
 
 def test_small_local_run_writes_results_figure_and_capture(tmp_path, capsys):
     out, cap = tmp_path / "out", tmp_path / "wire.cap"
-    code = main(["--protocol", "plaintext", "--backend", "local", "--epochs", "2",
+    code = main(["--protocol", "plaintext", "--adversary", "eavesdropper", "--backend", "local",
+                 "--epochs", "2",
                  "--attack-epochs", "5", "--aux-size", "1500", "--out", str(out),
                  "--capture", str(cap), "--quiet", "--seed", "1"])
     assert code == 0

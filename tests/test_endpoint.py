@@ -57,10 +57,12 @@ def test_bad_frames_are_dropped_and_counted(case):
     assert b.accept(a.encode("server", MessageKind.ACTIVATIONS, t)) is not None
 
 
-def test_sender_refuses_nan():
-    a, _ = pair()
-    with pytest.raises(FrameError, match="NaN"):
-        a.encode("server", MessageKind.ACTIVATIONS, np.array([[np.nan]], np.float32))
+def test_receiver_refuses_nan_and_inf():
+    a, b = pair()
+    for bad in (np.nan, np.inf, -np.inf):
+        frame = a.encode("server", MessageKind.ACTIVATIONS, np.array([[1.0, bad]], np.float32))
+        with pytest.raises(FrameError, match="NaN"):
+            b.decode(frame)
 
 
 def test_server_drops_bad_content_and_keeps_training():
