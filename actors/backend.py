@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actors.role import Role
-from actors.wire import LocalTransport, Network
+from actors.wire import LocalTransport, Network, Taps
 
 #: Builds a role given its name and the Network it must talk through.
 RoleFactory = Callable[..., Role]
@@ -20,7 +20,7 @@ RoleFactory = Callable[..., Role]
 
 class Backend(ABC):
     @abstractmethod
-    def start(self, name: str, factory: RoleFactory, taps: Sequence[str] = (),
+    def start(self, name: str, factory: RoleFactory, taps: Taps = (),
               **kwargs: Any) -> None:
         """Create role ``name`` = factory(name, network=..., **kwargs)."""
 
@@ -51,7 +51,7 @@ class LocalBackend(Backend):
         self.transport = LocalTransport()
         self.roles: dict[str, Role] = {}
 
-    def start(self, name: str, factory: RoleFactory, taps: Sequence[str] = (),
+    def start(self, name: str, factory: RoleFactory, taps: Taps = (),
               **kwargs: Any) -> None:
         role = factory(name, network=Network(name, self.transport, taps), **kwargs)
         self.roles[name] = role

@@ -13,10 +13,19 @@ from __future__ import annotations
 import numpy as np
 
 from actors.adversary import Intercepted, InversionAttacker, stack
+from actors.model import CUT_DIM
 from actors.role import Role
 from actors.wire import Network, TapRecord
+from protocol import ring
 from protocol.errors import FrameError
-from protocol.frame import Frame, MessageKind, decode_frame, numpy_dtype
+from protocol.frame import DType, Frame, MessageKind, decode_frame, numpy_dtype
+
+
+def best_effort_array(frame: Frame) -> np.ndarray:
+    """The payload's bytes as the tensor (dtype and shape) the cleartext header claims."""
+    h = frame.header
+    raw = bytes(frame.payload[: h.tensor_nbytes]).ljust(h.tensor_nbytes, b"\0")
+    return np.frombuffer(raw, dtype=numpy_dtype(h.dtype)).reshape(h.shape)
 
 
 def best_effort_tensor(frame: Frame) -> np.ndarray:
@@ -26,24 +35,24 @@ def best_effort_tensor(frame: Frame) -> np.ndarray:
     the first ``tensor_nbytes`` bytes are read as if they were the tensor (non-finite values,
     which random bytes produce, become 0). This is what a real sniffer can do without keys.
     """
-    h = frame.header
-    dtype = numpy_dtype(h.dtype)
-    raw = bytes(frame.payload[: h.tensor_nbytes]).ljust(h.tensor_nbytes, b"\0")
-    arr = np.frombuffer(raw, dtype=dtype).reshape(h.shape).astype(np.float32)
+    arr = best_effort_array(frame).astype(np.float32)
     return np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 class Eavesdropper(Role, InversionAttacker):
     """A passive tap plus an attacker that may use the public oracle like any customer."""
 
-    def __init__(self, name: str, *, codec: str, session: int, network: Network) -> None:
+    def __init__(self, name: str, *, codec: str, session: int, network: Network,
+                 frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
         super().__init__(name, codec, session, network)
+        self.frac_bits = frac_bits  # a public parameter of the secret-shared protocol
         self.records: list[TapRecord] = []
         self.unparseable = 0
 
     # --- the tap -------------------------------------------------------------------------
     def intercept(self, records: list[TapRecord]) -> int:
-        self.records.extend(records)
+        # Own copies: a transport may hand over views of shared buffers it wants back.
+        self.records.extend((t, n, bytes(frame)) for t, n, frame in records)
         return len(self.records)
 
     def capture(self, start: int = 0, count: int | None = None) -> list[TapRecord]:
@@ -55,14 +64,41 @@ class Eavesdropper(Role, InversionAttacker):
         return len(self.records)
 
     def intercepted_activations(self, owner: str) -> Intercepted:
-        items: list[tuple[int, np.ndarray]] = []
-        for _, data in self.records:
+        """The owner's inference activations as well as the tapped bytes give them away.
+
+        Plaintext/encrypted: INFER_ACTIVATIONS frames, read as floats. Secret-shared: the
+        INFER_SHARE frames to each server, read as ring elements; where the tap saw both shares
+        of a batch it adds them (that is the whole secret), otherwise it has one share.
+        """
+        plain: list[tuple[int, np.ndarray]] = []
+        shares: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for _, wire_len, data in self.records:
+            if len(data) != wire_len:
+                continue  # kept only a prefix (snaplen): nothing to invert in it
             try:
                 frame = decode_frame(data)
             except FrameError:
                 self.unparseable += 1
                 continue
             h = frame.header
-            if h.kind == MessageKind.INFER_ACTIVATIONS and h.sender == owner:
-                items.append((h.seq, best_effort_tensor(frame)))
-        return stack(owner, items)
+            if h.sender != owner or len(h.shape) != 2 or h.shape[1] != CUT_DIM:
+                continue  # not an activation batch of this owner (or a forged shape)
+            if h.kind == MessageKind.INFER_ACTIVATIONS:
+                plain.append((h.seq, best_effort_tensor(frame)))
+            elif h.kind == MessageKind.INFER_SHARE and h.dtype == DType.UINT64:
+                shares.setdefault(h.receiver, []).append((h.seq, best_effort_array(frame)))
+        if not shares:
+            return stack(owner, plain)
+        per_server = [stack_ring(owner, items) for _, items in sorted(shares.items())]
+        seqs, total = per_server[0]
+        if len(per_server) == 2 and per_server[1][1].shape == total.shape:
+            total = ring.reveal(total, per_server[1][1])
+        return Intercepted(owner, seqs, ring.decode(total, self.frac_bits).astype(np.float32))
+
+
+def stack_ring(owner: str, items: list[tuple[int, np.ndarray]]) -> tuple[list[int], np.ndarray]:
+    """Like ``stack``, for uint64 shares (kept exact: no float conversion)."""
+    items = sorted(items, key=lambda item: item[0])
+    if not items:
+        return [], np.zeros((0, CUT_DIM), np.uint64)
+    return [s for s, _ in items], np.concatenate([a.reshape(-1, CUT_DIM) for _, a in items])

@@ -21,17 +21,24 @@ from actors.backend import Backend
 from actors.data import TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.model import seeded_parts
+from actors.mpc_roles import DEALER, SERVER0, SERVER1, Dealer, ShareServer, SharingOwner
 from actors.owner import DataOwner, EpochReport, InferenceReport, TrainConfig
 from actors.server import ComputeServer
+from actors.wire import Tap, link
 from attack import metrics, validator
+from protocol import ring
+from protocol.codecs import get_codec
 from protocol.endpoint import WireStats
+from protocol.frame import MessageKind
 
 SERVER = "server"
 EAVESDROPPER = "eavesdropper"
-#: Who attacks, and which role plays them. The eavesdropper holds only tapped bytes; the server
-#: holds what it decrypted to compute on.
-ADVERSARY_ROLES = {"eavesdropper": EAVESDROPPER, "server": SERVER}
-ADVERSARIES = tuple(ADVERSARY_ROLES)
+#: Who may attack. The eavesdropper holds only tapped bytes; the server what it decrypted to
+#: compute on (under sharing: server 0's shares); colluding servers pool both servers' shares.
+ADVERSARIES = ("eavesdropper", "server", "colluding-servers")
+INFER_BATCH = 250
+#: Frames the eavesdropper always keeps whole (its attack inverts them), whatever its snaplen.
+FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE})
 
 
 def owner_name(i: int) -> str:
@@ -47,6 +54,18 @@ class RunConfig:
     clients: int = 1
     seed: int = 0
     adversaries: tuple[str, ...] = ("eavesdropper",)
+    frac_bits: int = ring.DEFAULT_FRAC_BITS
+    reveal_model: bool = False
+    tap: str = "all"  # the eavesdropper's taps under secret sharing: "one" link or "all"
+    channel_encryption: bool = True  # secret-shared only: shares over encrypted links?
+    snaplen: int = 512  # bytes the eavesdropper keeps of big training frames (0: all)
+
+    @property
+    def codec(self) -> str:
+        """The codec on the wire: the protocol's, or its plaintext-links variant."""
+        if get_codec(self.protocol).topology == "mpc" and not self.channel_encryption:
+            return "secret-shared/plaintext-links"
+        return self.protocol
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -67,6 +86,7 @@ class RunResult:
     epoch_losses: list[float]
     queries_used: int
     baseline: dict[str, float] = field(default_factory=dict)
+    mpc: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +104,7 @@ class RunResult:
             "epoch_losses": self.epoch_losses,
             "queries_used": self.queries_used,
             "baseline": self.baseline,
+            **({"mpc": self.mpc} if self.mpc else {}),
         }
 
 
@@ -101,6 +122,61 @@ def score(recon: np.ndarray, x: np.ndarray, y: np.ndarray,
     )
 
 
+@dataclass(frozen=True)
+class Cast:
+    """Who plays in one run, and which role and method each adversary uses."""
+
+    owners: list[str]
+    parties: list[str]  # every role on the wire
+    adversaries: dict[str, tuple[str, str]]  # adversary -> (role, method)
+    servers: list[str]
+    dealer: str | None = None
+
+
+def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int) -> Cast:
+    """Start the roles the protocol's topology needs: one server, or two servers and a dealer."""
+    owners = [owner_name(i) for i in range(cfg.clients)]
+    first, second = seeded_parts(cfg.seed)  # every protocol starts from the same weights
+    mpc_topology = get_codec(cfg.codec).topology == "mpc"
+    common = {"codec": cfg.codec, "session": session}
+    links = None
+    if mpc_topology and cfg.tap == "one":  # only the owners' links to server 0
+        links = frozenset(link(o, SERVER0) for o in owners)
+    taps = {EAVESDROPPER: Tap(links, cfg.snaplen, FULL_KINDS)}
+
+    backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits, **common)
+    if mpc_topology:
+        params = {"w1": second.fc1.weight.T, "b1": second.fc1.bias,
+                  "w2": second.fc2.weight.T, "b2": second.fc2.bias}
+        shares = {k: ring.share(ring.encode(v, cfg.frac_bits)) for k, v in params.items()}
+        for party, name in enumerate((SERVER0, SERVER1)):
+            backend.start(name, ShareServer, taps, party=party,
+                          params={k: v[party] for k, v in shares.items()},
+                          frac_bits=cfg.frac_bits, lr=cfg.train.lr,
+                          momentum=cfg.train.momentum, **common)
+        backend.start(DEALER, Dealer, taps, **common)
+        owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
+        servers = [SERVER0, SERVER1]
+        adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER0, "attack"),
+                       "colluding-servers": (SERVER0, "attack_colluding")}
+    else:
+        backend.start(SERVER, ComputeServer, taps, model=second, config=cfg.train, **common)
+        owner_cls, owner_kw = DataOwner, {"server": SERVER}
+        servers = [SERVER]
+        adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER, "attack")}
+    n_train, n_test = len(data.train.y), len(data.test.y)
+    for i, name in enumerate(owners):
+        tr, te = shard(n_train, cfg.clients, i), shard(n_test, cfg.clients, i)
+        backend.start(
+            name, owner_cls, taps, model=copy.deepcopy(first), config=cfg.train,
+            train=(data.train.x[tr], data.train.y[tr]), test=(data.test.x[te], data.test.y[te]),
+            **owner_kw, **common,
+        )
+    dealer = DEALER if mpc_topology else None
+    parties = [EAVESDROPPER, *servers, *([dealer] if dealer else []), *owners]
+    return Cast(owners, parties, adversaries, servers, dealer)
+
+
 def run_protocol(
     backend: Backend,
     cfg: RunConfig,
@@ -111,30 +187,17 @@ def run_protocol(
 ) -> list[RunResult]:
     """Train with ``cfg.clients`` owners, infer the private test set, attack it, score it.
 
-    Training and inference happen once; each adversary in ``cfg.adversaries`` then attacks
-    what it holds, giving one result per adversary.
+    Training and inference happen once; each adversary in ``cfg.adversaries`` that the
+    protocol's topology has then attacks what it holds, giving one result per adversary.
     """
     t0 = time.perf_counter()
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
-    owners = [owner_name(i) for i in range(cfg.clients)]
-    first, second = seeded_parts(cfg.seed)  # every protocol starts from the same weights
-    taps = [EAVESDROPPER]
-    common = {"codec": cfg.protocol, "session": session}
-
-    backend.start(EAVESDROPPER, Eavesdropper, taps, **common)
-    backend.start(SERVER, ComputeServer, taps, model=second, config=cfg.train, **common)
-    n_train, n_test = len(data.train.y), len(data.test.y)
-    for i, name in enumerate(owners):
-        tr, te = shard(n_train, cfg.clients, i), shard(n_test, cfg.clients, i)
-        backend.start(
-            name, DataOwner, taps, server=SERVER, model=copy.deepcopy(first), config=cfg.train,
-            train=(data.train.x[tr], data.train.y[tr]), test=(data.test.x[te], data.test.y[te]),
-            **common,
-        )
+    cast = start_roles(backend, cfg, data, session)
+    owners, names = cast.owners, cast.parties
+    n_test = len(data.test.y)
     backend.connect()
     # The trust registry: every party's public identity, pinned at every party (a no-op for
     # codecs without keys). Private keys were made inside each role and never leave it.
-    names = [EAVESDROPPER, SERVER, *owners]
     registry = dict(zip(names, backend.call_all([(n, "identity", ()) for n in names]),
                         strict=True))
     backend.call_all([(n, "trust", (registry,)) for n in names])
@@ -155,20 +218,28 @@ def run_protocol(
     for name in owners[1:]:
         backend.call(owners[0], "hand_off", name)  # everyone deploys the final first part
 
+    steps = sum(r.batches for r in reports) * cfg.epochs
+    after_training = _snapshot(backend, cast)
+    if cast.dealer and cfg.reveal_model:
+        backend.call(SERVER0, "reveal_model")
+    after_reveal = _snapshot(backend, cast)
     infer: list[InferenceReport] = backend.call_all([(n, "infer", ()) for n in owners])
     target_acc = sum(r.correct for r in infer) / sum(r.examples for r in infer)
+    after_inference = _snapshot(backend, cast)
+    batches = sum(-(-r.examples // INFER_BATCH) for r in infer)
 
     judge_model = judge()  # trained concurrently elsewhere; wait for it only now
     # What a guess that knows nothing scores: the mean training image for every test image.
     mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), n_test, axis=0)
     baseline = score(mean_guess, data.test.x, data.test.y, judge_model).to_dict()
     # Every adversary attacks at once: they are different parties, each querying the oracle.
+    adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
     attacks: list[list[Reconstruction]] = backend.call_all(
-        [(ADVERSARY_ROLES[a], "attack", (owners, aux, cfg.attack_epochs, cfg.seed))
-         for a in cfg.adversaries])
+        [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed))
+         for a in adversaries])
     seconds = time.perf_counter() - t0
     results = []
-    for adversary, recons in zip(cfg.adversaries, attacks, strict=True):
+    for adversary, recons in zip(adversaries, attacks, strict=True):
         per_owner, all_recon = [], []
         for i, rec in enumerate(recons):
             te = shard(n_test, cfg.clients, i)
@@ -191,6 +262,48 @@ def run_protocol(
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
     stats = sum(backend.call_all([(n, "wire_stats", ()) for n in names]), WireStats())
     placement = backend.placement()
+    mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, batches,
+                      cfg)
     for r in results:
-        r.wire, r.placement = stats, placement
+        r.wire, r.placement, r.mpc = stats, placement, mpc
     return results
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    rounds: int
+    online_bytes: int
+    dealer_bytes: int
+
+
+def _snapshot(backend: Backend, cast: Cast) -> Snapshot:
+    """Counters of the two-party computation so far (zero for a one-server topology)."""
+    if cast.dealer is None:
+        return Snapshot(0, 0, 0)
+    s0, s1, dealer = backend.call_all([(n, "wire_stats", ()) for n in (*cast.servers,
+                                                                       cast.dealer)])
+    online = s0.bytes_sent[(SERVER0, SERVER1)] + s1.bytes_sent[(SERVER1, SERVER0)]
+    return Snapshot(backend.call(SERVER0, "wire_rounds"), online, dealer.bytes)
+
+
+def _mpc_report(cast: Cast, snapshots: tuple[Snapshot, Snapshot, Snapshot], steps: int,
+                batches: int, cfg: RunConfig) -> dict[str, Any] | None:
+    if cast.dealer is None:
+        return None
+    trained, revealed, inferred = snapshots
+
+    def per(a: Snapshot, b: Snapshot, n: int) -> dict[str, float]:
+        return {"rounds": (b.rounds - a.rounds) / max(n, 1),
+                "online_bytes": (b.online_bytes - a.online_bytes) / max(n, 1),
+                "dealer_bytes": (b.dealer_bytes - a.dealer_bytes) / max(n, 1)}
+
+    zero = Snapshot(0, 0, 0)
+    return {
+        "rounds": inferred.rounds, "online_bytes": inferred.online_bytes,
+        "dealer_bytes": inferred.dealer_bytes, "frac_bits": cfg.frac_bits,
+        "channel_encryption": cfg.channel_encryption, "tap": cfg.tap,
+        "inference_weights": "public" if cfg.reveal_model else "shared",
+        "per_training_step": per(zero, trained, steps) | {"steps": steps},
+        "reveal_model": per(trained, revealed, 1),
+        "per_inference_batch": per(revealed, inferred, batches) | {"batches": batches},
+    }

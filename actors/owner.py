@@ -91,18 +91,25 @@ class DataOwner(Role):
         """One split-learning step: activations out, cut-layer gradient back, local update."""
         self.opt.zero_grad()
         h = self.model(x)
-        replies = self.request(
-            self.server,
-            [(MessageKind.LABELS, y.numpy()),
-             (MessageKind.ACTIVATIONS, h.detach().numpy())],
-        )
-        grad = self.expect(replies, MessageKind.GRADIENTS, self.server).tensor
-        if grad.shape != tuple(h.shape):
-            raise ShapeError(f"gradient shape {grad.shape} != activations {tuple(h.shape)}")
-        loss = self.expect(replies, MessageKind.CONTROL, self.server).tensor
-        h.backward(torch.from_numpy(grad))
+        grad, loss = self.remote_step(h.detach().numpy(), y.numpy())
+        if grad.shape != tuple(h.shape) or not np.all(np.isfinite(grad)):
+            raise ShapeError(f"bad cut-layer gradient {grad.shape} for activations "
+                             f"{tuple(h.shape)}")
+        h.backward(torch.from_numpy(grad.astype(np.float32)))
         self.opt.step()
-        return float(loss[0])
+        return loss
+
+    def remote_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        """Vanilla split learning: labels and activations out; gradient and loss back."""
+        replies = self.request(self.server, [(MessageKind.LABELS, y),
+                                             (MessageKind.ACTIVATIONS, h)])
+        grad = self.expect(replies, MessageKind.GRADIENTS, self.server).tensor
+        loss = self.expect(replies, MessageKind.CONTROL, self.server).tensor
+        return grad, float(loss[0])
+
+    def remote_logits(self, h: np.ndarray) -> np.ndarray:
+        replies = self.request(self.server, [(MessageKind.INFER_ACTIVATIONS, h)])
+        return self.expect(replies, MessageKind.PREDICTIONS, self.server).tensor
 
     # --- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -112,9 +119,7 @@ class DataOwner(Role):
         correct = 0
         for start in range(0, len(self.test_x), batch_size):
             x, y = self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
-            h = self.model(x).numpy()
-            replies = self.request(self.server, [(MessageKind.INFER_ACTIVATIONS, h)])
-            logits = self.expect(replies, MessageKind.PREDICTIONS, self.server).tensor
+            logits = self.remote_logits(self.model(x).numpy())
             if logits.shape != (len(x), 10):
                 raise ShapeError(f"predictions shape {logits.shape} for a batch of {len(x)}")
             correct += int((logits.argmax(1) == y.numpy()).sum())
@@ -131,19 +136,32 @@ class DataOwner(Role):
             self.queries_answered += len(msg.tensor)
             return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
         if msg.kind == MessageKind.WEIGHTS:
+            self.require_owner(msg)  # only the previous owner hands the first part on
             self._load_weights(msg.tensor)
             return []
         return super().on_message(msg)
 
     def flat_weights(self) -> np.ndarray:
-        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().numpy()
+        """The first part and its SGD momentum, one vector: round-robin training then equals
+        sequential training over the owners' data (momentum would otherwise go stale)."""
+        params = list(self.model.parameters())
+        momentum = [self.opt.state.get(p, {}).get("momentum_buffer") for p in params]
+        momentum = [torch.zeros_like(p) if m is None else m for p, m in zip(params, momentum,
+                                                                            strict=True)]
+        vec = torch.cat([torch.nn.utils.parameters_to_vector(params),
+                         torch.nn.utils.parameters_to_vector(momentum)])
+        return vec.detach().numpy()
 
     def _load_weights(self, flat: np.ndarray) -> None:
-        expected = sum(p.numel() for p in self.model.parameters())
-        if flat.shape != (expected,) or flat.dtype != np.float32:
+        params = list(self.model.parameters())
+        n = sum(p.numel() for p in params)
+        if flat.shape != (2 * n,) or flat.dtype != np.float32:
             raise ShapeError(
-                f"weights must be float32 ({expected},), got {flat.dtype} {flat.shape}")
-        torch.nn.utils.vector_to_parameters(torch.from_numpy(flat), self.model.parameters())
+                f"weights must be float32 ({2 * n},), got {flat.dtype} {flat.shape}")
+        t = torch.from_numpy(flat.copy())
+        torch.nn.utils.vector_to_parameters(t[:n], params)
+        for p, m in zip(params, torch.split(t[n:], [p.numel() for p in params]), strict=True):
+            self.opt.state[p]["momentum_buffer"] = m.view_as(p).clone()
 
     def hand_off(self, to: str) -> None:
         """Vanilla split learning: pass the first part to the next owner, over the wire."""

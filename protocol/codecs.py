@@ -27,6 +27,11 @@ class Codec(ABC):
     name: ClassVar[str]
     codec_id: ClassVar[int]
     description: ClassVar[str]
+    #: Who computes the server part: "split" (one server, on what it receives) or "mpc" (two
+    #: servers on additive shares, with a dealer). The lab picks its roles from this.
+    topology: ClassVar[str] = "split"
+    #: Hidden codecs are selectable only through a flag, not as a ``--protocol`` name.
+    hidden: ClassVar[bool] = False
 
     def __init__(self, local: str, session: int = 0) -> None:
         self.local = local
@@ -84,8 +89,8 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
     return cls
 
 
-def codec_names() -> list[str]:
-    return list(_REGISTRY)
+def codec_names(include_hidden: bool = False) -> list[str]:
+    return [n for n, c in _REGISTRY.items() if include_hidden or not c.hidden]
 
 
 def get_codec(name: str) -> type[Codec]:
@@ -93,7 +98,7 @@ def get_codec(name: str) -> type[Codec]:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown codec {name!r}; choices: {', '.join(codec_names())}"
+            f"unknown codec {name!r}; choices: {', '.join(codec_names(include_hidden=True))}"
         ) from None
 
 
@@ -126,3 +131,15 @@ class PlaintextCodec(Codec):
                 f"header's tensor needs {frame.header.tensor_nbytes}"
             )
         out[:] = frame.payload
+
+
+@register_codec
+class SecretSharedPlaintextCodec(PlaintextCodec):
+    """The secret-shared protocol with channel encryption off (``--no-channel-encryption``):
+    shares cross the wire in the clear, to show what a tap on one or on every link learns."""
+
+    name = "secret-shared/plaintext-links"
+    codec_id = 3
+    description = "additive shares to two servers, links NOT encrypted"
+    topology = "mpc"
+    hidden = True

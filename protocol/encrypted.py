@@ -85,6 +85,12 @@ class EncryptedCodec(Codec):
     def on_handshake(self, peer: str, body: bytes) -> bytes | None:
         kind, eph_peer = body[0], body[1:]
         id_peer = self._peer_identity(peer)
+        if kind == OFFER and peer in self._offered:
+            # Crossed offers: both sides initiated at once. The lower name stays initiator, so
+            # both end with one key: it ignores the peer's offer; the other drops its own.
+            if self.local < peer:
+                raise CodecError(f"crossed handshake offers with {peer!r}: ours stands")
+            del self._offered[peer]
         if kind == OFFER:  # we respond: derive the link now, answer with our ephemeral key
             eph, eph_pub = new_ephemeral()
             self._links[peer] = derive_link(
@@ -153,3 +159,13 @@ class EncryptedCodec(Codec):
             raise CodecError(
                 f"authentication failed on {h.sender}->{self.local} seq {h.seq}: "
                 "tampered, or sealed under another link's key") from None
+
+
+@register_codec
+class SecretSharedCodec(EncryptedCodec):
+    """The secret-shared protocol's links: shares travel under the encrypted codec."""
+
+    name = "secret-shared"
+    codec_id = 2
+    description = "additive shares to two non-colluding servers, over AES-GCM links"
+    topology = "mpc"

@@ -59,8 +59,15 @@ class MessageKind(enum.IntEnum):
     QUERY_RESULT = 7  # the oracle's answer: the first part's output for those inputs
     WEIGHTS = 8  # a parameter tensor handed from one owner to the next
     HANDSHAKE = 9  # key exchange material (encrypted codec)
-    SHARE = 10  # one additive share of a tensor (secret-shared protocol)
-    CONTROL = 11  # small control messages (acknowledgements, errors)
+    SHARE = 10  # one additive share of a training batch's activations (owner -> server i)
+    CONTROL = 11  # small control messages: a loss, an operation code
+    OPEN = 12  # a server's masked shares for one round of a two-party protocol (S0 <-> S1)
+    LOGITS_SHARE = 13  # a server's share of the logits (server i -> owner)
+    GRAD_SHARE = 14  # a share of dLoss/dlogits (owner -> server i)
+    CUT_GRAD_SHARE = 15  # a server's share of the cut-layer gradient (server i -> owner)
+    TRIPLE_REQUEST = 16  # the triples a protocol run will need (server 0 -> dealer)
+    TRIPLES = 17  # Beaver triple material: plan, seed, corrections (dealer -> server i)
+    INFER_SHARE = 18  # one additive share of an inference batch's activations
 
 
 class DType(enum.IntEnum):
@@ -176,6 +183,23 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
     encrypted payload is longer than the tensor it carries.
     """
     data = memoryview(data).cast("B")  # zero-copy: a 1 MiB payload is never duplicated here
+    header, header_len = _parse_header(data, max_payload)
+    if len(data) != header_len + header.payload_len:
+        short = len(data) < header_len + header.payload_len
+        what = "truncated" if short else "trailing bytes after"
+        raise FrameError(f"{what} frame: header says {header.payload_len} payload bytes, "
+                         f"got {len(data) - header_len}")
+    return Frame(header=header, header_bytes=bytes(data[:header_len]),
+                 payload=data[header_len:])
+
+
+def decode_header(data: bytes | bytearray | memoryview,
+                  max_payload: int = MAX_PAYLOAD) -> FrameHeader:
+    """Parse and validate just the header: for captures that keep a prefix of big frames."""
+    return _parse_header(memoryview(data).cast("B"), max_payload)[0]
+
+
+def _parse_header(data: memoryview, max_payload: int) -> tuple[FrameHeader, int]:
     if len(data) < FIXED_HEADER_SIZE:
         raise FrameError(f"truncated frame: {len(data)} bytes, header alone is {FIXED_HEADER_SIZE}")
     (magic, version, codec, kind, dtype, ndim, slen, rlen, flags, session, seq,
@@ -199,12 +223,14 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
     header_len = FIXED_HEADER_SIZE + 4 * ndim + slen + rlen
     if len(data) < header_len:
         raise FrameError(f"truncated frame: {len(data)} bytes, header needs {header_len}")
-    if len(data) != header_len + payload_len:
-        what = "truncated" if len(data) < header_len + payload_len else "trailing bytes after"
-        raise FrameError(
-            f"{what} frame: header says {payload_len} payload bytes, got {len(data) - header_len}"
-        )
     shape = struct.unpack_from(f"<{ndim}I", data, FIXED_HEADER_SIZE)
+    nonzero = 1
+    for d in shape:
+        nonzero *= max(d, 1)
+    if nonzero > max_payload:
+        # Even an empty tensor (a zero dimension) must not claim 2^64 elements elsewhere:
+        # receivers allocate from the shape.
+        raise FrameError(f"shape {tuple(shape)} is larger than any payload this link accepts")
     off = FIXED_HEADER_SIZE + 4 * ndim
     sender, receiver = bytes(data[off:off + slen]), bytes(data[off + slen:header_len])
     for raw, role in ((sender, "sender"), (receiver, "receiver")):
@@ -214,8 +240,7 @@ def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PA
         codec=codec, kind=kind_e, dtype=dtype_e, shape=tuple(shape), sender=sender.decode(),
         receiver=receiver.decode(), session=session, seq=seq, payload_len=payload_len,
     )
-    return Frame(header=header, header_bytes=bytes(data[:header_len]),
-                 payload=data[header_len:])
+    return header, header_len
 
 
 def tensor_to_bytes(array: np.ndarray) -> tuple[DType, tuple[int, ...], bytes]:

@@ -10,7 +10,7 @@ from collections import Counter
 from protocol.capture import read_capture
 from protocol.codecs import codec_by_id
 from protocol.errors import FrameError, SplitWireError
-from protocol.frame import decode_frame
+from protocol.frame import MessageKind, decode_frame, decode_header
 
 
 def _codec_name(codec_id: int) -> str:
@@ -30,12 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m protocol.inspect", description=__doc__)
     p.add_argument("file", help="a capture written by `python -m actors.simulate --capture FILE`")
     p.add_argument("--limit", type=int, default=None, help="print at most N frames")
-    p.add_argument("--kind", default=None, help="only frames of this kind (e.g. ACTIVATIONS)")
+    p.add_argument("--kind", default=None, type=str.upper,
+                   choices=[k.name for k in MessageKind],
+                   help="only frames of this kind (e.g. ACTIVATIONS)")
     p.add_argument("--summary", action="store_true", help="only per-link and per-kind totals")
     args = p.parse_args(argv)
     if args.limit is not None and args.limit < 0:
         p.error("--limit must be >= 0")
-    want = args.kind.upper() if args.kind else None
+    want = args.kind
 
     links: Counter = Counter()
     link_bytes: Counter = Counter()
@@ -47,27 +49,29 @@ def main(argv: list[str] | None = None) -> int:
         out.write(f"{'#':>6} {'time':>10}  {'sender':>14} -> {'receiver':<14} {'kind':<18} "
                   f"{'codec':<10} {'seq':>6} {'dtype':<7} {'shape':<12} {'bytes':>8}\n")
     try:
-        for i, (t, data) in enumerate(read_capture(args.file)):
+        for i, (t, wire_len, data) in enumerate(read_capture(args.file)):
             total += 1
             t0 = t if t0 is None else t0
             try:
-                h = decode_frame(data).header
+                # a whole frame is checked strictly; a kept prefix only as far as it goes
+                h = decode_frame(data).header if len(data) == wire_len else decode_header(data)
             except FrameError as exc:
                 bad += 1
                 if not args.summary:
-                    out.write(f"{i:>6} {t - t0:>10.4f}  malformed frame ({len(data)} B): {exc}\n")
+                    out.write(f"{i:>6} {t - t0:>10.4f}  malformed frame ({wire_len} B): {exc}\n")
                 continue
             if want and h.kind.name != want:
                 continue
             links[(h.sender, h.receiver)] += 1
-            link_bytes[(h.sender, h.receiver)] += len(data)
+            link_bytes[(h.sender, h.receiver)] += wire_len
             kinds[h.kind.name] += 1
             if args.summary or (args.limit is not None and printed >= args.limit):
                 continue
             shape = "x".join(map(str, h.shape)) or "scalar"
             out.write(f"{i:>6} {t - t0:>10.4f}  {h.sender:>14} -> {h.receiver:<14} "
                       f"{h.kind.name:<18} {_codec_name(h.codec):<10} {h.seq:>6} "
-                      f"{h.dtype.name.lower():<7} {shape:<12} {len(data):>8}\n")
+                      f"{h.dtype.name.lower():<7} {shape:<12} {wire_len:>8}"
+                      f"{'' if len(data) == wire_len else f'  (kept {len(data)})'}\n")
             printed += 1
     except SplitWireError as exc:
         sys.stderr.write(f"python -m protocol.inspect: error: {exc}\n")

@@ -1,0 +1,472 @@
+"""The secret-shared protocol's parties: two compute servers on shares, a dealer, an owner.
+
+Server 0 drives every two-party protocol (protocol.mpc): it asks the dealer for the triples the
+run will consume (the dealer hands server 1 its part first), tells server 1 which program to
+start, and then each round is one exchange: its masked shares out, server 1's back. Server 1
+answers; it never initiates. The owner sends one share of each batch to each server, gets back
+one share of the logits from each, and is the only party that ever sees a revealed value.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from actors.adversary import Intercepted, InversionAttacker, stack
+from actors.model import CUT_DIM, HIDDEN_DIM, N_CLASSES
+from actors.owner import DataOwner
+from actors.role import Role
+from actors.wire import Network
+from protocol import beaver, mpc, ring
+from protocol.beaver import TripleSpec, TripleStore
+from protocol.endpoint import Message
+from protocol.errors import ShapeError
+from protocol.frame import MessageKind as K
+
+SERVER0, SERVER1, DEALER = "server:0", "server:1", "dealer"
+#: A plan bigger than this many ring elements is refused: a dealer must not be made to
+#: allocate without bound by one request.
+MAX_PLAN_ELEMENTS = 20_000_000
+_KINDS = ("mul", "matmul", "and")
+
+
+class Op(enum.IntEnum):
+    """Operation codes carried in CONTROL frames of the secret-shared protocol."""
+
+    LOGITS = 1  # owner -> server 1: send me your logits share
+    CUT_GRAD = 2  # owner -> server 1: send me your share of the cut-layer gradient
+    FORWARD = 3  # server 0 -> server 1: start the training forward program
+    BACKWARD = 4  # ... the backward program and SGD step
+    INFER = 5  # ... the inference program
+    REVEAL = 6  # ... open the trained weights to both servers
+    COLLUDE = 7  # server 0 -> server 1: hand over your inference shares (colluding servers)
+
+
+def owner_index(name: str) -> int:
+    try:
+        return int(name.split(":")[1])
+    except (IndexError, ValueError):
+        raise ShapeError(f"{name!r} is not an owner name") from None
+
+
+# --- plans on the wire ------------------------------------------------------------------------
+PLAN_COLUMNS = 11  # kind, a (2), b (2), a's mask reference (3), b's mask reference (3)
+
+
+def _ref_row(ref: tuple[int, str, bool] | None) -> list[int]:
+    return [-1, 0, 0] if ref is None else [ref[0], "ab".index(ref[1]), int(ref[2])]
+
+
+def _ref(row: list[int], before: int) -> tuple[int, str, bool] | None:
+    index, field_, transpose = row
+    if index == -1:
+        return None
+    if not 0 <= index < before or field_ not in (0, 1) or transpose not in (0, 1):
+        raise ShapeError(f"bad mask reference {row}")
+    return (index, "ab"[field_], bool(transpose))
+
+
+def encode_plan(plan: list[TripleSpec], request_id: int) -> np.ndarray:
+    rows = [[request_id] + [0] * (PLAN_COLUMNS - 1)]
+    for s in plan:
+        a = (*s.a, -1) if len(s.a) == 1 else s.a
+        b = (*s.b, -1) if len(s.b) == 1 else s.b
+        rows.append([_KINDS.index(s.kind), *a, *b, *_ref_row(s.a_ref), *_ref_row(s.b_ref)])
+    return np.array(rows, dtype=np.int64)
+
+
+def decode_plan(arr: np.ndarray) -> tuple[int, list[TripleSpec]]:
+    if (arr.ndim != 2 or arr.shape[1] != PLAN_COLUMNS or len(arr) < 2
+            or arr.dtype != np.int64):
+        raise ShapeError(f"a triple plan is an int64 (n, {PLAN_COLUMNS}) array, "
+                         f"got {arr.dtype} {arr.shape}")
+    plan, total = [], 0
+    for i, row in enumerate(arr[1:].tolist()):
+        kind, a0, a1, b0, b1 = row[:5]
+        if not 0 <= kind < len(_KINDS) or min(a0, b0) < 1 or min(a1, b1) < -1 or 0 in (a1, b1):
+            raise ShapeError(f"bad triple spec {row}")
+        a = (a0,) if a1 == -1 else (a0, a1)
+        b = (b0,) if b1 == -1 else (b0, b1)
+        spec = TripleSpec(_KINDS[kind], a, b, _ref(row[5:8], i), _ref(row[8:11], i))
+        if (spec.kind == "matmul" and (len(a) != 2 or len(b) != 2 or a[1] != b[0])) or (
+                spec.kind != "matmul" and a != b):
+            raise ShapeError(f"inconsistent triple spec {spec}")
+        total += 2 * int(np.prod(a)) + int(np.prod(b)) + int(np.prod(spec.c))
+        plan.append(spec)
+    if total > MAX_PLAN_ELEMENTS:
+        raise ShapeError(f"triple plan of {total} elements exceeds {MAX_PLAN_ELEMENTS}")
+    return int(arr[0, 0]), plan
+
+
+class Dealer(Role):
+    """The crypto provider: correlated randomness only; it never sees data or model shares."""
+
+    def __init__(self, name: str, *, codec: str, session: int, network: Network) -> None:
+        super().__init__(name, codec, session, network)
+        self.triples_dealt = 0
+
+    def on_message(self, msg: Message) -> list[bytes]:
+        if msg.kind == K.TRIPLE_REQUEST and msg.sender == SERVER0:
+            _, plan = decode_plan(msg.tensor)
+            dealt = beaver.deal(plan)
+            self.request(SERVER1, [
+                (K.TRIPLES, msg.tensor),
+                (K.TRIPLES, np.frombuffer(dealt.seed1, np.uint8)),
+                (K.TRIPLES, dealt.corrections)])
+            self.triples_dealt += len(plan)
+            return [self.reply(SERVER0, K.TRIPLES, np.frombuffer(dealt.seed0, np.uint8))]
+        return super().on_message(msg)
+
+
+class ShareServer(Role, InversionAttacker):
+    """One of the two compute servers: holds shares of the server part, computes on shares.
+
+    As an adversary it is honest but curious: it keeps the shares of inference activations it
+    received, and can attack them alone (``attack``) or pooled with the other server
+    (``attack_colluding``).
+    """
+
+    def __init__(self, name: str, *, party: int, codec: str, session: int, network: Network,
+                 params: dict[str, np.ndarray], frac_bits: int, lr: float,
+                 momentum: float) -> None:
+        super().__init__(name, codec, session, network)
+        self.party = party
+        self.peer = SERVER1 if party == 0 else SERVER0
+        self.model = mpc.SharedModel(party, dict(params), frac_bits)
+        self.lr, self.momentum = lr, momentum
+        self.public: dict[str, np.ndarray] | None = None  # revealed weights (--reveal-model)
+        self.pending: dict[tuple[str, K], np.ndarray] = {}  # (owner, kind) -> share received
+        self.results: dict[tuple[str, Op], np.ndarray] = {}  # party 1: shares owners collect
+        self.caches: dict[str, tuple[mpc.ForwardCache, TripleStore]] = {}
+        self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> inference shares
+        self.stores: dict[int, TripleStore] = {}  # party 1: dealt triples by request id
+        self.rounds = 0
+        self.timing: Counter = Counter()  # seconds waiting on the peer / the dealer
+        self.colluding = False
+        self._request_ids = itertools.count(1)
+        # party 1's running program: generator, the round it is in, the shares received so far
+        self._proto: mpc.Proto | None = None
+        self._current: mpc.Open | None = None
+        self._inbox: list[np.ndarray] = []
+        self._on_done: Callable[[object], None] | None = None
+        self._worker: threading.Thread | None = None  # party 1's next-round computation
+        self._failure: BaseException | None = None
+        self._prefetched: tuple | None = None  # party 0: (plan, request id, pending exchange)
+
+    # --- messages ----------------------------------------------------------------------------
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        try:
+            self._join()  # party 1 may still be computing its next round from the last message
+        except ShapeError as exc:  # that program is lost; say so in the counts, carry on
+            self.endpoint.stats.dropped[type(exc).__name__] += 1
+        return super().handle(frames)
+
+    def on_message(self, msg: Message) -> list[bytes]:
+        kind, sender = msg.kind, msg.sender
+        if kind in (K.SHARE, K.GRAD_SHARE, K.INFER_SHARE):
+            self.require_owner(msg)
+            owner_index(sender)
+            self._check_share(msg.tensor, kind)
+            if kind == K.INFER_SHARE:
+                self.seen.setdefault(sender, []).append((msg.seq, msg.tensor))
+            if self.party == 1:
+                self.pending[(sender, kind)] = msg.tensor
+                return []
+            return self._lead(sender, kind, msg.tensor)
+        if kind == K.CONTROL and msg.tensor.dtype == np.int64 and msg.tensor.size >= 1:
+            return self._control(sender, msg.tensor)
+        if self.party == 1 and sender == SERVER0 and kind == K.OPEN:
+            return self._follow(msg.tensor)
+        if self.party == 1 and sender == DEALER and kind == K.TRIPLES:
+            return self._receive_triples(msg.tensor)
+        return super().on_message(msg)
+
+    def _check_share(self, t: np.ndarray, kind: K) -> None:
+        width = N_CLASSES if kind == K.GRAD_SHARE else CUT_DIM
+        if t.dtype != np.uint64 or t.ndim != 2 or t.shape[1] != width or len(t) < 1:
+            raise ShapeError(f"{kind.name} must be uint64 (B, {width}), got {t.dtype} {t.shape}")
+
+    # --- server 0: leads each protocol -------------------------------------------------------
+    def _lead(self, owner: str, kind: K, share: np.ndarray) -> list[bytes]:
+        idx = owner_index(owner)
+        dims = (len(share), CUT_DIM, HIDDEN_DIM, N_CLASSES)
+        if kind == K.SHARE:
+            store = self._triples(mpc.train_plan(*dims))
+            logits, cache = self.drive(mpc.forward(self.model, store, share), Op.FORWARD, idx,
+                                       store)
+            self.caches[owner] = (cache, store)
+            return [self.reply(owner, K.LOGITS_SHARE, logits)]
+        if kind == K.GRAD_SHARE:
+            cache, store = self._cache(owner, len(share))
+            dh = self.drive(mpc.backward(self.model, store, cache, share, self.lr, self.momentum,
+                                         grad_scale=len(share)), Op.BACKWARD, idx, None)
+            self._prefetch(mpc.train_plan(*(len(share),) + dims[1:]))
+            return [self.reply(owner, K.CUT_GRAD_SHARE, dh)]
+        plan = mpc.infer_plan(*dims, public_weights=self.public is not None)
+        store = self._triples(plan)
+        logits = self.drive(self._infer(store, share), Op.INFER, idx, store)
+        self._prefetch(plan)
+        return [self.reply(owner, K.LOGITS_SHARE, logits)]
+
+    def _cache(self, owner: str, batch: int) -> tuple[mpc.ForwardCache, TripleStore]:
+        entry = self.caches.pop(owner, None)
+        if entry is None or len(entry[0].h) != batch:
+            raise ShapeError(f"gradient share from {owner} without a matching forward pass")
+        return entry
+
+    def _infer(self, store: TripleStore, share: np.ndarray) -> mpc.Proto:
+        if self.public is not None:
+            return mpc.infer_public(self.party, self.public, store, share, self.model.frac_bits)
+        return _first(mpc.forward(self.model, store, share))
+
+    def _prefetch(self, plan: list[TripleSpec]) -> None:
+        """Ask the dealer now for the triples of the next, like-shaped run: the dealer works
+        while this step's results travel to the owner (the offline phase, overlapped)."""
+        request_id = next(self._request_ids)
+        pending = self.request_async(DEALER, [(K.TRIPLE_REQUEST, encode_plan(plan, request_id))])
+        self._prefetched = (plan, request_id, pending)
+
+    def _triples(self, plan: list[TripleSpec]) -> TripleStore:
+        t = time.perf_counter()
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == plan:
+            _, request_id, pending = prefetched
+            replies = self.complete(pending)
+        else:
+            if prefetched is not None:  # a different shape came (the epoch's last batch)
+                self.complete(prefetched[2])
+            request_id = next(self._request_ids)
+            replies = self.request(DEALER, [(K.TRIPLE_REQUEST, encode_plan(plan, request_id))])
+        self.timing["dealer"] += time.perf_counter() - t
+        seed = self.expect(replies, K.TRIPLES, DEALER).tensor
+        if seed.dtype != np.uint8 or seed.shape != (32,):
+            raise ShapeError("dealer's seed must be 32 bytes")
+        store = TripleStore(0, plan, seed.tobytes())
+        store.request_id = request_id
+        return store
+
+    def drive(self, proto: mpc.Proto, op: Op, owner_idx: int,
+              store: TripleStore | None) -> object:
+        """Run a program with server 1, one exchange per round; returns this party's result."""
+        msg = next(proto)
+        start = np.array([op, owner_idx, getattr(store, "request_id", 0)], np.int64)
+        items = [(K.CONTROL, start)]
+        while True:
+            items += [(K.OPEN, a) for a in msg.arrays]
+            t = time.perf_counter()
+            replies = self.request(self.peer, items)
+            self.timing["peer"] += time.perf_counter() - t
+            theirs = [m.tensor for m in replies if m.kind == K.OPEN and m.sender == self.peer]
+            _check_round(msg, theirs)
+            self.rounds += 1
+            try:
+                msg = proto.send(mpc.combine(msg, theirs))
+            except StopIteration as done:
+                return done.value
+            items = []
+
+    def reveal_model(self) -> None:
+        """Open the trained server part to both servers (deployment inference)."""
+        opened = self.drive(mpc.reveal_weights(self.model), Op.REVEAL, 0, None)
+        self.public = opened
+
+    # --- server 1: follows -------------------------------------------------------------------
+    def _control(self, sender: str, code: np.ndarray) -> list[bytes]:
+        try:
+            op = Op(int(code[0]))
+        except ValueError:
+            raise ShapeError(f"unknown operation code {int(code[0])}") from None
+        if op in (Op.LOGITS, Op.CUT_GRAD) and self.party == 1:
+            result = self.results.pop((sender, op), None)
+            if result is None:
+                raise ShapeError(f"{sender} asked for {op.name} before it was computed")
+            kind = K.LOGITS_SHARE if op == Op.LOGITS else K.CUT_GRAD_SHARE
+            return [self.reply(sender, kind, result)]
+        if sender != SERVER0 or self.party != 1 or code.size != 3:
+            raise ShapeError(f"{self.name} refuses operation {op.name} from {sender}")
+        if op == Op.COLLUDE:
+            owner = f"owner:{int(code[1])}"
+            got = stack(owner, self.seen.get(owner, []))
+            return [self.reply(SERVER0, K.INFER_SHARE, _to_ring(got.acts))]
+        self._start(op, f"owner:{int(code[1])}", int(code[2]))
+        return []
+
+    def _start(self, op: Op, owner: str, request_id: int) -> None:
+        if self._proto is not None:
+            raise ShapeError(f"{op.name} started while another program is running")
+        proto, done = self._program(op, owner, request_id)
+        self._proto, self._on_done, self._current, self._inbox = proto, done, next(proto), []
+
+    def _program(self, op: Op, owner: str, request_id: int
+                 ) -> tuple[mpc.Proto, Callable[[object], None]]:
+        def put(key: Op) -> Callable[[object], None]:
+            return lambda value: self.results.__setitem__((owner, key), value)
+
+        if op == Op.REVEAL:
+            return mpc.reveal_weights(self.model), lambda w: setattr(self, "public", w)
+        if op == Op.BACKWARD:
+            g = self._take(owner, K.GRAD_SHARE)
+            cache, store = self._cache(owner, len(g))
+            return (mpc.backward(self.model, store, cache, g, self.lr, self.momentum,
+                                 grad_scale=len(g)), put(Op.CUT_GRAD))
+        store = self.stores.pop(request_id, None)
+        if store is None:
+            raise ShapeError(f"no triples dealt for request {request_id}")
+        for stale in [i for i in self.stores if i < request_id]:  # prefetched, never used
+            del self.stores[stale]
+        if op == Op.FORWARD:
+            h = self._take(owner, K.SHARE)
+
+            def done(value: object) -> None:
+                logits, cache = value
+                self.results[(owner, Op.LOGITS)] = logits
+                self.caches[owner] = (cache, store)
+            return mpc.forward(self.model, store, h), done
+        if op == Op.INFER:
+            return self._infer(store, self._take(owner, K.INFER_SHARE)), put(Op.LOGITS)
+        raise ShapeError(f"{op.name} is not a program")
+
+    def _take(self, owner: str, kind: K) -> np.ndarray:
+        share = self.pending.pop((owner, kind), None)
+        if share is None:
+            raise ShapeError(f"no {kind.name} from {owner} to compute on")
+        return share
+
+    def _follow(self, share: np.ndarray) -> list[bytes]:
+        if self._current is None:
+            raise ShapeError("OPEN received with no program running")
+        self._inbox.append(share)
+        if len(self._inbox) < len(self._current.arrays):
+            return []
+        mine, theirs, self._inbox = self._current, self._inbox, []
+        _check_round(mine, theirs)
+        opened = mpc.combine(mine, theirs)
+        # Reply first, compute the next round after: server 0 computes its next round at the
+        # same time, instead of waiting for ours.
+        self._worker = threading.Thread(target=self._advance, args=(opened,), daemon=True)
+        self._worker.start()
+        return [self.reply(SERVER0, K.OPEN, a) for a in mine.arrays]
+
+    def _advance(self, opened: list[np.ndarray]) -> None:
+        try:
+            self._current = self._proto.send(opened)
+        except StopIteration as done:
+            self._on_done(done.value)
+            self._proto = self._current = self._on_done = None
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the next _join
+            self._failure = exc
+            self._proto = self._current = self._on_done = None
+
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise ShapeError(f"{self.name}'s last protocol round failed: {failure!r}")
+
+    def _receive_triples(self, t: np.ndarray) -> list[bytes]:
+        if t.dtype == np.int64:
+            self._plan = decode_plan(t)
+        elif t.dtype == np.uint8 and t.shape == (32,):
+            self._seed = t.tobytes()
+        elif t.dtype == np.uint64:
+            request_id, plan = self._plan
+            self.stores[request_id] = TripleStore(1, plan, self._seed, t)
+        else:
+            raise ShapeError(f"unexpected triple material {t.dtype} {t.shape}")
+        return []
+
+    # --- the curious server's view -----------------------------------------------------------
+    def intercepted_activations(self, owner: str) -> Intercepted:
+        own = stack(owner, self.seen.get(owner, []))
+        if not self.colluding:  # one share alone, read as if it were the activations
+            return Intercepted(owner, own.seqs, ring.decode(_to_ring(own.acts),
+                                                             self.model.frac_bits))
+        replies = self.request(SERVER1, [(K.CONTROL, np.array([Op.COLLUDE, owner_index(owner),
+                                                               0], np.int64))])
+        other = self.expect(replies, K.INFER_SHARE, SERVER1).tensor
+        if other.shape != own.acts.shape:
+            raise ShapeError("the colluding server holds shares of other batches")
+        total = ring.reveal(_to_ring(own.acts), other)
+        return Intercepted(owner, own.seqs, ring.decode(total, self.model.frac_bits))
+
+    def attack_colluding(self, owners: list[str], aux: np.ndarray, epochs: int,
+                         seed: int) -> list:
+        self.colluding = True
+        try:
+            return self.attack(owners, aux, epochs, seed)
+        finally:
+            self.colluding = False
+
+    def wire_rounds(self) -> int:
+        return self.rounds
+
+
+def _to_ring(a: np.ndarray) -> np.ndarray:
+    """Shares are uint64 all the way (``stack`` keeps the dtype; an empty stack is float)."""
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def _first(proto: mpc.Proto) -> mpc.Proto:
+    """A forward program whose result is only its logits (inference needs no cache)."""
+    logits, _ = yield from proto
+    return logits
+
+
+def _check_round(mine: mpc.Open, theirs: list[np.ndarray]) -> None:
+    if len(theirs) != len(mine.arrays) or any(
+            t.shape != m.shape or t.dtype != np.uint64 for t, m in zip(theirs, mine.arrays,
+                                                                       strict=True)):
+        raise ShapeError("the peer's round does not match this party's (protocols out of step)")
+
+
+class SharingOwner(DataOwner):
+    """A data owner that sends each batch as two additive shares, one to each server.
+
+    It keeps its labels: it reconstructs only the logits, computes the loss gradient itself,
+    and sends it back as shares; only it ever sees the revealed cut-layer gradient.
+    """
+
+    def __init__(self, name: str, *, frac_bits: int, **kwargs: object) -> None:
+        super().__init__(name, server=SERVER0, **kwargs)
+        self.frac_bits = frac_bits
+        self.index = owner_index(name)
+
+    def _shares(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ring.share(ring.encode(x, self.frac_bits))
+
+    def _collect(self, kind: K, first: np.ndarray, op: Op) -> np.ndarray:
+        replies = self.request(SERVER0, [(kind, first)])
+        out_kind = K.LOGITS_SHARE if op == Op.LOGITS else K.CUT_GRAD_SHARE
+        s0 = self.expect(replies, out_kind, SERVER0).tensor
+        replies = self.request(SERVER1, [(K.CONTROL, np.array([op], np.int64))])
+        s1 = self.expect(replies, out_kind, SERVER1).tensor
+        if s0.shape != s1.shape or s0.dtype != np.uint64 or s1.dtype != np.uint64:
+            raise ShapeError("the servers' shares do not fit together")
+        return ring.decode(ring.reveal(s0, s1), self.frac_bits)
+
+    def remote_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        h0, h1 = self._shares(h)
+        self.request(SERVER1, [(K.SHARE, h1)])
+        logits = torch.from_numpy(self._collect(K.SHARE, h0, Op.LOGITS)).requires_grad_(True)
+        # The summed loss's gradient (entries ~1) survives fixed point far better than the
+        # mean's (~1/B); the servers divide their learning rate by B to match.
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="sum")
+        loss.backward()
+        g0, g1 = self._shares(logits.grad.numpy())
+        self.request(SERVER1, [(K.GRAD_SHARE, g1)])
+        dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
+        return dh, float(loss.detach()) / len(y)
+
+    def remote_logits(self, h: np.ndarray) -> np.ndarray:
+        h0, h1 = self._shares(h)
+        self.request(SERVER1, [(K.INFER_SHARE, h1)])
+        return self._collect(K.INFER_SHARE, h0, Op.LOGITS)

@@ -1,0 +1,163 @@
+"""Correlated randomness from the dealer: Beaver triples, arithmetic and binary.
+
+A triple is (a, b, c) with c = a*b (element-wise), a@b (matrix) or a&b (bitwise, XOR-shared),
+secret-shared between the two servers. The dealer compresses what it sends as CrypTen's trusted
+third party does: each party's shares of a and b — and party 0's share of c — are expanded from
+a 32-byte seed, so only party 1's correction c1 = c - c0 (or c ^ c0) crosses the wire.
+
+A *plan* is the ordered list of triples a protocol run will consume; dealer and parties expand
+the same plan in the same order, and a party that consumes a triple of the wrong kind or shape
+raises instead of computing garbage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import ring
+from protocol.errors import ShapeError
+from protocol.ring import SecureRandom
+
+Shape = tuple[int, ...]
+
+
+#: A mask reused from an earlier triple of the same plan: (plan index, "a" or "b", transposed).
+#: Reusing the mask of a value already opened (W1 - B in the forward pass, say) means that
+#: value's opening is reused too, so the backward pass does not open W1 again.
+MaskRef = tuple[int, str, bool]
+
+
+@dataclass(frozen=True)
+class TripleSpec:
+    kind: str  # "mul" (element-wise, arithmetic), "matmul" (arithmetic), "and" (binary)
+    a: Shape
+    b: Shape
+    a_ref: MaskRef | None = None
+    b_ref: MaskRef | None = None
+
+    def same_shape(self, other: TripleSpec) -> bool:
+        return (self.kind, self.a, self.b) == (other.kind, other.a, other.b)
+
+    @property
+    def c(self) -> Shape:
+        return (self.a[0], self.b[1]) if self.kind == "matmul" else self.a
+
+    def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self.kind == "matmul":
+            return ring.matmul(a, b)
+        return a & b if self.kind == "and" else a * b
+
+    def combine(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """How shares add up: XOR for binary triples, + mod 2^64 otherwise."""
+        return x ^ y if self.kind == "and" else x + y
+
+    def split(self, c: np.ndarray, c0: np.ndarray) -> np.ndarray:
+        return c ^ c0 if self.kind == "and" else c - c0
+
+
+@dataclass(frozen=True)
+class Triple:
+    spec: TripleSpec
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+
+
+def mul(shape: Shape) -> TripleSpec:
+    return TripleSpec("mul", shape, shape)
+
+
+def matmul(m: int, k: int, n: int) -> TripleSpec:
+    return TripleSpec("matmul", (m, k), (k, n))
+
+
+def and_(n: int) -> TripleSpec:
+    return TripleSpec("and", (n,), (n,))
+
+
+@dataclass(frozen=True)
+class DealerOutput:
+    """What the dealer sends: a seed for party 0; a seed and the corrections for party 1."""
+
+    seed0: bytes
+    seed1: bytes
+    corrections: np.ndarray  # party 1's c shares, flattened and concatenated in plan order
+
+
+def _mask(spec: TripleSpec, which: str, rng: SecureRandom,
+          earlier: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """A triple's a or b share: fresh from the PRG, or an earlier triple's (transposed)."""
+    ref = spec.a_ref if which == "a" else spec.b_ref
+    shape = spec.a if which == "a" else spec.b
+    if ref is None:
+        return rng.uint64(shape)
+    index, field_, transpose = ref
+    if not 0 <= index < len(earlier) or field_ not in ("a", "b"):
+        raise ShapeError(f"bad mask reference {ref}")
+    m = earlier[index][0 if field_ == "a" else 1]
+    m = np.ascontiguousarray(m.T) if transpose else m
+    if m.shape != shape:
+        raise ShapeError(f"mask reference {ref} has shape {m.shape}, triple needs {shape}")
+    return m
+
+
+def deal(plan: list[TripleSpec]) -> DealerOutput:
+    """The dealer's work for one plan: expand both parties' seeds, multiply, correct."""
+    seed0, seed1 = (SecureRandom().uint64((4,)).tobytes() for _ in range(2))
+    rng0, rng1 = SecureRandom(seed0), SecureRandom(seed1)
+    corrections = []
+    masks0: list[tuple[np.ndarray, np.ndarray]] = []
+    masks1: list[tuple[np.ndarray, np.ndarray]] = []
+    for spec in plan:
+        a0, b0 = _mask(spec, "a", rng0, masks0), _mask(spec, "b", rng0, masks0)
+        c0 = rng0.uint64(spec.c)
+        a1, b1 = _mask(spec, "a", rng1, masks1), _mask(spec, "b", rng1, masks1)
+        masks0.append((a0, b0))
+        masks1.append((a1, b1))
+        c = spec.product(spec.combine(a0, a1), spec.combine(b0, b1))
+        corrections.append(spec.split(c, c0).reshape(-1))
+    flat = np.concatenate(corrections) if corrections else np.zeros(0, np.uint64)
+    return DealerOutput(seed0, seed1, flat)
+
+
+def corrections_len(plan: list[TripleSpec]) -> int:
+    return sum(int(np.prod(s.c)) for s in plan)
+
+
+class TripleStore:
+    """One party's view of a dealt plan, consumed strictly in plan order."""
+
+    def __init__(self, party: int, plan: list[TripleSpec], seed: bytes,
+                 corrections: np.ndarray | None = None) -> None:
+        if party == 1 and (corrections is None or len(corrections) != corrections_len(plan)):
+            raise ShapeError("party 1's triples need one correction per element of every c")
+        self.party = party
+        self.plan = list(plan)
+        self.rng = SecureRandom(seed)
+        self.corrections = corrections
+        self.next = 0
+        self.offset = 0
+        self.masks: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def take(self, spec: TripleSpec) -> Triple:
+        """The next triple of the plan, which must have ``spec``'s kind and shapes."""
+        if self.next >= len(self.plan) or not self.plan[self.next].same_shape(spec):
+            want = self.plan[self.next] if self.next < len(self.plan) else "nothing"
+            raise ShapeError(f"protocol asked for triple {spec}, the dealt plan has {want}")
+        spec = self.plan[self.next]
+        self.next += 1
+        a, b = _mask(spec, "a", self.rng, self.masks), _mask(spec, "b", self.rng, self.masks)
+        self.masks.append((a, b))
+        if self.party == 0:
+            c = self.rng.uint64(spec.c)
+        else:
+            n = int(np.prod(spec.c))
+            c = self.corrections[self.offset:self.offset + n].reshape(spec.c)
+            self.offset += n
+        return Triple(spec, a, b, c)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next == len(self.plan)

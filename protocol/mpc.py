@@ -1,0 +1,331 @@
+"""Two-party computation of the server part on additive shares, as symmetric coroutines.
+
+Each protocol is a generator that one server runs with its own shares. Where the protocol needs
+values opened, it yields an ``Open`` holding this party's masked shares and is sent back the
+opened values (both parties' shares combined). Server 0 drives: it sends its shares to server 1
+over the wire, server 1 advances its own generator with them and replies with its shares, so one
+``Open`` is one round trip. ``run_locally`` plays both parties in one process for tests.
+
+Layers (weights stored as (in, out) ring matrices, 16 fractional bits by default):
+- linear: Beaver matrix triples, then local truncation (protocol.ring.truncate);
+- ReLU: arithmetic-to-binary conversion of the two shares, the carry tree of a parallel-prefix
+  adder over XOR shares with binary AND triples (7 rounds) to get the sign bit, a Beaver product
+  to turn that bit back into an arithmetic share, and a product with the input; the bit (ReLU's
+  derivative) is kept for the backward pass;
+- backward and SGD with momentum, all on shares; the cut-layer gradient is returned as shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol import beaver, ring
+from protocol.beaver import Triple, TripleSpec, TripleStore
+
+PARAMS = ("w1", "b1", "w2", "b2")
+
+
+@dataclass
+class Open:
+    """This party's shares of values to open; ``binary`` ones combine by XOR, others by +."""
+
+    arrays: list[np.ndarray]
+    binary: list[bool]
+
+
+Proto = Generator[Open, list[np.ndarray], object]
+
+
+def combine(mine: Open, theirs: list[np.ndarray]) -> list[np.ndarray]:
+    return [a ^ b if binary else a + b
+            for a, b, binary in zip(mine.arrays, theirs, mine.binary, strict=True)]
+
+
+# --- primitives --------------------------------------------------------------------------------
+def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """This party's share of x*y (or x@y, x&y) from a triple and the opened e = x-a, f = y-b."""
+    spec = t.spec
+    z = spec.combine(spec.combine(t.c, spec.product(e, t.b)), spec.product(t.a, f))
+    return spec.combine(z, spec.product(e, f)) if party == 0 else z
+
+
+def multiply(party: int, store: TripleStore,
+             ops: list[tuple[TripleSpec, np.ndarray, np.ndarray]]) -> Proto:
+    """Products of shared pairs, all in one round: x*y, x@y or x&y per the triple's kind."""
+    triples = [store.take(spec) for spec, _, _ in ops]
+    masked, binary = [], []
+    for (spec, x, y), t in zip(ops, triples, strict=True):
+        masked += [spec.split(x, t.a), spec.split(y, t.b)]
+        binary += [spec.kind == "and"] * 2
+    opened = yield Open(masked, binary)
+    return [product(party, t, opened[2 * i], opened[2 * i + 1]) for i, t in enumerate(triples)]
+
+
+def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
+    """ReLU on shares; returns (relu(x), d) with d = [x >= 0] as an integer-valued share.
+
+    The sign bit of x = x0 + x1 is bit 63 of a 64-bit addition whose inputs each party holds in
+    the clear (arithmetic-to-binary: as XOR shares, party 0 holds (x0, 0), party 1 (0, x1)).
+    Only the carry into bit 63 is needed, so a tree of generate/propagate combinations over the
+    63 low bits suffices (the prefix adder's carry tree, without the prefix outputs); each level
+    halves the number of groups, and bits are packed 64 to a word on the wire, so the six tree
+    rounds together open fewer words than the first AND alone.
+    """
+    shape, n = x.shape, x.size
+    flat = x.reshape(-1)
+    zero = np.zeros(n, np.uint64)
+    a = (flat if party == 0 else zero) & LOW63
+    b = (flat if party == 1 else zero) & LOW63
+    (g,) = yield from multiply(party, store, [(beaver.and_(n), a, b)])
+    # Position 63 becomes the identity of the carry operator (g = 0, p = 1), so the group
+    # generate of all 64 positions is the carry into bit 63.
+    p = a ^ b | (TOP_BIT if party == 0 else np.uint64(0))
+    G, P = _bits(g), _bits(p)
+    while G.shape[1] > 1:
+        g_lo, g_hi, p_lo, p_hi = G[:, 0::2], G[:, 1::2], P[:, 0::2], P[:, 1::2]
+        words = _words_for(g_lo.size)
+        if G.shape[1] > 2:
+            t, P = yield from multiply(party, store, [
+                (beaver.and_(words), _pack(p_hi), _pack(g_lo)),
+                (beaver.and_(words), _pack(p_hi), _pack(p_lo))])
+            P = _unpack(P, p_lo.shape)
+        else:  # the last level needs only the generate
+            (t,) = yield from multiply(party, store, [
+                (beaver.and_(words), _pack(p_hi), _pack(g_lo))])
+        G = g_hi ^ _unpack(t, g_lo.shape)
+    carry = G[:, 0].astype(np.uint64)
+    sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
+    msb = sign ^ carry
+    # Binary-to-arithmetic of one bit: m = m0 + m1 - 2 m0 m1, with one Beaver product.
+    m0 = msb if party == 0 else zero
+    m1 = msb if party == 1 else zero
+    (m01,) = yield from multiply(party, store, [(beaver.mul((n,)), m0, m1)])
+    m = m0 + m1 - np.uint64(2) * m01
+    d = (np.uint64(1) if party == 0 else np.uint64(0)) - m  # [x >= 0], an integer (not scaled)
+    (y,) = yield from multiply(party, store, [(beaver.mul((n,)), flat, d)])
+    return y.reshape(shape), d.reshape(shape)
+
+
+LOW63 = np.uint64(2**63 - 1)
+TOP_BIT = np.uint64(2**63)
+
+
+def _bits(words: np.ndarray) -> np.ndarray:
+    """(n,) uint64 -> (n, 64) uint8 bit matrix; column i is bit i."""
+    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8).reshape(-1, 8), axis=1,
+                         bitorder="little")
+
+
+def _words_for(n_bits: int) -> int:
+    return -(-n_bits // 64)
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """A bit matrix as few uint64 words as possible (zero-padded)."""
+    packed = np.packbits(np.ascontiguousarray(bits).reshape(-1), bitorder="little")
+    padded = np.zeros(8 * _words_for(bits.size), np.uint8)
+    padded[:len(packed)] = packed
+    return padded.view(np.uint64)
+
+
+def _unpack(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape))
+    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n].reshape(shape)
+
+
+def relu_plan(n: int) -> list[TripleSpec]:
+    plan = [beaver.and_(n)]
+    groups = 64
+    while groups > 1:
+        words = _words_for(n * groups // 2)
+        plan += [beaver.and_(words)] * (2 if groups > 2 else 1)
+        groups //= 2
+    return plan + [beaver.mul((n,)), beaver.mul((n,))]
+
+
+# --- the server part: Linear(500,500) + ReLU + Linear(500,10) ---------------------------------
+@dataclass
+class SharedModel:
+    """One party's shares of the server part and its momentum buffers."""
+
+    party: int
+    params: dict[str, np.ndarray]
+    frac_bits: int = ring.DEFAULT_FRAC_BITS
+    momentum: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        return (self.params["w1"].shape[0], self.params["w1"].shape[1], self.params["w2"].shape[1])
+
+    def trunc(self, x: np.ndarray) -> np.ndarray:
+        return ring.truncate(x, self.party, self.frac_bits)
+
+    def add_public(self, x: np.ndarray, public: np.ndarray) -> np.ndarray:
+        """Adding a public value to a shared one: only party 0 adds it."""
+        return x + public if self.party == 0 else x
+
+
+@dataclass
+class ForwardCache:
+    h: np.ndarray
+    a1: np.ndarray
+    d1: np.ndarray
+    opened: dict[str, np.ndarray]  # h-A1, W1-B1, a1-A2, W2-B2: reused by the backward pass
+    t1: Triple  # the forward triples whose masks the backward triples reuse
+    t2: Triple
+
+
+def forward_plan(batch: int, d_in: int, d_hidden: int, d_out: int) -> list[TripleSpec]:
+    return ([beaver.matmul(batch, d_in, d_hidden)] + relu_plan(batch * d_hidden)
+            + [beaver.matmul(batch, d_hidden, d_out)])
+
+
+def forward(model: SharedModel, store: TripleStore, h: np.ndarray) -> Proto:
+    """Shared logits of a batch, and what the backward pass needs."""
+    p, party = model.params, model.party
+    b, d_in = h.shape
+    _, d_hidden, d_out = model.dims
+    t1 = store.take(beaver.matmul(b, d_in, d_hidden))
+    e1, f1 = yield Open([h - t1.a, p["w1"] - t1.b], [False, False])
+    z1 = model.trunc(product(party, t1, e1, f1)) + p["b1"]
+    a1, d1 = yield from relu(party, store, z1)
+    t2 = store.take(beaver.matmul(b, d_hidden, d_out))
+    e2, f2 = yield Open([a1 - t2.a, p["w2"] - t2.b], [False, False])
+    z2 = model.trunc(product(party, t2, e2, f2)) + p["b2"]
+    opened = {"e1": e1, "f1": f1, "e2": e2, "f2": f2}
+    return z2, ForwardCache(h, a1, d1, opened, t1, t2)
+
+
+def backward_plan(batch: int, d_in: int, d_hidden: int, d_out: int,
+                  forward_len: int) -> list[TripleSpec]:
+    """The backward triples; masks of values the forward pass opened are reused, so h, a1, W1
+    and W2 are not opened again (``forward_len``: index of the first backward triple)."""
+    t1, t2 = 0, forward_len - 1
+    t3, t6 = forward_len, forward_len + 3
+    return [
+        TripleSpec("matmul", (d_hidden, batch), (batch, d_out), a_ref=(t2, "a", True)),
+        TripleSpec("matmul", (batch, d_out), (d_out, d_hidden), a_ref=(t3, "b", False),
+                   b_ref=(t2, "b", True)),
+        beaver.mul((batch, d_hidden)),
+        TripleSpec("matmul", (d_in, batch), (batch, d_hidden), a_ref=(t1, "a", True)),
+        TripleSpec("matmul", (batch, d_hidden), (d_hidden, d_in), a_ref=(t6, "b", False),
+                   b_ref=(t1, "b", True)),
+    ]
+
+
+def train_plan(batch: int, d_in: int, d_hidden: int, d_out: int) -> list[TripleSpec]:
+    fwd = forward_plan(batch, d_in, d_hidden, d_out)
+    return fwd + backward_plan(batch, d_in, d_hidden, d_out, len(fwd))
+
+
+def backward(model: SharedModel, store: TripleStore, cache: ForwardCache, g2: np.ndarray,
+             lr: float, momentum: float, grad_scale: float = 1.0) -> Proto:
+    """Backward pass and SGD-with-momentum step on shares; returns shares of dLoss/dh.
+
+    ``g2`` is the shared gradient of the loss w.r.t. the logits (the owner computes it from the
+    logits it alone reconstructs), multiplied by ``grad_scale``: the owner sends the gradient
+    of the *summed* loss (scale = batch size) so that its entries are ~1, not ~1/64, which
+    fixed point with 16 fractional bits represents far more precisely; the step uses
+    lr / grad_scale, so the update equals torch.optim.SGD(momentum=...) on the mean loss. The
+    returned cut-layer gradient carries the same scale. Three rounds: g2, then the ReLU mask,
+    then dz1 are the only values opened.
+    """
+    party, o = model.party, cache.opened
+    b, d_in = cache.h.shape
+    _, d_hidden, d_out = model.dims
+    # dW2 = a1^T g2 and da1 = g2 W2^T: a1 and W2 are already open under these masks.
+    t3 = store.take(beaver.matmul(d_hidden, b, d_out))
+    t4 = store.take(beaver.matmul(b, d_out, d_hidden))
+    (f3,) = yield Open([g2 - t3.b], [False])
+    dw2 = product(party, t3, np.ascontiguousarray(o["e2"].T), f3)
+    da1 = model.trunc(product(party, t4, f3, np.ascontiguousarray(o["f2"].T)))
+    (dz1,) = yield from multiply(party, store, [(beaver.mul((b, d_hidden)), da1, cache.d1)])
+    # dW1 = h^T dz1 and dh = dz1 W1^T: h and W1 are already open; dz1 is opened once.
+    t6 = store.take(beaver.matmul(d_in, b, d_hidden))
+    t7 = store.take(beaver.matmul(b, d_hidden, d_in))
+    (f6,) = yield Open([dz1 - t6.b], [False])
+    dw1 = product(party, t6, np.ascontiguousarray(o["e1"].T), f6)
+    dh = product(party, t7, f6, np.ascontiguousarray(o["f1"].T))
+    grads = {"w1": model.trunc(dw1), "b1": dz1.sum(0, dtype=np.uint64),
+             "w2": model.trunc(dw2), "b2": g2.sum(0, dtype=np.uint64)}
+    sgd_step(model, grads, lr / grad_scale, momentum)
+    return model.trunc(dh)
+
+
+def sgd_step(model: SharedModel, grads: dict[str, np.ndarray], lr: float,
+             momentum: float) -> None:
+    """v = momentum * v + g;  w = w - lr * v (public scalars: local products, truncated)."""
+    mu = ring.encode(np.array(momentum), model.frac_bits)
+    eta = ring.encode(np.array(lr), model.frac_bits)
+    for name in PARAMS:
+        g = grads[name]
+        v = model.momentum.get(name)
+        v = g if v is None else model.trunc(v * mu) + g
+        model.momentum[name] = v
+        model.params[name] = model.params[name] - model.trunc(v * eta)
+
+
+def infer_plan(batch: int, d_in: int, d_hidden: int, d_out: int,
+               public_weights: bool) -> list[TripleSpec]:
+    if not public_weights:
+        return forward_plan(batch, d_in, d_hidden, d_out)
+    return relu_plan(batch * d_hidden)
+
+
+def infer_public(party: int, weights: dict[str, np.ndarray], store: TripleStore,
+                 h: np.ndarray, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> Proto:
+    """Inference with revealed (public, encoded) weights: the linear layers are local products,
+    only ReLU needs rounds."""
+    z1 = ring.truncate(ring.matmul(h, weights["w1"]), party, frac_bits)
+    z1 = z1 + weights["b1"] if party == 0 else z1
+    a1, _ = yield from relu(party, store, z1)
+    z2 = ring.truncate(ring.matmul(a1, weights["w2"]), party, frac_bits)
+    return z2 + weights["b2"] if party == 0 else z2
+
+
+def reveal_weights(model: SharedModel) -> Proto:
+    """Open the trained server part to both servers (deployment with --reveal-model)."""
+    opened = yield Open([model.params[n] for n in PARAMS], [False] * len(PARAMS))
+    return dict(zip(PARAMS, opened, strict=True))
+
+
+# --- both parties in one process ---------------------------------------------------------------
+@dataclass
+class RoundStats:
+    rounds: int = 0
+    opened_elements: int = 0
+
+
+def run_locally(proto0: Proto, proto1: Proto, stats: RoundStats | None = None
+                ) -> tuple[object, object]:
+    """Run two parties' generators in lockstep (what the two servers do over the wire)."""
+    stats = stats or RoundStats()
+    try:
+        msg0 = next(proto0)
+    except StopIteration as done0:
+        return done0.value, _finish(proto1)
+    msg1 = next(proto1)
+    while True:
+        stats.rounds += 1
+        stats.opened_elements += sum(a.size for a in msg0.arrays)
+        opened0, opened1 = combine(msg0, msg1.arrays), combine(msg1, msg0.arrays)
+        try:
+            msg0 = proto0.send(opened0)
+        except StopIteration as done0:
+            try:
+                proto1.send(opened1)
+            except StopIteration as done1:
+                return done0.value, done1.value
+            raise RuntimeError("party 1 wants another round, party 0 finished") from None
+        msg1 = proto1.send(opened1)
+
+
+def _finish(proto: Proto) -> object:
+    try:
+        next(proto)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("party 1 wants a round, party 0 finished")

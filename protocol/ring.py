@@ -1,0 +1,109 @@
+"""Arithmetic in Z_2^64: fixed-point encoding, additive 2-party shares, exact ring products.
+
+As CrypTen's ``ArithmeticSharedTensor``: a real value ``v`` is encoded as ``round(v * 2^f)``
+in the ring (two's complement), split into two uniformly random shares that sum to it mod
+2^64, and revealed by adding the shares. numpy's uint64 arithmetic wraps mod 2^64 by itself.
+
+Truncation after a product (which carries 2f fractional bits) is the local, non-interactive
+SecureML rule (Mohassel & Zhang 2017): party 0 shifts its share, party 1 shifts the negation of
+its share and negates back. **Error bound**: if the true product ``x`` satisfies |x| < 2^l (in
+ring units), the result is within 1 unit (2^-f) of x / 2^f with probability at least
+1 - 2^(l + 1 - 64); otherwise it is off by about 2^(64 - f). With f = 16 and a product whose
+real value is below 2^7, l = 39 and that chance is at most 2^-24 per element.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from protocol.errors import ShapeError
+
+RING_BITS = 64
+DEFAULT_FRAC_BITS = 16
+#: Largest magnitude an encoding may take (2^62): leaves headroom so sums do not wrap.
+MAX_ENCODED = 2**62
+
+Shape = tuple[int, ...]
+
+
+class SecureRandom:
+    """A cryptographically secure PRG: the AES-256-CTR keystream under a 32-byte seed.
+
+    With no seed it draws one from ``os.urandom``; with a seed two parties (or the dealer and a
+    party) regenerate the same stream, so correlated randomness travels as 32 bytes.
+    """
+
+    SEED_BYTES = 32
+
+    def __init__(self, seed: bytes | None = None) -> None:
+        seed = os.urandom(self.SEED_BYTES) if seed is None else seed
+        if len(seed) != self.SEED_BYTES:
+            raise ValueError(f"seed must be {self.SEED_BYTES} bytes")
+        self._stream = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
+
+    def uint64(self, shape: Shape) -> np.ndarray:
+        n = int(np.prod(shape, dtype=np.int64))
+        out = np.empty(n, dtype="<u8")  # the keystream is written straight into the array
+        self._stream.update_into(_zeros(8 * n), memoryview(out.view(np.uint8)))
+        return out.reshape(shape)
+
+    def __repr__(self) -> str:
+        return "SecureRandom(<seeded>)"
+
+
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def _zeros(n: int) -> memoryview | bytes:
+    """n zero bytes (the plaintext whose AES-CTR encryption is the keystream), reused."""
+    return _ZEROS[:n] if n <= len(_ZEROS) else bytes(n)
+
+
+def encode(x: np.ndarray | torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """Real values -> ring elements (uint64) with ``frac_bits`` fractional bits."""
+    x = np.asarray(x.detach() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ShapeError("cannot encode NaN/inf into the ring")
+    scaled = np.rint(x * float(2**frac_bits))
+    if scaled.size and np.abs(scaled).max() >= MAX_ENCODED:
+        raise ShapeError(f"value too large for fixed point with {frac_bits} fractional bits")
+    return scaled.astype(np.int64).view(np.uint64)
+
+
+def decode(r: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """Ring elements -> float64 (two's complement, ``frac_bits`` fractional bits)."""
+    return np.asarray(r, dtype=np.uint64).view(np.int64).astype(np.float64) / float(2**frac_bits)
+
+
+def share(x: np.ndarray, rng: SecureRandom | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ring elements into two additive shares; each alone is uniformly random."""
+    s0 = (rng or SecureRandom()).uint64(x.shape)
+    return s0, x - s0
+
+
+def reveal(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    return s0 + s1
+
+
+def truncate(s: np.ndarray, party: int, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """Divide a shared value by 2^frac_bits, locally (see the module's error bound)."""
+    if party == 0:
+        return (s.view(np.int64) >> frac_bits).view(np.uint64)
+    neg = (np.uint64(0) - s).view(np.int64)
+    return (np.uint64(0) - (neg >> frac_bits).view(np.uint64))
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact product mod 2^64 of two uint64 matrices.
+
+    torch's int64 matmul wraps in two's complement, which is exactly arithmetic mod 2^64; it is
+    the fastest exact product measured here (0.7 ms for 64x500 @ 500x500 on one core, against
+    5 ms for three-limb float64 products). tests/test_ring.py checks it against Python ints.
+    """
+    ta = torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
+    tb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64))
+    return (ta @ tb).numpy().view(np.uint64)

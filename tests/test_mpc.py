@@ -1,0 +1,151 @@
+"""Two-party computation on shares: triples, matmul, ReLU, training steps, plans."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from actors.mpc_roles import decode_plan, encode_plan
+from protocol import beaver, mpc, ring
+from protocol.beaver import TripleSpec, TripleStore
+from protocol.errors import ShapeError
+
+ULP = 2.0**-ring.DEFAULT_FRAC_BITS
+
+
+def stores(plan):
+    dealt = beaver.deal(plan)
+    return TripleStore(0, plan, dealt.seed0), TripleStore(1, plan, dealt.seed1, dealt.corrections)
+
+
+def shared(x):
+    return ring.share(ring.encode(x))
+
+
+def test_dealt_triples_are_correct_including_reused_masks():
+    plan = [beaver.mul((3, 4)), beaver.matmul(3, 5, 2), beaver.and_(7),
+            TripleSpec("matmul", (5, 3), (3, 4), a_ref=(1, "a", True)),
+            TripleSpec("matmul", (2, 5), (5, 3), a_ref=(1, "b", True), b_ref=(1, "a", True))]
+    s0, s1 = stores(plan)
+    triples = [(s0.take(spec), s1.take(spec)) for spec in plan]
+    for (t0, t1), spec in zip(triples, plan, strict=True):
+        a, b, c = (spec.combine(getattr(t0, f), getattr(t1, f)) for f in "abc")
+        assert np.array_equal(c, spec.product(a, b)), spec
+    a1 = triples[1][0].a + triples[1][1].a
+    assert np.array_equal(triples[3][0].a + triples[3][1].a, a1.T)  # the reused mask
+    assert s0.exhausted and s1.exhausted
+
+
+def test_triple_store_refuses_a_triple_out_of_plan():
+    s0, _ = stores([beaver.mul((2,))])
+    with pytest.raises(ShapeError, match="dealt plan"):
+        s0.take(beaver.mul((3,)))
+
+
+def test_beaver_matmul_matches_plaintext():
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=(6, 8)), rng.normal(size=(8, 5))
+    (x0, x1), (w0, w1) = shared(x), shared(w)
+    spec = beaver.matmul(6, 8, 5)
+    s0, s1 = stores([spec])
+    (z0,), (z1,) = mpc.run_locally(mpc.multiply(0, s0, [(spec, x0, w0)]),
+                                   mpc.multiply(1, s1, [(spec, x1, w1)]))
+    z = ring.decode(ring.reveal(ring.truncate(z0, 0), ring.truncate(z1, 1)))
+    assert np.abs(z - x @ w).max() < 8 * 2 * ULP
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e3, 2.0**28])
+def test_relu_and_its_derivative_on_shares(scale):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 40)) * scale
+    x[0, :6] = [0.0, ULP, -ULP, 2 * ULP, -(2.0**29), 2.0**29]  # zero and extremes
+    x0, x1 = shared(x)
+    plan = mpc.relu_plan(x.size)
+    s0, s1 = stores(plan)
+    stats = mpc.RoundStats()
+    (y0, d0), (y1, d1) = mpc.run_locally(mpc.relu(0, s0, x0), mpc.relu(1, s1, x1), stats)
+    xq = ring.decode(ring.encode(x))  # what the ring holds
+    assert np.array_equal(ring.decode(ring.reveal(y0, y1)), np.maximum(xq, 0))  # exact
+    assert np.array_equal(ring.reveal(d0, d1).view(np.int64), (xq >= 0).astype(np.int64))
+    assert stats.rounds == 9 and s0.exhausted
+
+
+def tiny_model(seed=0, d_in=12, hidden=9, d_out=4):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(),
+                               torch.nn.Linear(hidden, d_out))
+
+
+def test_training_steps_on_shares_match_plaintext_training():
+    ref = tiny_model()
+    params = {"w1": ref[0].weight.T, "b1": ref[0].bias, "w2": ref[2].weight.T, "b2": ref[2].bias}
+    sh = {k: shared(v.detach().numpy()) for k, v in params.items()}
+    m0 = mpc.SharedModel(0, {k: v[0] for k, v in sh.items()})
+    m1 = mpc.SharedModel(1, {k: v[1] for k, v in sh.items()})
+    model = copy.deepcopy(ref)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(2)
+    batch = 16
+    for _ in range(4):
+        h = rng.normal(size=(batch, 12)).astype(np.float32)
+        y = torch.from_numpy(rng.integers(0, 4, batch))
+        s0, s1 = stores(mpc.train_plan(batch, 12, 9, 4))
+        h0, h1 = shared(h)
+        (z0, c0), (z1, c1) = mpc.run_locally(mpc.forward(m0, s0, h0), mpc.forward(m1, s1, h1))
+        logits = torch.from_numpy(ring.decode(ring.reveal(z0, z1))).requires_grad_(True)
+        torch.nn.functional.cross_entropy(logits, y, reduction="sum").backward()
+        g0, g1 = shared(logits.grad.numpy())
+        dh0, dh1 = mpc.run_locally(mpc.backward(m0, s0, c0, g0, 0.1, 0.9, batch),
+                                   mpc.backward(m1, s1, c1, g1, 0.1, 0.9, batch))
+        ht = torch.from_numpy(h).requires_grad_(True)
+        opt.zero_grad()
+        out = model(ht)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+        assert np.abs(logits.detach().numpy() - out.detach().numpy()).max() < 1e-2
+        assert np.abs(ring.decode(ring.reveal(dh0, dh1)) / batch - ht.grad.numpy()).max() < 1e-3
+        assert s0.exhausted and s1.exhausted
+    w1 = ring.decode(ring.reveal(m0.params["w1"], m1.params["w1"]))
+    assert np.abs(w1 - model[0].weight.detach().numpy().T).max() < 1e-3
+    assert np.abs(w1 - ref[0].weight.detach().numpy().T).max() > 1e-2  # it did learn
+
+
+def test_public_weight_inference_equals_shared_weight_inference():
+    ref = tiny_model(1)
+    params = {"w1": ref[0].weight.T, "b1": ref[0].bias, "w2": ref[2].weight.T, "b2": ref[2].bias}
+    enc = {k: ring.encode(v.detach().numpy()) for k, v in params.items()}
+    sh = {k: ring.share(v) for k, v in enc.items()}
+    m0 = mpc.SharedModel(0, {k: v[0] for k, v in sh.items()})
+    m1 = mpc.SharedModel(1, {k: v[1] for k, v in sh.items()})
+    w0, w1 = mpc.run_locally(mpc.reveal_weights(m0), mpc.reveal_weights(m1))
+    assert all(np.array_equal(w0[k], enc[k]) and np.array_equal(w1[k], enc[k]) for k in enc)
+    h = np.random.default_rng(3).normal(size=(7, 12))
+    h0, h1 = shared(h)
+    s0, s1 = stores(mpc.infer_plan(7, 12, 9, 4, public_weights=True))
+    stats = mpc.RoundStats()
+    z0, z1 = mpc.run_locally(mpc.infer_public(0, w0, s0, h0), mpc.infer_public(1, w1, s1, h1),
+                             stats)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(h).float()).numpy()
+    assert np.abs(ring.decode(ring.reveal(z0, z1)) - want).max() < 1e-2
+    assert stats.rounds == 9  # only ReLU needs rounds
+
+
+def test_plan_wire_encoding_round_trips_and_rejects_garbage():
+    plan = mpc.train_plan(8, 12, 9, 4)
+    request_id, back = decode_plan(encode_plan(plan, 42))
+    assert request_id == 42 and back == plan
+    bad = encode_plan(plan, 1)
+    bad[3, 0] = 9  # unknown kind
+    with pytest.raises(ShapeError):
+        decode_plan(bad)
+    huge = encode_plan([beaver.matmul(10**5, 10**4, 10)], 1)
+    with pytest.raises(ShapeError, match="exceeds"):
+        decode_plan(huge)
+    forward_ref = encode_plan(plan, 1)
+    forward_ref[-1, 5] = len(plan) + 3  # a mask reference to a triple not yet dealt
+    with pytest.raises(ShapeError, match="reference"):
+        decode_plan(forward_ref)

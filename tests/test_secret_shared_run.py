@@ -1,0 +1,80 @@
+"""End to end, in-process: who can still attack under secret sharing, and what it costs."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.backend import LocalBackend
+from actors.data import load_target
+from actors.lab import ADVERSARIES, RunConfig, run_protocol
+from attack.auxiliary import load_aux
+from attack.validator import train_validator
+
+
+@pytest.fixture(scope="module")
+def setting():
+    data = load_target(seed=0)
+    aux = load_aux("letters", 2500, 0)
+    judge = train_validator(data.train.x, data.train.y, seed=0, epochs=2)
+    return data, aux, lambda: judge
+
+
+def run(setting, **kw):
+    data, aux, judge = setting
+    cfg = RunConfig(attack_epochs=12, seed=0, **kw)
+    return {r.adversary: r for r in run_protocol(LocalBackend(), cfg, data, aux, judge)}
+
+
+@pytest.fixture(scope="module")
+def shared_runs(setting):
+    return (run(setting, protocol="plaintext", epochs=2, adversaries=("eavesdropper",)),
+            run(setting, protocol="secret-shared", epochs=2, adversaries=ADVERSARIES))
+
+
+def test_training_on_shares_matches_plaintext(shared_runs):
+    plain, shared = shared_runs
+    acc_plain = plain["eavesdropper"].target_accuracy
+    acc_shared = shared["server"].target_accuracy
+    assert acc_shared > 0.85
+    # Shares are fresh randomness each run, so the last-bit rounding of truncation differs and
+    # two short runs drift apart by up to ~1.5 pp (seen: 89.8-92.4% at 2 epochs vs 92.2%);
+    # the 10-epoch comparison is in the README, measured over seeds.
+    assert abs(acc_shared - acc_plain) <= 0.03
+
+
+def test_only_colluding_servers_rebuild_the_digits(shared_runs):
+    _, shared = shared_runs
+    assert shared["eavesdropper"].attack.validator_accuracy <= 0.2
+    assert shared["server"].attack.validator_accuracy <= 0.2
+    assert shared["colluding-servers"].attack.validator_accuracy >= 0.6
+    assert shared["server"].attack.ssim < shared["server"].baseline["ssim"] + 0.05
+
+
+def test_communication_is_accounted(shared_runs):
+    _, shared = shared_runs
+    mpc = shared["server"].mpc
+    step, batch = mpc["per_training_step"], mpc["per_inference_batch"]
+    assert step["rounds"] == 14 and batch["rounds"] == 11  # 2 linear + 9 ReLU rounds
+    assert step["online_bytes"] > 1e6 and step["dealer_bytes"] > 1e5
+    assert mpc["rounds"] == step["rounds"] * step["steps"] + batch["rounds"] * batch["batches"]
+    assert mpc["channel_encryption"] and mpc["inference_weights"] == "shared"
+
+
+@pytest.mark.parametrize("tap,succeeds", [("one", False), ("all", True)])
+def test_without_channel_encryption_one_tap_fails_and_all_taps_win(setting, tap, succeeds):
+    got = run(setting, protocol="secret-shared", epochs=1, adversaries=("eavesdropper",),
+              channel_encryption=False, tap=tap)["eavesdropper"]
+    assert not got.mpc["channel_encryption"]
+    if succeeds:
+        assert got.attack.validator_accuracy >= 0.6
+    else:
+        assert got.attack.validator_accuracy <= 0.2
+
+
+def test_revealed_model_infers_with_fewer_rounds(setting):
+    got = run(setting, protocol="secret-shared", epochs=1, adversaries=("server",),
+              reveal_model=True)["server"]
+    assert got.mpc["per_inference_batch"]["rounds"] == 9  # only ReLU needs rounds
+    assert got.mpc["reveal_model"]["rounds"] == 1
+    assert got.mpc["inference_weights"] == "public"
+    assert got.target_accuracy > 0.7  # one epoch of training
