@@ -39,8 +39,8 @@ def main() -> int:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as out:
                 cmd = [sys.executable, "-m", "actors.simulate", "--protocol", "plaintext",
-                       "--aux", aux, "--seed", str(seed), "--out", out, "--quiet",
-                       "--backend", args.backend]
+                       "--adversary", "eavesdropper", "--aux", aux, "--seed", str(seed),
+                       "--out", out, "--quiet", "--backend", args.backend]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 runs.append(json.loads((Path(out) / "results.json").read_text())["runs"][0])
         med = {k: statistics.median(r["attack"][k] for r in runs)

@@ -137,17 +137,31 @@ class TripleStore:
         self.plan = list(plan)
         self.rng = SecureRandom(seed)
         self.corrections = corrections
-        self.next = 0
-        self.offset = 0
-        self.masks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.taken = 0  # triples handed out
+        self.offset = 0  # into party 1's corrections
+        self.masks: list[tuple[np.ndarray, np.ndarray]] = []  # every a, b (for mask reuse)
+        self._expanded: list[Triple | None] = []  # expanded ahead of use (materialize)
+
+    def materialize(self) -> TripleStore:
+        """Expand every triple now (the offline phase), so ``take`` costs nothing online."""
+        while len(self._expanded) < len(self.plan):
+            self._expanded.append(self._expand(len(self._expanded)))
+        return self
 
     def take(self, spec: TripleSpec) -> Triple:
         """The next triple of the plan, which must have ``spec``'s kind and shapes."""
-        if self.next >= len(self.plan) or not self.plan[self.next].same_shape(spec):
-            want = self.plan[self.next] if self.next < len(self.plan) else "nothing"
+        i = self.taken
+        if i >= len(self.plan) or not self.plan[i].same_shape(spec):
+            want = self.plan[i] if i < len(self.plan) else "nothing"
             raise ShapeError(f"protocol asked for triple {spec}, the dealt plan has {want}")
-        spec = self.plan[self.next]
-        self.next += 1
+        if i == len(self._expanded):
+            self._expanded.append(self._expand(i))
+        triple, self._expanded[i] = self._expanded[i], None  # hand it out, keep no copy
+        self.taken += 1
+        return triple
+
+    def _expand(self, i: int) -> Triple:
+        spec = self.plan[i]
         a, b = _mask(spec, "a", self.rng, self.masks), _mask(spec, "b", self.rng, self.masks)
         self.masks.append((a, b))
         if self.party == 0:
@@ -160,4 +174,4 @@ class TripleStore:
 
     @property
     def exhausted(self) -> bool:
-        return self.next == len(self.plan)
+        return self.taken == len(self.plan)

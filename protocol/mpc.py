@@ -17,6 +17,7 @@ Layers (weights stored as (in, out) ring matrices, 16 fractional bits by default
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -83,20 +84,19 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     # Position 63 becomes the identity of the carry operator (g = 0, p = 1), so the group
     # generate of all 64 positions is the carry into bit 63.
     p = a ^ b | (TOP_BIT if party == 0 else np.uint64(0))
-    G, P = _bits(g), _bits(p)
-    while G.shape[1] > 1:
-        g_lo, g_hi, p_lo, p_hi = G[:, 0::2], G[:, 1::2], P[:, 0::2], P[:, 1::2]
-        words = _words_for(g_lo.size)
-        if G.shape[1] > 2:
-            t, P = yield from multiply(party, store, [
-                (beaver.and_(words), _pack(p_hi), _pack(g_lo)),
-                (beaver.and_(words), _pack(p_hi), _pack(p_lo))])
-            P = _unpack(P, p_lo.shape)
+    # Bits stay packed 64 to a word throughout: element e's groups occupy a contiguous run
+    # of the bit stream, and each level keeps the even (low) and odd (high) groups.
+    width = 64
+    while width > 1:
+        g_lo, g_hi, p_lo, p_hi = _even(g), _odd(g), _even(p), _odd(p)
+        spec = beaver.and_(len(g_lo))
+        if width > 2:
+            t, p = yield from multiply(party, store, [(spec, p_hi, g_lo), (spec, p_hi, p_lo)])
         else:  # the last level needs only the generate
-            (t,) = yield from multiply(party, store, [
-                (beaver.and_(words), _pack(p_hi), _pack(g_lo))])
-        G = g_hi ^ _unpack(t, g_lo.shape)
-    carry = G[:, 0].astype(np.uint64)
+            (t,) = yield from multiply(party, store, [(spec, p_hi, g_lo)])
+        g = g_hi ^ t
+        width //= 2
+    carry = np.unpackbits(g.view(np.uint8), bitorder="little")[:n].astype(np.uint64)
     sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
     msb = sign ^ carry
     # Binary-to-arithmetic of one bit: m = m0 + m1 - 2 m0 m1, with one Beaver product.
@@ -113,36 +113,35 @@ LOW63 = np.uint64(2**63 - 1)
 TOP_BIT = np.uint64(2**63)
 
 
-def _bits(words: np.ndarray) -> np.ndarray:
-    """(n,) uint64 -> (n, 64) uint8 bit matrix; column i is bit i."""
-    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8).reshape(-1, 8), axis=1,
-                         bitorder="little")
+_EVEN = [np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F,
+                                  0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
 
 
-def _words_for(n_bits: int) -> int:
-    return -(-n_bits // 64)
+def _even(words: np.ndarray) -> np.ndarray:
+    """The even bits of a packed bit stream, packed: half as many words (rounded up)."""
+    x = np.zeros(len(words) + len(words) % 2, np.uint64)  # even length: words pair up
+    np.bitwise_and(words, _EVEN[0], out=x[:len(words)])
+    tmp = np.empty_like(x)
+    for i, shift in enumerate((1, 2, 4, 8, 16), start=1):  # gather even bits into the low half
+        np.right_shift(x, np.uint64(shift), out=tmp)
+        np.bitwise_or(x, tmp, out=x)
+        np.bitwise_and(x, _EVEN[i], out=x)
+    out = x[1::2] << np.uint64(32)
+    out |= x[0::2]
+    return out
 
 
-def _pack(bits: np.ndarray) -> np.ndarray:
-    """A bit matrix as few uint64 words as possible (zero-padded)."""
-    packed = np.packbits(np.ascontiguousarray(bits).reshape(-1), bitorder="little")
-    padded = np.zeros(8 * _words_for(bits.size), np.uint8)
-    padded[:len(packed)] = packed
-    return padded.view(np.uint64)
-
-
-def _unpack(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape))
-    return np.unpackbits(words.view(np.uint8), bitorder="little")[:n].reshape(shape)
+def _odd(words: np.ndarray) -> np.ndarray:
+    return _even(words >> np.uint64(1))
 
 
 def relu_plan(n: int) -> list[TripleSpec]:
     plan = [beaver.and_(n)]
-    groups = 64
-    while groups > 1:
-        words = _words_for(n * groups // 2)
-        plan += [beaver.and_(words)] * (2 if groups > 2 else 1)
-        groups //= 2
+    words, width = n, 64
+    while width > 1:
+        words = -(-words // 2)
+        plan += [beaver.and_(words)] * (2 if width > 2 else 1)
+        width //= 2
     return plan + [beaver.mul((n,)), beaver.mul((n,))]
 
 
@@ -297,35 +296,34 @@ def reveal_weights(model: SharedModel) -> Proto:
 class RoundStats:
     rounds: int = 0
     opened_elements: int = 0
+    #: Compute time: each party's, and the sum over rounds of the slower party's (the wall
+    #: time two servers computing side by side would need, network aside).
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    parallel_seconds: float = 0.0
 
 
 def run_locally(proto0: Proto, proto1: Proto, stats: RoundStats | None = None
                 ) -> tuple[object, object]:
     """Run two parties' generators in lockstep (what the two servers do over the wire)."""
     stats = stats or RoundStats()
-    try:
-        msg0 = next(proto0)
-    except StopIteration as done0:
-        return done0.value, _finish(proto1)
-    msg1 = next(proto1)
+    protos, msgs, results = (proto0, proto1), [None, None], [None, None]
+    inputs: list[list[np.ndarray] | None] = [None, None]
     while True:
-        stats.rounds += 1
-        stats.opened_elements += sum(a.size for a in msg0.arrays)
-        opened0, opened1 = combine(msg0, msg1.arrays), combine(msg1, msg0.arrays)
-        try:
-            msg0 = proto0.send(opened0)
-        except StopIteration as done0:
+        spent = [0.0, 0.0]
+        for i in (0, 1):
+            t = time.perf_counter()
             try:
-                proto1.send(opened1)
-            except StopIteration as done1:
-                return done0.value, done1.value
-            raise RuntimeError("party 1 wants another round, party 0 finished") from None
-        msg1 = proto1.send(opened1)
+                msgs[i] = next(protos[i]) if inputs[i] is None else protos[i].send(inputs[i])
+            except StopIteration as done:
+                msgs[i], results[i] = None, done.value
+            spent[i] = time.perf_counter() - t
+            stats.seconds[i] += spent[i]
+        stats.parallel_seconds += max(spent)
+        if msgs[0] is None or msgs[1] is None:
+            if msgs[0] is not msgs[1]:
+                raise RuntimeError("one party wants another round, the other finished")
+            return results[0], results[1]
+        stats.rounds += 1
+        stats.opened_elements += sum(a.size for a in msgs[0].arrays)
+        inputs = [combine(msgs[0], msgs[1].arrays), combine(msgs[1], msgs[0].arrays)]
 
-
-def _finish(proto: Proto) -> object:
-    try:
-        next(proto)
-    except StopIteration as done:
-        return done.value
-    raise RuntimeError("party 1 wants a round, party 0 finished")
