@@ -7,6 +7,7 @@ tapped), the compute server (what it decrypted) — mixes this in and implements
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +41,12 @@ def stack(owner: str, items: list[tuple[int, np.ndarray]]) -> Intercepted:
                        np.concatenate(acts) if acts else np.zeros((0, CUT_DIM), np.float32))
 
 
-class InversionAttacker:
+class InversionAttacker(ABC):
     """Mixin for a ``Role``: the attack, given what the role intercepted."""
 
+    @abstractmethod
     def intercepted_activations(self, owner: str) -> Intercepted:
-        raise NotImplementedError  # each adversary role says what it holds
+        """What this adversary holds of ``owner``'s inference activations."""
 
     def query_oracle(self, owner: str, x: np.ndarray) -> np.ndarray:
         check_batch(x, INPUT_DIM, "oracle query")

@@ -264,6 +264,8 @@ def run_protocol(
     placement = backend.placement()
     mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, batches,
                       cfg)
+    if mpc is not None:
+        mpc["server0_wait_seconds"] = backend.call(SERVER0, "wait_seconds")
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results

@@ -409,6 +409,10 @@ class ShareServer(Role, InversionAttacker):
     def wire_rounds(self) -> int:
         return self.rounds
 
+    def wait_seconds(self) -> dict[str, float]:
+        """Time server 0 spent waiting on server 1's rounds and on the dealer."""
+        return dict(self.timing)
+
 
 def _to_ring(a: np.ndarray) -> np.ndarray:
     """Shares are uint64 all the way (``stack`` keeps the dtype; an empty stack is float)."""

@@ -1,4 +1,51 @@
-"""Defences beyond cryptography (noise, NoPeek, dropout, query budgets).
+"""Defences beyond cryptography, applied by the data owner to what it sends and trains.
 
-Not built yet: they arrive with issue 6. The package exists so the layout is stable.
+Encryption hides the cut-layer activations from the wire but not from the server that must
+compute on them; these defences limit what the activations themselves reveal:
+
+* ``noise``   -- clip each row of the activations and add Laplace or Gaussian noise, with the
+  per-query (epsilon, delta) that implies (:mod:`defences.noise`);
+* ``nopeek``  -- a distance-correlation penalty on the owner's loss (:mod:`defences.nopeek`);
+* ``dropout`` -- cut-layer dropout that stays on at inference (:mod:`defences.dropout`);
+* ``budget``  -- a per-party cap on answered queries (:mod:`defences.query_budget`).
+
+They are chosen with the repeatable ``--defence NAME:key=value,...`` flag, parsed by
+:func:`parse_defence` and combined by :func:`build_defences` (:mod:`defences.spec`).
 """
+
+from __future__ import annotations
+
+from defences.dropout import CutLayerDropout
+from defences.noise import (
+    MECHANISMS,
+    CutLayerNoise,
+    analytic_gaussian_epsilon,
+    classic_gaussian_epsilon,
+    clip_rows,
+    gaussian_delta,
+    laplace_epsilon,
+)
+from defences.nopeek import NoPeek, distance_correlation
+from defences.query_budget import QueryBudget, QueryBudgetExceeded
+from defences.spec import DEFENCES, PARAMETERS, Defences, DefenceSpec, build_defences, parse_defence
+
+__all__ = [
+    "DEFENCES",
+    "MECHANISMS",
+    "PARAMETERS",
+    "CutLayerDropout",
+    "CutLayerNoise",
+    "DefenceSpec",
+    "Defences",
+    "NoPeek",
+    "QueryBudget",
+    "QueryBudgetExceeded",
+    "analytic_gaussian_epsilon",
+    "build_defences",
+    "classic_gaussian_epsilon",
+    "clip_rows",
+    "distance_correlation",
+    "gaussian_delta",
+    "laplace_epsilon",
+    "parse_defence",
+]
