@@ -11,10 +11,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from actors.model import CUT_DIM, INPUT_DIM
+from actors.model import CUT_DIM, INPUT_DIM, OwnerNet
 from actors.role import check_batch
-from attack.inversion import BlackBoxInversion
+from attack.ladder import make_attack, needs_weights
+from protocol.errors import ShapeError
 from protocol.frame import MessageKind
 
 
@@ -51,16 +53,68 @@ class InversionAttacker(ABC):
     def query_oracle(self, owner: str, x: np.ndarray) -> np.ndarray:
         check_batch(x, INPUT_DIM, "oracle query")
         replies = self.request(owner, [(MessageKind.QUERY, x.astype(np.float32))])
-        return self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
+        out = self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
+        if out.ndim != 2 or out.shape[1] != CUT_DIM or len(out) > len(x):
+            raise ShapeError(f"oracle answered {out.shape} to {len(x)} queries")
+        return out
 
-    def attack(self, owners: list[str], aux: np.ndarray, epochs: int,
-               seed: int) -> list[Reconstruction]:
-        """Train one inverse network through the first owner's oracle; invert every owner."""
-        inversion = BlackBoxInversion(epochs=epochs, seed=seed)
-        inversion.run(lambda x: self.query_oracle(owners[0], x), aux)
+    def attack(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
+               method: str = "mlp", weights: np.ndarray | None = None) -> list[Reconstruction]:
+        """Invert every owner's intercepted activations with attack ``method`` (the ladder).
+
+        Black-box methods train through the first owner's oracle on the auxiliary data, with
+        whatever the oracle answers (a query budget may cut it short); the white-box method
+        is handed the first part's ``weights`` (its threat model) and needs no queries.
+        """
+        if needs_weights(method):
+            part = OwnerNet()
+            torch.nn.utils.vector_to_parameters(torch.from_numpy(np.array(weights)),
+                                                part.parameters())
+            inversion = make_attack(method, part=part.eval(), seed=seed)
+            used = 0
+        else:
+            inversion = make_attack(method, epochs=epochs, seed=seed)
+            acts, images = self.collect(owners[0], aux, inversion.query_batch)
+            used = len(images)
+            if used:
+                inversion.fit(acts, images)
         self.network.flush()
-        return [
-            Reconstruction(owner, inversion.reconstruct(self.intercepted_activations(owner).acts),
-                           inversion.queries_used)
-            for owner in owners
-        ]
+        out = []
+        for owner in owners:
+            got = self.intercepted_activations(owner).acts
+            if used or needs_weights(method):
+                images = inversion.reconstruct(got)
+            else:  # the oracle answered nothing: the best guess is the mean auxiliary image
+                images = np.repeat(aux.mean(0, keepdims=True), len(got), axis=0)
+            out.append(Reconstruction(owner, images.astype(np.float32), used))
+        return out
+
+    def collect(self, owner: str, aux: np.ndarray,
+                batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query the oracle with the auxiliary images until it stops answering.
+
+        The answers are kept: every rung of the ladder this adversary climbs trains on the same
+        answers, as a real attacker would, instead of spending a query budget once per rung.
+        """
+        key = (owner, aux.shape, float(aux.sum()))
+        cache: dict = self.__dict__.setdefault("_answers", {})
+        if key not in cache:
+            cache[key] = self._query_all(owner, aux, batch)
+        return cache[key]
+
+    def _query_all(self, owner: str, aux: np.ndarray,
+                   batch: int) -> tuple[np.ndarray, np.ndarray]:
+        acts, images = [], []
+        for start in range(0, len(aux), batch):
+            x = aux[start:start + batch]
+            try:
+                out = self.query_oracle(owner, x)
+            except ShapeError:  # refused (over budget): no reply came
+                break
+            acts.append(out)
+            images.append(x[: len(out)])
+            if len(out) < len(x):  # answered in part: the budget is spent
+                break
+        if not acts:
+            return np.zeros((0, CUT_DIM), np.float32), np.zeros((0, INPUT_DIM), np.float32)
+        return np.concatenate(acts).astype(np.float32), np.concatenate(images)

@@ -26,6 +26,8 @@ from actors.owner import DataOwner, EpochReport, InferenceReport, TrainConfig
 from actors.server import ComputeServer
 from actors.wire import Tap, link
 from attack import metrics, validator
+from attack.ladder import needs_weights
+from defences.spec import build_defences, parse_defence
 from protocol import ring
 from protocol.codecs import get_codec
 from protocol.endpoint import WireStats
@@ -59,6 +61,8 @@ class RunConfig:
     tap: str = "all"  # the eavesdropper's taps under secret sharing: "one" link or "all"
     channel_encryption: bool = True  # secret-shared only: shares over encrypted links?
     snaplen: int = 512  # bytes the eavesdropper keeps of big training frames (0: all)
+    defences: tuple[str, ...] = ()  # the owners' --defence specs, canonical text
+    attacks: tuple[str, ...] = ("mlp",)  # rungs of the attack ladder each adversary runs
 
     @property
     def codec(self) -> str:
@@ -87,6 +91,9 @@ class RunResult:
     queries_used: int
     baseline: dict[str, float] = field(default_factory=dict)
     mpc: dict[str, Any] | None = None
+    attack_method: str = "mlp"
+    defences: list[str] = field(default_factory=list)
+    epsilon: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +111,10 @@ class RunResult:
             "epoch_losses": self.epoch_losses,
             "queries_used": self.queries_used,
             "baseline": self.baseline,
+            "attack_method": self.attack_method,
+            "defences": self.defences,
+            "epsilon": (None if self.epsilon is None
+                        else {"epsilon": self.epsilon[0], "delta": self.epsilon[1]}),
             **({"mpc": self.mpc} if self.mpc else {}),
         }
 
@@ -169,6 +180,7 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
         tr, te = shard(n_train, cfg.clients, i), shard(n_test, cfg.clients, i)
         backend.start(
             name, owner_cls, taps, model=copy.deepcopy(first), config=cfg.train,
+            defences=cfg.defences,
             train=(data.train.x[tr], data.train.y[tr]), test=(data.test.x[te], data.test.y[te]),
             **owner_kw, **common,
         )
@@ -234,12 +246,20 @@ def run_protocol(
     baseline = score(mean_guess, data.test.x, data.test.y, judge_model).to_dict()
     # Every adversary attacks at once: they are different parties, each querying the oracle.
     adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
-    attacks: list[list[Reconstruction]] = backend.call_all(
-        [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed))
-         for a in adversaries])
+    # White-box threat model: the adversary knows the first part's weights (He et al. 2019;
+    # with several owners an eavesdropper reads them off the WEIGHTS frames anyway).
+    weights = (backend.call(owners[0], "first_part_weights")
+               if any(needs_weights(m) for m in cfg.attacks) else None)
+    pairs = [(a, m) for m in cfg.attacks for a in adversaries]
+    attacks: list[list[Reconstruction]] = []
+    for method in cfg.attacks:  # adversaries in parallel; one rung of the ladder at a time
+        attacks += backend.call_all(
+            [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method, weights))
+             for a in adversaries])
     seconds = time.perf_counter() - t0
     results = []
-    for adversary, recons in zip(adversaries, attacks, strict=True):
+    epsilon = build_defences(parse_defence(t) for t in cfg.defences).epsilon()
+    for (adversary, method), recons in zip(pairs, attacks, strict=True):
         per_owner, all_recon = [], []
         for i, rec in enumerate(recons):
             te = shard(n_test, cfg.clients, i)
@@ -258,6 +278,7 @@ def run_protocol(
             seconds=seconds, per_owner=per_owner,
             placement={}, reconstructions=recon, originals=data.test.x, labels=data.test.y,
             epoch_losses=losses, queries_used=recons[0].queries_used, baseline=baseline,
+            attack_method=method, defences=list(cfg.defences), epsilon=epsilon,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
     stats = sum(backend.call_all([(n, "wire_stats", ()) for n in names]), WireStats())

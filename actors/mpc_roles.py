@@ -398,11 +398,11 @@ class ShareServer(Role, InversionAttacker):
         total = ring.reveal(_to_ring(own.acts), other)
         return Intercepted(owner, own.seqs, ring.decode(total, self.model.frac_bits))
 
-    def attack_colluding(self, owners: list[str], aux: np.ndarray, epochs: int,
-                         seed: int) -> list:
+    def attack_colluding(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
+                         method: str = "mlp", weights: np.ndarray | None = None) -> list:
         self.colluding = True
         try:
-            return self.attack(owners, aux, epochs, seed)
+            return self.attack(owners, aux, epochs, seed, method, weights)
         finally:
             self.colluding = False
 

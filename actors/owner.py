@@ -10,6 +10,7 @@ import torch
 from actors.model import INPUT_DIM, OwnerNet
 from actors.role import Role, check_batch
 from actors.wire import Network
+from defences.spec import build_defences, parse_defence
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
 from protocol.frame import MessageKind
@@ -63,8 +64,11 @@ class DataOwner(Role):
         test: tuple[np.ndarray, np.ndarray],
         model: OwnerNet,
         config: TrainConfig,
+        defences: tuple[str, ...] = (),
     ) -> None:
         super().__init__(name, codec, session, network)
+        # Built here, inside the owner: noise generators and budgets are the owner's own.
+        self.defences = build_defences(parse_defence(text) for text in defences)
         self.server = server
         self.train_x, self.train_y = (torch.as_tensor(a) for a in train)
         self.test_x, self.test_y = (torch.as_tensor(a) for a in test)
@@ -91,11 +95,17 @@ class DataOwner(Role):
         """One split-learning step: activations out, cut-layer gradient back, local update."""
         self.opt.zero_grad()
         h = self.model(x)
-        grad, loss = self.remote_step(h.detach().numpy(), y.numpy())
+        sent = self.defences.apply(h)  # dropout, clipping and noise: what goes on the wire
+        grad, loss = self.remote_step(sent.detach().numpy(), y.numpy())
         if grad.shape != tuple(h.shape) or not np.all(np.isfinite(grad)):
             raise ShapeError(f"bad cut-layer gradient {grad.shape} for activations "
                              f"{tuple(h.shape)}")
-        h.backward(torch.from_numpy(grad.astype(np.float32)))
+        penalty = self.defences.penalty(x, h)  # NoPeek: the owner's own extra loss
+        outputs, grads = [sent], [torch.from_numpy(grad.astype(np.float32))]
+        if penalty.requires_grad:
+            outputs.append(penalty)
+            grads.append(torch.ones_like(penalty))
+        torch.autograd.backward(outputs, grads)
         self.opt.step()
         return loss
 
@@ -119,7 +129,7 @@ class DataOwner(Role):
         correct = 0
         for start in range(0, len(self.test_x), batch_size):
             x, y = self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
-            logits = self.remote_logits(self.model(x).numpy())
+            logits = self.remote_logits(self.defences.apply(self.model(x)).numpy())
             if logits.shape != (len(x), 10):
                 raise ShapeError(f"predictions shape {logits.shape} for a batch of {len(x)}")
             correct += int((logits.argmax(1) == y.numpy()).sum())
@@ -130,16 +140,27 @@ class DataOwner(Role):
     def on_message(self, msg: Message) -> list[bytes]:
         if msg.kind == MessageKind.QUERY:
             check_batch(msg.tensor, INPUT_DIM, "query")
+            x = msg.tensor
+            if self.defences.budget is not None:  # answer the first queries up to the budget
+                x = x[: self.defences.budget.charge(msg.sender, len(x))]
+                if len(x) == 0:
+                    self.defences.budget.require(msg.sender, 1)  # raises: dropped, counted
             with torch.no_grad():
                 self.model.eval()
-                out = self.model(torch.from_numpy(msg.tensor.astype(np.float32))).numpy()
-            self.queries_answered += len(msg.tensor)
+                # the deployed service answers with what the owner would send: defended
+                out = self.defences.apply(self.model(torch.from_numpy(x.astype(np.float32))))
+                out = out.numpy()
+            self.queries_answered += len(x)
             return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
         if msg.kind == MessageKind.WEIGHTS:
             self.require_owner(msg)  # only the previous owner hands the first part on
             self._load_weights(msg.tensor)
             return []
         return super().on_message(msg)
+
+    def first_part_weights(self) -> np.ndarray:
+        """The first part's parameters alone (for a white-box attack's threat model)."""
+        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().numpy()
 
     def flat_weights(self) -> np.ndarray:
         """The first part and its SGD momentum, one vector: round-robin training then equals

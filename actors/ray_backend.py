@@ -12,7 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import ray
+
+# Ray reads this when it is imported, not when a cluster starts: set it first, so a local
+# cluster binds loopback only (Ray binds the machine's public address by default).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import ray  # noqa: E402
 
 from actors.backend import Backend, RoleFactory
 from actors.wire import Network, TapRecord, Taps, Transport

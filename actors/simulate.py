@@ -44,10 +44,20 @@ def _positive(kind: type, name: str, upper: float | None = None):
     return parse
 
 
+def _defence(text: str) -> str:
+    from defences.spec import parse_defence
+
+    try:
+        return str(parse_defence(text))
+    except SplitWireError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from actors.data import DATASETS
     from actors.lab import ADVERSARIES
     from attack.auxiliary import AUX_CHOICES
+    from attack.ladder import ATTACKS
 
     protocols = [*codec_names(), "all"]
     p = _Parser(prog="python -m actors.simulate", description=__doc__,
@@ -72,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=0.1)
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
+    p.add_argument("--defence", action="append", default=[], type=_defence, metavar="SPEC",
+                   help="a defence at the data owner, NAME:key=value,... (repeatable): "
+                        "noise:mechanism=laplace|gaussian,scale=S,clip=C[,delta=D]; "
+                        "nopeek:weight=W; dropout:rate=R; query-budget:limit=N")
+    p.add_argument("--attack", choices=[*ATTACKS, "all"], default="mlp",
+                   help="the attack ladder: mlp (the inverse network), conv (a transposed-"
+                        "convolution decoder), whitebox (rMLE with the first part's weights), "
+                        "or all (one row per rung)")
     p.add_argument("--frac-bits", type=int, default=16,
                    help="secret-shared: fractional bits of the fixed-point encoding in Z_2^64")
     p.add_argument("--reveal-model", action="store_true",
@@ -105,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed must be in 0..2^40-1")
     if args.snaplen != 0 and not 64 <= args.snaplen <= 2**26:
         parser.error("--snaplen must be 0 (everything) or 64..67108864")
+    try:
+        from defences.spec import build_defences, parse_defence
+
+        build_defences(parse_defence(text) for text in args.defence)
+    except SplitWireError as exc:
+        parser.error(str(exc))
     if not 8 <= args.frac_bits <= 24:
         parser.error("--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)")
     if args.clients > 1000:
@@ -126,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
     from actors.lab import ADVERSARIES, RunConfig, run_protocol
     from actors.owner import TrainConfig
     from attack.auxiliary import load_aux
+    from attack.ladder import ATTACKS
     from attack.validator import train_validator
 
     t_start = time.perf_counter()
@@ -151,9 +176,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
 
     if args.backend == "ray":
-        import ray
-
-        from actors.ray_backend import RayBackend, init_ray
+        # Ray through ray_backend: it sets the loopback-only environment before importing Ray.
+        from actors.ray_backend import RayBackend, init_ray, ray
 
         where = init_ray(args.address, quiet=True)
         # The validator trains on a spare core while the owners and servers train.
@@ -181,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
                         train=train_cfg, adversaries=tuple(adversaries),
                         frac_bits=args.frac_bits, reveal_model=args.reveal_model,
                         tap=args.tap, channel_encryption=not args.no_channel_encryption,
-                        snaplen=args.snaplen)
+                        snaplen=args.snaplen, defences=tuple(args.defence),
+                        attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,))
         backend = make_backend()
         bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
                    disable=args.quiet, leave=False)

@@ -7,7 +7,7 @@ compute on them; these defences limit what the activations themselves reveal:
   per-query (epsilon, delta) that implies (:mod:`defences.noise`);
 * ``nopeek``  -- a distance-correlation penalty on the owner's loss (:mod:`defences.nopeek`);
 * ``dropout`` -- cut-layer dropout that stays on at inference (:mod:`defences.dropout`);
-* ``budget``  -- a per-party cap on answered queries (:mod:`defences.query_budget`).
+* ``query-budget``  -- a per-party cap on answered queries (:mod:`defences.query_budget`).
 
 They are chosen with the repeatable ``--defence NAME:key=value,...`` flag, parsed by
 :func:`parse_defence` and combined by :func:`build_defences` (:mod:`defences.spec`).

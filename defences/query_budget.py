@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from protocol.errors import ConfigError, SplitWireError
 
-_FLAG = "--defence budget"
+_FLAG = "--defence query-budget"
 
 
 class QueryBudgetExceeded(SplitWireError):
@@ -23,7 +23,7 @@ class QueryBudgetExceeded(SplitWireError):
 class QueryBudget:
     """At most ``limit`` answered queries per party, counted over the life of the object."""
 
-    kind: ClassVar[str] = "budget"
+    kind: ClassVar[str] = "query-budget"
 
     def __init__(self, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

@@ -7,7 +7,7 @@ is a one-line :class:`ConfigError` that names the flag, the key and what would b
 
     --defence noise:mechanism=laplace,scale=0.5,clip=5
     --defence nopeek:weight=0.5 --defence dropout:rate=0.2,seed=7
-    --defence budget:limit=1000
+    --defence query-budget:limit=1000
 """
 
 from __future__ import annotations
@@ -26,13 +26,15 @@ from defences.query_budget import QueryBudget
 from protocol.errors import ConfigError
 
 _FLAG = "--defence"
+#: Registry names that are not Python identifiers -> the ``Defences`` field that holds them.
+_FIELD = {"query-budget": "budget"}
 
 #: Registry: ``--defence`` name -> class built from its parameters.
 DEFENCES: dict[str, type] = {
     "noise": CutLayerNoise,
     "nopeek": NoPeek,
     "dropout": CutLayerDropout,
-    "budget": QueryBudget,
+    "query-budget": QueryBudget,
 }
 
 
@@ -56,7 +58,7 @@ PARAMETERS: dict[str, dict[str, _Param]] = {
     },
     "nopeek": {"weight": _Param("float", required=True)},
     "dropout": {"rate": _Param("float", required=True), "seed": _Param("int")},
-    "budget": {"limit": _Param("int", required=True)},
+    "query-budget": {"limit": _Param("int", required=True)},
 }
 
 
@@ -199,10 +201,10 @@ def build_defences(specs: Iterable[DefenceSpec]) -> Defences:
             raise ConfigError(
                 f"{_FLAG}: unknown defence {spec.name!r}; choices: {', '.join(sorted(DEFENCES))}"
             )
-        if spec.name in built:
+        if _FIELD.get(spec.name, spec.name) in built:
             raise ConfigError(f"{_FLAG} {spec.name} given twice; at most one of each kind")
         try:
-            built[spec.name] = DEFENCES[spec.name](**spec.params)
+            built[_FIELD.get(spec.name, spec.name)] = DEFENCES[spec.name](**spec.params)
         except TypeError as exc:  # a hand-built spec with a key the class does not take
             raise ConfigError(
                 f"{_FLAG} {spec.name}: {exc}; accepted keys: {_accepted(spec.name)}"

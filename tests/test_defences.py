@@ -310,8 +310,8 @@ def test_query_budget_require_raises_when_nothing_is_answered() -> None:
 def test_parse_typical_specs() -> None:
     spec = parse_defence("noise:mechanism=laplace,scale=0.5,clip=5")
     assert spec == DefenceSpec("noise", {"mechanism": "laplace", "scale": 0.5, "clip": 5.0})
-    assert parse_defence(" Budget : limit = 100 ").params == {"limit": 100}
-    assert isinstance(parse_defence("budget:limit=100").params["limit"], int)
+    assert parse_defence(" Query-Budget : limit = 100 ").params == {"limit": 100}
+    assert isinstance(parse_defence("query-budget:limit=100").params["limit"], int)
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_parse_typical_specs() -> None:
         "noise:mechanism=laplace,scale=0.5,clip=5",
         "nopeek:weight=0.1",
         "dropout:rate=0.25,seed=3",
-        "budget:limit=1000",
+        "query-budget:limit=1000",
     ],
 )
 def test_spec_round_trip(text: str) -> None:
@@ -351,7 +351,7 @@ def test_unknown_name_lists_the_choices() -> None:
         ("nopeek:weight=0.1,weight=0.2", "twice"),
         ("nopeek:weight", "key=value"),
         ("nopeek", "missing key 'weight'"),
-        ("budget:limit=1.5", "limit"),
+        ("query-budget:limit=1.5", "limit"),
         ("dropout:rate=0.5,seed=-2", "seed"),
     ],
 )
@@ -381,7 +381,7 @@ def test_build_combines_and_refuses_duplicates() -> None:
             "dropout:rate=0.1",
             "noise:mechanism=gaussian,scale=20,clip=1",
             "nopeek:weight=0.5",
-            "budget:limit=50",
+            "query-budget:limit=50",
         )
     ]
     defences = build_defences(specs)
@@ -398,7 +398,7 @@ def test_build_combines_and_refuses_duplicates() -> None:
     with pytest.raises(ConfigError, match="twice"):
         build_defences([parse_defence("nopeek:weight=1"), parse_defence("nopeek:weight=0.2")])
     with pytest.raises(ConfigError, match="accepted keys"):
-        build_defences([DefenceSpec("budget", {"limt": 3})])
+        build_defences([DefenceSpec("query-budget", {"limt": 3})])
 
 
 def test_no_defences_is_a_no_op() -> None:

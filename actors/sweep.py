@@ -1,0 +1,244 @@
+"""``python -m actors.sweep``: defences against the attack ladder, on one privacy-utility plot.
+
+Each *cell* is one defence setting (or none, the baseline): the owner trains with it, then
+every attack of ``--attacks`` inverts what the eavesdropper intercepted on a plaintext wire.
+Cells run as parallel Ray tasks (``--address`` joins a cluster), finished cells are written to
+``OUT/sweep.json`` as they complete, and a rerun skips every cell already there (resumable).
+``OUT/privacy_utility.png`` plots target accuracy against the *strongest* attack's validator
+accuracy and SSIM, one curve per defence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol.errors import SplitWireError
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    family: str  # "none", "noise", "nopeek", "dropout", "query-budget"
+    strength: float
+    defences: tuple[str, ...]  # canonical --defence specs
+
+    @property
+    def key(self) -> str:
+        return " ".join(self.defences) or "none"
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    cells = [Cell("none", 0.0, ())]
+    for s in args.noise_scales:
+        cells.append(Cell("noise", s, (
+            f"noise:mechanism={args.noise_mechanism},scale={s:g},clip={args.noise_clip:g}",)))
+    cells += [Cell("nopeek", w, (f"nopeek:weight={w:g}",)) for w in args.nopeek_weights]
+    cells += [Cell("dropout", r, (f"dropout:rate={r:g}",)) for r in args.dropout_rates]
+    cells += [Cell("query-budget", n, (f"query-budget:limit={int(n)}",)) for n in args.budgets]
+    return cells
+
+
+def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
+             judge: Any) -> list[dict[str, Any]]:
+    """Train with the cell's defence, run every attack; one record per attack."""
+    import torch
+
+    from actors.backend import LocalBackend
+    from actors.lab import RunConfig, run_protocol
+
+    torch.set_num_threads(1)
+    cfg = RunConfig(protocol="plaintext", aux=settings["aux"], epochs=settings["epochs"],
+                    attack_epochs=settings["attack_epochs"], seed=settings["seed"],
+                    adversaries=("eavesdropper",), defences=cell.defences,
+                    attacks=tuple(settings["attacks"]))
+    t0 = time.perf_counter()
+    results = run_protocol(LocalBackend(), cfg, data, aux, lambda: judge)
+    return [{
+        "cell": cell.key, "family": cell.family, "strength": cell.strength,
+        "defences": list(cell.defences), "attack": r.attack_method, "aux": r.aux,
+        "target_accuracy": r.target_accuracy, "attack_metrics": r.attack.to_dict(),
+        "queries_used": r.queries_used,
+        "epsilon": None if r.epsilon is None else {"epsilon": r.epsilon[0],
+                                                   "delta": r.epsilon[1]},
+        "seconds": time.perf_counter() - t0,
+    } for r in results]
+
+
+def load(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SplitWireError(f"{path}: not a readable sweep file ({exc})") from None
+    if doc.get("settings") != settings:
+        raise SplitWireError(f"{path} was written with other settings; use another --out")
+    return list(doc.get("records", []))
+
+
+def save(path: Path, settings: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".json.tmp")  # write then rename: a crash never leaves half a file
+    tmp.write_text(json.dumps({"schema": SCHEMA, "settings": settings, "records": records},
+                              indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def strongest(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per cell, the attack with the highest validator accuracy (SSIM breaks ties)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        m = r["attack_metrics"]
+        cur = best.get(r["cell"])
+        if cur is None or (m["validator_accuracy"], m["ssim"]) > (
+                cur["attack_metrics"]["validator_accuracy"], cur["attack_metrics"]["ssim"]):
+            best[r["cell"]] = r
+    return best
+
+
+def plot(path: Path, records: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = strongest(records)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    families = sorted({r["family"] for r in best.values()})
+    for family in families:
+        pts = sorted((r for r in best.values() if r["family"] == family),
+                     key=lambda r: r["strength"])
+        acc = [r["target_accuracy"] for r in pts]
+        for ax, metric in zip(axes, ("validator_accuracy", "ssim"), strict=True):
+            ys = [r["attack_metrics"][metric] for r in pts]
+            style = "k*" if family == "none" else "o-"
+            ax.plot(acc, ys, style, label=family, markersize=12 if family == "none" else 5)
+            for r, x, y in zip(pts, acc, ys, strict=True):
+                if family != "none":
+                    ax.annotate(f"{r['strength']:g}/{r['attack']}", (x, y), fontsize=6,
+                                xytext=(3, 3), textcoords="offset points")
+    axes[0].axhline(0.1, color="grey", lw=0.8, ls=":")
+    axes[0].axhspan(0, 0.3, xmin=0, xmax=1, color="green", alpha=0.05)
+    axes[0].set_ylabel("validator accuracy of the strongest attack (chance 0.1)")
+    axes[1].set_ylabel("SSIM of the strongest attack")
+    for ax in axes:
+        ax.set_xlabel("target accuracy (utility)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("SplitWire: privacy against utility; labels: strength / strongest attack")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from actors.simulate import _Parser
+    from attack.auxiliary import AUX_CHOICES
+    from attack.ladder import ATTACKS
+
+    p = _Parser(prog="python -m actors.sweep", description=__doc__,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--noise-scales", type=float, nargs="*", default=[0.5, 1.0, 2.0, 4.0])
+    p.add_argument("--noise-mechanism", choices=["laplace", "gaussian"], default="laplace")
+    # Trained cut-layer rows have a median L1 norm of about 68 (L2 about 7.3): clipping at 64
+    # leaves most rows as they are while bounding the sensitivity the epsilon is computed from.
+    p.add_argument("--noise-clip", type=float, default=64.0)
+    p.add_argument("--nopeek-weights", type=float, nargs="*", default=[0.1, 0.5, 1.0])
+    p.add_argument("--dropout-rates", type=float, nargs="*", default=[0.3, 0.6, 0.8, 0.9])
+    p.add_argument("--budgets", type=int, nargs="*", default=[100, 1000, 5000])
+    p.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
+    p.add_argument("--aux", choices=AUX_CHOICES, default="letters")
+    p.add_argument("--aux-size", type=int, default=6000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--attack-epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/sweep")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="cells at once (default: the cluster's CPUs)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    numbers = [*args.noise_scales, *args.nopeek_weights, *args.dropout_rates, args.noise_clip]
+    if any(not x > 0 or x != x or x == float("inf") for x in numbers):
+        parser.error("scales, weights, rates and the clip must be finite and > 0")
+    if any(r >= 1 for r in args.dropout_rates) or any(b < 1 for b in args.budgets):
+        parser.error("dropout rates must be < 1 and budgets >= 1")
+    if min(args.epochs, args.attack_epochs, args.aux_size) < 1:
+        parser.error("--epochs, --attack-epochs and --aux-size must be >= 1")
+    try:
+        return run(args)
+    except SplitWireError as exc:
+        sys.stderr.write(f"python -m actors.sweep: error: {exc}\n")
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from actors.data import load_target
+
+    # Ray through ray_backend, which sets the loopback-only environment before importing it.
+    from actors.ray_backend import init_ray, ray
+    from attack.auxiliary import load_aux
+    from attack.validator import train_validator
+    from defences.spec import build_defences, parse_defence
+
+    cells = grid(args)
+    for cell in cells:  # every spec checked before anything runs
+        build_defences(parse_defence(t) for t in cell.defences)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"aux": args.aux, "aux_size": args.aux_size, "epochs": args.epochs,
+                "attack_epochs": args.attack_epochs, "seed": args.seed,
+                "attacks": list(args.attacks)}
+    path = out / "sweep.json"
+    records = load(path, settings)
+    done = {r["cell"] for r in records}
+    todo = [c for c in cells if c.key not in done]
+    if not args.quiet:
+        print(f"sweep: {len(cells)} cells, {len(done & {c.key for c in cells})} already done, "
+              f"{len(todo)} to run, attacks {', '.join(args.attacks)}", flush=True)
+    if todo:
+        init_ray(args.address, quiet=True)
+        data = load_target(seed=args.seed)
+        aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x)
+        judge = train_validator(data.train.x, data.train.y, seed=args.seed)
+        refs = [ray.put(x) for x in (data, aux, judge)]
+        task = ray.remote(num_cpus=1)(run_cell)
+        pending = {task.remote(c, settings, *refs): c for c in todo}
+        bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=args.quiet)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            pending.pop(ready[0])
+            records += ray.get(ready[0])
+            save(path, settings, records)  # each finished cell is kept, whatever happens next
+            bar.update(1)
+        bar.close()
+    save(path, settings, records)
+    plot(out / "privacy_utility.png", records)
+    best = strongest(records)
+    print(f"{'cell':<52}{'target acc':>11}{'strongest':>11}{'validator':>11}{'SSIM':>8}")
+    for cell in cells:
+        r = best.get(cell.key)
+        if r:
+            m = r["attack_metrics"]
+            print(f"{cell.key:<52}{r['target_accuracy']:>11.1%}{r['attack']:>11}"
+                  f"{m['validator_accuracy']:>11.1%}{m['ssim']:>8.3f}")
+    print(f"wrote {path} and {out / 'privacy_utility.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
