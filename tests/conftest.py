@@ -21,3 +21,17 @@ def ray_local():
     init_ray(None, num_cpus=2, object_store_mb=300)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lab_setting():
+    """Target data, 2,500 letters of aux data and a quickly trained validator, shared by the
+    in-process end-to-end tests (training the validator once saves every module the time)."""
+    from actors.data import load_target
+    from attack.auxiliary import load_aux
+    from attack.validator import train_validator
+
+    data = load_target(seed=0)
+    aux = load_aux("letters", 2500, 0)
+    judge = train_validator(data.train.x, data.train.y, seed=0, epochs=2)
+    return data, aux, lambda: judge

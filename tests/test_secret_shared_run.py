@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 
 from actors.backend import LocalBackend
-from actors.data import load_target
 from actors.lab import ADVERSARIES, RunConfig, run_protocol
-from attack.auxiliary import load_aux
-from attack.validator import train_validator
 
 
 @pytest.fixture(scope="module")
-def setting():
-    data = load_target(seed=0)
-    aux = load_aux("letters", 2500, 0)
-    judge = train_validator(data.train.x, data.train.y, seed=0, epochs=2)
-    return data, aux, lambda: judge
+def setting(lab_setting):
+    return lab_setting
 
 
 def run(setting, **kw):
