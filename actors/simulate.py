@@ -133,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)")
     if args.clients > 1000:
         parser.error("--clients must be <= 1000")
+    return guarded(parser, run, args)
+
+
+def guarded(parser: argparse.ArgumentParser, run_fn, args: argparse.Namespace) -> int:
+    """Run a CLI's body; any SplitWireError is one line on stderr and exit code 2."""
     try:
-        return run(args)
+        return run_fn(args)
     except SplitWireError as exc:
-        sys.stderr.write(f"python -m actors.simulate: error: {exc}\n")
+        sys.stderr.write(f"{parser.prog}: error: {exc}\n")
         return 2
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.simulate import guarded
 from protocol.errors import SplitWireError
 
 SCHEMA = 1
@@ -139,7 +141,7 @@ def plot(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from actors.simulate import _Parser
+    from actors.simulate import _Parser  # one line and exit 2 on bad flags, as simulate
     from attack.auxiliary import AUX_CHOICES
     from attack.ladder import ATTACKS
 
@@ -171,17 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     numbers = [*args.noise_scales, *args.nopeek_weights, *args.dropout_rates, args.noise_clip]
-    if any(not x > 0 or x != x or x == float("inf") for x in numbers):
+    if any(not (x > 0 and math.isfinite(x)) for x in numbers):
         parser.error("scales, weights, rates and the clip must be finite and > 0")
     if any(r >= 1 for r in args.dropout_rates) or any(b < 1 for b in args.budgets):
         parser.error("dropout rates must be < 1 and budgets >= 1")
     if min(args.epochs, args.attack_epochs, args.aux_size) < 1:
         parser.error("--epochs, --attack-epochs and --aux-size must be >= 1")
-    try:
-        return run(args)
-    except SplitWireError as exc:
-        sys.stderr.write(f"python -m actors.sweep: error: {exc}\n")
-        return 2
+    return guarded(parser, run, args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -136,13 +136,6 @@ class Frame:
     header_bytes: bytes  # the exact encoded header: authenticated as associated data
     payload: memoryview  # a zero-copy view into the received buffer
 
-    def to_bytes(self) -> bytes:
-        return self.header_bytes + bytes(self.payload)
-
-    @property
-    def size(self) -> int:
-        return len(self.header_bytes) + len(self.payload)
-
 
 def _check_name(name: str, role: str) -> bytes:
     raw = name.encode("ascii", errors="replace")
