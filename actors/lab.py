@@ -6,11 +6,11 @@ them solely to score what the adversary reconstructed. Nothing here imports Ray.
 
 from __future__ import annotations
 
-import copy
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,15 @@ from actors.adversary import Reconstruction
 from actors.backend import Backend
 from actors.data import TargetData
 from actors.eavesdropper import Eavesdropper
+from actors.faults import ChaosSpec, parse_chaos
+from actors.fedserver import FED_SERVER, FedServer
 from actors.model import seeded_parts
 from actors.mpc_roles import DEALER, SERVER0, SERVER1, Dealer, ShareServer, SharingOwner
-from actors.owner import DataOwner, EpochReport, InferenceReport, TrainConfig
+from actors.owner import DataOwner, InferenceReport, TrainConfig, initial_state
+from actors.owner_host import OwnerHost, OwnerSpec
+from actors.partition import parse_partition, split_indices
 from actors.server import ComputeServer
+from actors.training import Trainer, TrainingSetup
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.ladder import needs_weights
@@ -31,6 +36,7 @@ from defences.spec import build_defences, parse_defence
 from protocol import ring
 from protocol.codecs import get_codec
 from protocol.endpoint import WireStats
+from protocol.errors import ConfigError
 from protocol.frame import MessageKind
 
 SERVER = "server"
@@ -63,6 +69,13 @@ class RunConfig:
     snaplen: int = 512  # bytes the eavesdropper keeps of big training frames (0: all)
     defences: tuple[str, ...] = ()  # the owners' --defence specs, canonical text
     attacks: tuple[str, ...] = ("mlp",)  # rungs of the attack ladder each adversary runs
+    partition: str = "iid"  # how the owners' shards split the data: iid or dirichlet:ALPHA
+    schedule: str = "sequential"  # vanilla split learning, or splitfed
+    owner_actors: int | None = None  # pool actors hosting the owners (None: the backend's)
+    chaos: tuple[str, ...] = ()  # ROLE@STEP: kill that role at that training step
+    checkpoint_every: int = 25  # training steps between the lab's checkpoints
+    checkpoint_dir: str | None = None  # where each epoch's checkpoint is written (--resume)
+    resume: str | None = None  # continue training from this checkpoint directory
 
     @property
     def codec(self) -> str:
@@ -94,6 +107,11 @@ class RunResult:
     attack_method: str = "mlp"
     defences: list[str] = field(default_factory=list)
     epsilon: tuple[float, float] | None = None
+    batches: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+    schedule: str = "sequential"
+    partition: str = "iid"
+    owner_actors: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,14 +133,13 @@ class RunResult:
             "defences": self.defences,
             "epsilon": (None if self.epsilon is None
                         else {"epsilon": self.epsilon[0], "delta": self.epsilon[1]}),
+            "schedule": self.schedule,
+            "partition": self.partition,
+            "owner_actors": self.owner_actors,
+            "batches": self.batches,
+            "restarts": self.restarts,
             **({"mpc": self.mpc} if self.mpc else {}),
         }
-
-
-def shard(n: int, parts: int, i: int) -> slice:
-    """Contiguous near-equal slices of an already shuffled split."""
-    bounds = np.linspace(0, n, parts + 1).astype(int)
-    return slice(int(bounds[i]), int(bounds[i + 1]))
 
 
 def score(recon: np.ndarray, x: np.ndarray, y: np.ndarray,
@@ -135,17 +152,31 @@ def score(recon: np.ndarray, x: np.ndarray, y: np.ndarray,
 
 @dataclass(frozen=True)
 class Cast:
-    """Who plays in one run, and which role and method each adversary uses."""
+    """Who plays in one run, where the owners live, and which role and method each
+    adversary uses."""
 
     owners: list[str]
-    parties: list[str]  # every role on the wire
+    parties: list[str]  # every started role (Ray actors): names to call
     adversaries: dict[str, tuple[str, str]]  # adversary -> (role, method)
     servers: list[str]
+    host_of: dict[str, str]  # owner -> the pool actor hosting it
+    train_shards: list[np.ndarray]  # indices into the training split, per owner
+    test_shards: list[np.ndarray]  # indices into the private test split, per owner
     dealer: str | None = None
+    fed_server: str | None = None
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(dict.fromkeys(self.host_of.values()))
+
+
+def host_name(k: int) -> str:
+    return f"owners:{k}"
 
 
 def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int) -> Cast:
-    """Start the roles the protocol's topology needs: one server, or two servers and a dealer."""
+    """Start the roles the protocol's topology needs: one server, or two servers and a dealer;
+    the owners on a pool of hosts; a fed server for SplitFed."""
     owners = [owner_name(i) for i in range(cfg.clients)]
     first, second = seeded_parts(cfg.seed)  # every protocol starts from the same weights
     mpc_topology = get_codec(cfg.codec).topology == "mpc"
@@ -175,18 +206,88 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
         owner_cls, owner_kw = DataOwner, {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER, "attack")}
-    n_train, n_test = len(data.train.y), len(data.test.y)
-    for i, name in enumerate(owners):
-        tr, te = shard(n_train, cfg.clients, i), shard(n_test, cfg.clients, i)
-        backend.start(
-            name, owner_cls, taps, model=copy.deepcopy(first), config=cfg.train,
-            defences=cfg.defences,
-            train=(data.train.x[tr], data.train.y[tr]), test=(data.test.x[te], data.test.y[te]),
-            **owner_kw, **common,
-        )
+    fed = None
+    if cfg.schedule == "splitfed":
+        fed = FED_SERVER
+        backend.start(FED_SERVER, FedServer, taps, initial=initial_state(first), **common)
+    spec = parse_partition(cfg.partition)
+    train_shards = split_indices(data.train.y, cfg.clients, spec, cfg.seed)
+    n_test = len(data.test.y)
+    test_shards = split_indices(data.test.y, cfg.clients, spec, cfg.seed + 1,
+                                min_size=1 if n_test >= cfg.clients else 0)
+    # Virtual owners: N owners on K pool actors, round-robin (Flower's simulation engine).
+    pool = max(1, min(cfg.owner_actors or backend.pool_size(), cfg.clients))
+    host_of = {o: host_name(i % pool) for i, o in enumerate(owners)}
+    for k in range(pool):
+        specs = [OwnerSpec(o, (data.train.x[tr], data.train.y[tr]),
+                           (data.test.x[te], data.test.y[te]))
+                 for o, tr, te in zip(owners, train_shards, test_shards, strict=True)
+                 if host_of[o] == host_name(k)]
+        backend.start(host_name(k), OwnerHost, taps, owners=specs, owner_cls=owner_cls,
+                      config=cfg.train, defences=cfg.defences, **owner_kw, **common)
     dealer = DEALER if mpc_topology else None
-    parties = [EAVESDROPPER, *servers, *([dealer] if dealer else []), *owners]
-    return Cast(owners, parties, adversaries, servers, dealer)
+    parties = [EAVESDROPPER, *servers, *([dealer] if dealer else []), *([fed] if fed else []),
+               *[host_name(k) for k in range(pool)]]
+    return Cast(owners, parties, adversaries, servers, host_of, train_shards, test_shards,
+                dealer, fed)
+
+
+def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[ChaosSpec]:
+    specs = [parse_chaos(text) for text in cfg.chaos]
+    if specs and mpc_topology:
+        raise ConfigError("--chaos needs a one-server protocol (plaintext, encrypted): a "
+                          "secret-shared server's lost shares cannot be restored")
+    for spec in specs:
+        if spec.role.startswith("owner:") and int(spec.role[6:]) >= cfg.clients:
+            raise ConfigError(f"--chaos {spec}: there are only {cfg.clients} owners")
+        if spec.step >= total_steps:
+            raise ConfigError(f"--chaos {spec}: the run has steps 0..{total_steps - 1}")
+    return specs
+
+
+def train(backend: Backend, cfg: RunConfig, cast: Cast,
+          progress: Any = None, on_checkpoint: Callable[[int], None] | None = None,
+          ) -> tuple[list[float], dict[str, int], int, int]:
+    """Train to the end (recovering from dead roles); deploy the final first part at every
+    owner. Returns the epochs' losses, the batch ledger, restarts and training steps."""
+    mpc_topology = cast.dealer is not None
+    batches = [-(-len(tr) // cfg.train.batch_size) for tr in cast.train_shards]
+    first, _ = seeded_parts(cfg.seed)
+    setup = TrainingSetup(
+        owners=cast.owners, host_of=cast.host_of, batches=batches,
+        server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
+        parties=cast.parties, recoverable=not mpc_topology)
+    fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
+                   "partition": cfg.partition, "schedule": cfg.schedule,
+                   "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+                   "defences": list(cfg.defences), "epochs": cfg.epochs}
+    if cfg.resume and mpc_topology:
+        raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
+    trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
+                      checkpoint_every=cfg.checkpoint_every,
+                      initial=backend.put(initial_state(first)),
+                      checkpoint_dir=Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None,
+                      fingerprint=fingerprint, progress=progress, on_checkpoint=on_checkpoint)
+    for spec in _check_chaos(cfg, mpc_topology, trainer.total_steps):
+        if spec.role == SERVER:
+            backend.call(SERVER, "arm_chaos", spec.step)
+        else:
+            backend.call(cast.host_of[spec.role], "owner_call", spec.role, "arm_chaos",
+                         spec.step)
+    if cfg.resume:
+        trainer.resume(Path(cfg.resume))
+        if progress is not None:
+            progress.update(trainer.pos.epoch)
+    losses = trainer.run()
+    # Everyone deploys the final first part: the fed server's, or the last owner's, which it
+    # hands to every other owner over the wire.
+    if cast.fed_server is not None:
+        backend.call_all([(h, "each", ("deploy", cast.fed_server)) for h in cast.hosts])
+    else:
+        last = cast.owners[-1]
+        backend.call(cast.host_of[last], "owner_call", last, "share_with", cast.owners[:-1])
+        backend.call_all([(h, "each", ("deploy",)) for h in cast.hosts])
+    return losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps
 
 
 def run_protocol(
@@ -196,6 +297,7 @@ def run_protocol(
     aux: np.ndarray,
     judge: Callable[[], torch.nn.Module],
     progress: Any = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> list[RunResult]:
     """Train with ``cfg.clients`` owners, infer the private test set, attack it, score it.
 
@@ -206,49 +308,39 @@ def run_protocol(
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
     cast = start_roles(backend, cfg, data, session)
     owners, names = cast.owners, cast.parties
-    n_test = len(data.test.y)
     backend.connect()
     # The trust registry: every party's public identity, pinned at every party (a no-op for
     # codecs without keys). Private keys were made inside each role and never leave it.
-    registry = dict(zip(names, backend.call_all([(n, "identity", ()) for n in names]),
-                        strict=True))
+    registry: dict[str, bytes] = {}
+    for found in backend.call_all([(n, "identities", ()) for n in names]):
+        registry.update(found)
     backend.call_all([(n, "trust", (registry,)) for n in names])
 
-    # Vanilla split learning: the first part travels owner to owner, round-robin, each epoch.
-    losses: list[float] = []
-    for _ in range(cfg.epochs):
-        reports: list[EpochReport] = []
-        for i, name in enumerate(owners):
-            if i > 0:
-                backend.call(owners[i - 1], "hand_off", name)
-            reports.append(backend.call(name, "train_epoch"))
-        if len(owners) > 1:  # the next epoch starts where the last owner stopped
-            backend.call(owners[-1], "hand_off", owners[0])
-        losses.append(float(np.mean([r.mean_loss for r in reports])))
-        if progress is not None:
-            progress.update(1)
-    for name in owners[1:]:
-        backend.call(owners[0], "hand_off", name)  # everyone deploys the final first part
-
-    steps = sum(r.batches for r in reports) * cfg.epochs
+    losses, batches, restarts, steps = train(backend, cfg, cast, progress, on_checkpoint)
     after_training = _snapshot(backend, cast)
     if cast.dealer and cfg.reveal_model:
         backend.call(SERVER0, "reveal_model")
     after_reveal = _snapshot(backend, cast)
-    infer: list[InferenceReport] = backend.call_all([(n, "infer", ()) for n in owners])
-    target_acc = sum(r.correct for r in infer) / sum(r.examples for r in infer)
+    infer: dict[str, InferenceReport] = {
+        r.owner: r for rs in backend.call_all([(h, "each", ("infer",)) for h in cast.hosts])
+        for r in rs}
+    target_acc = sum(r.correct for r in infer.values()) / sum(r.examples for r in infer.values())
     after_inference = _snapshot(backend, cast)
-    batches = sum(-(-r.examples // INFER_BATCH) for r in infer)
+    n_batches = sum(-(-r.examples // INFER_BATCH) for r in infer.values())
 
     judge_model = judge()  # trained concurrently elsewhere; wait for it only now
+    # The private test images in the owners' order (what the reconstructions line up with).
+    order = np.concatenate(cast.test_shards)
+    x_all, y_all = data.test.x[order], data.test.y[order]
     # What a guess that knows nothing scores: the mean training image for every test image.
-    mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), n_test, axis=0)
-    baseline = score(mean_guess, data.test.x, data.test.y, judge_model).to_dict()
+    mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
+    baseline = score(mean_guess, x_all, y_all, judge_model).to_dict()
     # Every adversary attacks at once: they are different parties, each querying the oracle.
     adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
     # White-box threat model: the adversary knows the first part's weights (He et al. 2019;
     # with several owners an eavesdropper reads them off the WEIGHTS frames anyway).
-    weights = (backend.call(owners[0], "first_part_weights")
+    weights = (backend.call(cast.host_of[owners[0]], "owner_call", owners[0],
+                            "first_part_weights")
                if any(needs_weights(m) for m in cfg.attacks) else None)
     pairs = [(a, m) for m in cfg.attacks for a in adversaries]
     attacks: list[list[Reconstruction]] = []
@@ -262,28 +354,32 @@ def run_protocol(
     for (adversary, method), recons in zip(pairs, attacks, strict=True):
         per_owner, all_recon = [], []
         for i, rec in enumerate(recons):
-            te = shard(n_test, cfg.clients, i)
+            te = cast.test_shards[i]
             x, y = data.test.x[te], data.test.y[te]
             if rec.images.shape != x.shape:
                 raise RuntimeError(
                     f"{rec.owner}: {adversary} reconstructed {rec.images.shape[0]} images, "
                     f"owner sent {len(x)}: frames were lost")
-            per_owner.append({"owner": rec.owner, "target_accuracy": infer[i].accuracy,
-                              "attack": score(rec.images, x, y, judge_model).to_dict()})
+            per_owner.append({
+                "owner": rec.owner, "target_accuracy": infer[rec.owner].accuracy,
+                "train_examples": len(cast.train_shards[i]), "test_examples": len(te),
+                "attack": score(rec.images, x, y, judge_model).to_dict() if len(te) else None})
             all_recon.append(rec.images)
         recon = np.concatenate(all_recon)
         results.append(RunResult(
             protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,
-            attack=score(recon, data.test.x, data.test.y, judge_model), wire=WireStats(),
+            attack=score(recon, x_all, y_all, judge_model), wire=WireStats(),
             seconds=seconds, per_owner=per_owner,
-            placement={}, reconstructions=recon, originals=data.test.x, labels=data.test.y,
+            placement={}, reconstructions=recon, originals=x_all, labels=y_all,
             epoch_losses=losses, queries_used=recons[0].queries_used, baseline=baseline,
             attack_method=method, defences=list(cfg.defences), epsilon=epsilon,
+            batches=batches, restarts=restarts, schedule=cfg.schedule,
+            partition=cfg.partition, owner_actors=len(cast.hosts),
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
     stats = sum(backend.call_all([(n, "wire_stats", ()) for n in names]), WireStats())
     placement = backend.placement()
-    mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, batches,
+    mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, n_batches,
                       cfg)
     if mpc is not None:
         mpc["server0_wait_seconds"] = backend.call(SERVER0, "wait_seconds")

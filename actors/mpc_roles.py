@@ -457,7 +457,8 @@ class SharingOwner(DataOwner):
             raise ShapeError("the servers' shares do not fit together")
         return ring.decode(ring.reveal(s0, s1), self.frac_bits)
 
-    def remote_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    def remote_step(self, h: np.ndarray, y: np.ndarray,
+                    step: int = 0) -> tuple[np.ndarray, float]:
         h0, h1 = self._shares(h)
         self.request(SERVER1, [(K.SHARE, h1)])
         logits = torch.from_numpy(self._collect(K.SHARE, h0, Op.LOGITS)).requires_grad_(True)

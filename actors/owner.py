@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from actors.faults import Crash
 from actors.model import INPUT_DIM, OwnerNet
 from actors.role import Role, check_batch
 from actors.wire import Network
@@ -27,11 +30,75 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EpochReport:
+class TurnPlan:
+    """What one call to ``DataOwner.train_chunk`` does: a run of batches of one epoch.
+
+    Batch ``j`` of the owner's epoch carries global step id ``first_step + j - start``: the
+    lab numbers every batch of the run, so a retried batch has the same id as its first try.
+    """
+
+    epoch: int
+    first_step: int
+    start: int = 0  # first batch (of this owner's epoch) to train
+    stop: int | None = None  # stop before this batch; None: to the end of the shard
+    pull_from: str | None = None  # SplitFed: fetch the round's first part from the fed server
+    send_to: str | None = None  # at the epoch's end: hand the first part on (owner or fed server)
+    keep_state: bool = True  # return the trained state (the lab checkpoints after this chunk)
+
+
+@dataclass(frozen=True)
+class TurnReport:
     owner: str
-    batches: int
+    epoch: int
+    batches: int  # trained in this call
     examples: int
-    mean_loss: float
+    loss_sum: float
+    next_batch: int  # where the owner's next chunk of this epoch starts
+    n_batches: int  # batches in the owner's whole epoch
+
+    @property
+    def done(self) -> bool:
+        return self.next_batch >= self.n_batches
+
+
+class SharedWeights:
+    """Identical first parts held once per process.
+
+    Virtual owners on one host all deploy the same final first part: keyed by a digest of its
+    bytes, 1,000 owners hold one array and one model instead of 1,000 (weak references: freed
+    when no owner uses them).
+    """
+
+    def __init__(self) -> None:
+        self._arrays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._models: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    @staticmethod
+    def _key(flat: np.ndarray) -> bytes:
+        return hashlib.blake2b(memoryview(flat).cast("B"), digest_size=16).digest()
+
+    def array(self, flat: np.ndarray) -> np.ndarray:
+        key = self._key(flat)
+        found = self._arrays.get(key)
+        if found is None:
+            found = np.array(flat, np.float32)  # our own copy: the frame's buffer is not ours
+            found.flags.writeable = False
+            self._arrays[key] = found
+        return found
+
+    def model(self, flat: np.ndarray) -> OwnerNet:
+        """A read-only (eval) first part with the parameters in ``flat`` (weights first)."""
+        key = self._key(flat)
+        found = self._models.get(key)
+        if found is None:
+            found = OwnerNet().eval()
+            n = sum(p.numel() for p in found.parameters())
+            with torch.no_grad():
+                torch.nn.utils.vector_to_parameters(torch.from_numpy(flat[:n].copy()),
+                                                    found.parameters())
+            found.requires_grad_(False)
+            self._models[key] = found
+        return found
 
 
 @dataclass(frozen=True)
@@ -48,8 +115,13 @@ class InferenceReport:
 class DataOwner(Role):
     """Runs ``OwnerNet`` on private data; only cut-layer tensors ever leave it.
 
-    It also exposes the first part as a public service (``QUERY`` frames): that oracle is what a
-    black-box attacker uses, exactly as any user of the deployed model could.
+    The first part is not the owner's to keep: it arrives (from the previous owner, from the
+    fed server, or from the lab's checkpoint), is trained for a turn, and is handed on. Between
+    turns an owner holds only its shard and its links, so one process can host many (virtual
+    owners, ``actors.owner_host``); the trained state goes back to the lab after every chunk.
+
+    It also exposes the deployed first part as a public service (``QUERY`` frames): that
+    oracle is what a black-box attacker uses, exactly as any user of the deployed model could.
     """
 
     def __init__(
@@ -62,9 +134,10 @@ class DataOwner(Role):
         network: Network,
         train: tuple[np.ndarray, np.ndarray],
         test: tuple[np.ndarray, np.ndarray],
-        model: OwnerNet,
         config: TrainConfig,
+        model: OwnerNet | None = None,
         defences: tuple[str, ...] = (),
+        shared: SharedWeights | None = None,
     ) -> None:
         super().__init__(name, codec, session, network)
         # Built here, inside the owner: noise generators and budgets are the owner's own.
@@ -72,31 +145,80 @@ class DataOwner(Role):
         self.server = server
         self.train_x, self.train_y = (torch.as_tensor(a) for a in train)
         self.test_x, self.test_y = (torch.as_tensor(a) for a in test)
-        self.model = model
         self.config = config
-        self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-        # Per-owner shuffling stream, reproducible from the run seed.
-        self.gen = torch.Generator().manual_seed(config.seed * 1000 + sum(name.encode()))
+        self.shared = shared or SharedWeights()
+        self.model: OwnerNet | None = None  # the first part being trained, or deployed
+        self.opt: torch.optim.SGD | None = None
+        self.inbox: np.ndarray | None = None  # the last first part handed to us (WEIGHTS)
+        if model is not None:  # a stand-alone owner that starts with its own first part
+            self._begin(_flat_of(model, None))
         self.queries_answered = 0
+        self.chaos_step: int | None = None
+        self.sent_step = -1  # the last training step id this owner sent
+
+    def last_step(self) -> int:
+        return self.sent_step
 
     # --- training ----------------------------------------------------------------------------
-    def train_epoch(self) -> EpochReport:
-        self.model.train()
-        n = len(self.train_x)
-        perm = torch.randperm(n, generator=self.gen)
-        losses: list[float] = []
-        for start in range(0, n, self.config.batch_size):
-            idx = perm[start:start + self.config.batch_size]
-            losses.append(self.train_step(self.train_x[idx], self.train_y[idx]))
-        self.network.flush()
-        return EpochReport(self.name, len(losses), n, float(np.mean(losses)) if losses else 0.0)
+    def n_batches(self) -> int:
+        return -(-len(self.train_x) // self.config.batch_size)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def train_chunk(self, plan: TurnPlan,
+                    state: np.ndarray | None = None) -> tuple[TurnReport, np.ndarray | None]:
+        """Train batches ``plan.start``..``plan.stop`` of epoch ``plan.epoch``.
+
+        The first part comes from ``state`` (the lab restoring a checkpoint), else the fed
+        server (SplitFed), else what the previous owner handed over, else the model this owner
+        is already training (the next chunk of its turn). Returns the report and the trained
+        state (weights and momentum), which the lab keeps as its checkpoint.
+        """
+        if state is not None:
+            self._begin(state)
+        elif plan.pull_from is not None and plan.start == 0:
+            self._begin(self._pull(plan.pull_from, plan.epoch))
+        elif self.inbox is not None and plan.start == 0:
+            self._begin(self.inbox)
+        if self.opt is None or self.model is None:
+            raise ShapeError(f"{self.name} has no first part to train (nothing handed over)")
+        self.inbox = None
+        self.model.train()
+        n, size = len(self.train_x), self.config.batch_size
+        # The order of an epoch's batches is a function of (seed, owner, epoch) alone, so a
+        # retried chunk trains exactly the batches of its first try.
+        gen = torch.Generator().manual_seed(
+            (self.config.seed * 1_000_003 + plan.epoch) * 65_537 + sum(self.name.encode()))
+        perm = torch.randperm(n, generator=gen)
+        stop = self.n_batches() if plan.stop is None else min(plan.stop, self.n_batches())
+        losses: list[float] = []
+        for j in range(plan.start, stop):
+            step = plan.first_step + j - plan.start
+            if self.chaos_step is not None and step >= self.chaos_step:
+                self.chaos_step = None
+                raise Crash(self.name, step)
+            idx = perm[j * size:(j + 1) * size]
+            self.sent_step = step
+            losses.append(self.train_step(self.train_x[idx], self.train_y[idx], step))
+        examples = min(stop * size, n) - min(plan.start * size, n)
+        report = TurnReport(self.name, plan.epoch, len(losses), examples, float(sum(losses)),
+                            stop, self.n_batches())
+        state = self.flat_weights() if plan.keep_state else None
+        if report.done and plan.send_to is not None:
+            self.hand_off(plan.send_to, examples=n)
+            self.model = self.opt = None  # handed on: the next holder trains it, not us
+        self.network.flush()
+        return report, state
+
+    def train_epoch(self, epoch: int = 0, first_step: int = 0) -> TurnReport:
+        """A whole epoch over this owner's shard in one call (single-owner runs, tests)."""
+        return self.train_chunk(TurnPlan(epoch, first_step))[0]
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> float:
         """One split-learning step: activations out, cut-layer gradient back, local update."""
+        assert self.model is not None and self.opt is not None
         self.opt.zero_grad()
         h = self.model(x)
         sent = self.defences.apply(h)  # dropout, clipping and noise: what goes on the wire
-        grad, loss = self.remote_step(sent.detach().numpy(), y.numpy())
+        grad, loss = self.remote_step(sent.detach().numpy(), y.numpy(), step)
         if grad.shape != tuple(h.shape) or not np.all(np.isfinite(grad)):
             raise ShapeError(f"bad cut-layer gradient {grad.shape} for activations "
                              f"{tuple(h.shape)}")
@@ -109,9 +231,10 @@ class DataOwner(Role):
         self.opt.step()
         return loss
 
-    def remote_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-        """Vanilla split learning: labels and activations out; gradient and loss back."""
-        replies = self.request(self.server, [(MessageKind.LABELS, y),
+    def remote_step(self, h: np.ndarray, y: np.ndarray, step: int = 0) -> tuple[np.ndarray, float]:
+        """Vanilla split learning: step id, labels and activations out; gradient and loss back."""
+        replies = self.request(self.server, [(MessageKind.STEP, np.array([step], np.int64)),
+                                             (MessageKind.LABELS, y),
                                              (MessageKind.ACTIVATIONS, h)])
         grad = self.expect(replies, MessageKind.GRADIENTS, self.server).tensor
         loss = self.expect(replies, MessageKind.CONTROL, self.server).tensor
@@ -121,15 +244,38 @@ class DataOwner(Role):
         replies = self.request(self.server, [(MessageKind.INFER_ACTIVATIONS, h)])
         return self.expect(replies, MessageKind.PREDICTIONS, self.server).tensor
 
-    # --- inference ---------------------------------------------------------------------------
+    def arm_chaos(self, step: int) -> None:
+        """--chaos owner:I@STEP: die on reaching global training step ``step``."""
+        self.chaos_step = step
+
+    # --- deployment and inference ------------------------------------------------------------
+    def deploy(self, pull_from: str | None = None) -> None:
+        """Serve the final first part: the fed server's (SplitFed), else the one handed to us,
+        else the one this owner trained last. Identical parts are shared within a process."""
+        if pull_from is not None:
+            flat = self._pull(pull_from, -1)
+        elif self.inbox is not None:
+            flat = self.inbox
+        elif self.model is not None:
+            flat = self.flat_weights()
+        else:
+            raise ShapeError(f"{self.name} has no first part to deploy")
+        self.inbox, self.opt = None, None
+        self.model = self.shared.model(flat)
+
+    def _deployed(self) -> OwnerNet:
+        if self.model is None:
+            raise ShapeError(f"{self.name} has no deployed first part yet")
+        return self.model
+
     @torch.no_grad()
     def infer(self, batch_size: int = 250) -> InferenceReport:
         """Predict the private test set through the server; activations cross the wire."""
-        self.model.eval()
+        model = self._deployed().eval()
         correct = 0
         for start in range(0, len(self.test_x), batch_size):
             x, y = self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
-            logits = self.remote_logits(self.defences.apply(self.model(x)).numpy())
+            logits = self.remote_logits(self.defences.apply(model(x)).numpy())
             if logits.shape != (len(x), 10):
                 raise ShapeError(f"predictions shape {logits.shape} for a batch of {len(x)}")
             correct += int((logits.argmax(1) == y.numpy()).sum())
@@ -145,47 +291,88 @@ class DataOwner(Role):
                 x = x[: self.defences.budget.charge(msg.sender, len(x))]
                 if len(x) == 0:
                     self.defences.budget.require(msg.sender, 1)  # raises: dropped, counted
+            model = self._deployed()
             with torch.no_grad():
-                self.model.eval()
+                model.eval()
                 # the deployed service answers with what the owner would send: defended
-                out = self.defences.apply(self.model(torch.from_numpy(x.astype(np.float32))))
+                out = self.defences.apply(model(torch.from_numpy(x.astype(np.float32))))
                 out = out.numpy()
             self.queries_answered += len(x)
             return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
         if msg.kind == MessageKind.WEIGHTS:
             self.require_owner(msg)  # only the previous owner hands the first part on
-            self._load_weights(msg.tensor)
+            self._check_flat(msg.tensor)
+            self.inbox = self.shared.array(msg.tensor)
             return []
         return super().on_message(msg)
 
+    def _pull(self, fed: str, round_: int) -> np.ndarray:
+        replies = self.request(fed, [(MessageKind.MODEL_REQUEST, np.array([round_], np.int64))])
+        flat = self.expect(replies, MessageKind.WEIGHTS, fed).tensor
+        self._check_flat(flat)
+        return self.shared.array(flat)
+
     def first_part_weights(self) -> np.ndarray:
         """The first part's parameters alone (for a white-box attack's threat model)."""
-        return torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().numpy()
+        return torch.nn.utils.parameters_to_vector(self._deployed().parameters()).detach().numpy()
 
     def flat_weights(self) -> np.ndarray:
         """The first part and its SGD momentum, one vector: round-robin training then equals
         sequential training over the owners' data (momentum would otherwise go stale)."""
-        params = list(self.model.parameters())
-        momentum = [self.opt.state.get(p, {}).get("momentum_buffer") for p in params]
-        momentum = [torch.zeros_like(p) if m is None else m for p, m in zip(params, momentum,
-                                                                            strict=True)]
-        vec = torch.cat([torch.nn.utils.parameters_to_vector(params),
-                         torch.nn.utils.parameters_to_vector(momentum)])
-        return vec.detach().numpy()
+        return _flat_of(self._deployed(), self.opt)
 
-    def _load_weights(self, flat: np.ndarray) -> None:
-        params = list(self.model.parameters())
-        n = sum(p.numel() for p in params)
-        if flat.shape != (2 * n,) or flat.dtype != np.float32:
-            raise ShapeError(
-                f"weights must be float32 ({2 * n},), got {flat.dtype} {flat.shape}")
-        t = torch.from_numpy(flat.copy())
-        torch.nn.utils.vector_to_parameters(t[:n], params)
-        for p, m in zip(params, torch.split(t[n:], [p.numel() for p in params]), strict=True):
-            self.opt.state[p]["momentum_buffer"] = m.view_as(p).clone()
+    @staticmethod
+    def _check_flat(flat: np.ndarray) -> None:
+        if flat.shape != (2 * FIRST_PART_SIZE,) or flat.dtype != np.float32:
+            raise ShapeError(f"weights must be float32 ({2 * FIRST_PART_SIZE},), "
+                             f"got {flat.dtype} {flat.shape}")
+        if not np.all(np.isfinite(flat)):
+            raise ShapeError("weights contain NaN/inf")
 
-    def hand_off(self, to: str) -> None:
-        """Vanilla split learning: pass the first part to the next owner, over the wire."""
-        self.request(to, [(MessageKind.WEIGHTS, self.flat_weights())])
+    def _begin(self, flat: np.ndarray) -> None:
+        """Start training from ``flat``: a private model and optimiser with that momentum."""
+        self._check_flat(flat)
+        model = OwnerNet()
+        params = list(model.parameters())
+        t = torch.from_numpy(np.array(flat, np.float32))
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(t[:FIRST_PART_SIZE], params)
+        opt = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum)
+        for p, m in zip(params, torch.split(t[FIRST_PART_SIZE:], [p.numel() for p in params]),
+                        strict=True):
+            opt.state[p]["momentum_buffer"] = m.view_as(p).clone()
+        self.model, self.opt = model, opt
+
+    def share_with(self, owners: list[str]) -> None:
+        """Deployment: hand the final first part to every other owner, over the wire."""
+        for to in owners:
+            self.request(to, [(MessageKind.WEIGHTS, self.flat_weights())])
         self.network.flush()
 
+    def hand_off(self, to: str, examples: int | None = None) -> None:
+        """Pass the first part on, over the wire: to the next owner (vanilla split learning)
+        or to the fed server (SplitFed, with this owner's example count for the average)."""
+        items = [(MessageKind.WEIGHTS, self.flat_weights())]
+        if examples is not None and not to.startswith("owner:"):
+            items.insert(0, (MessageKind.CONTROL, np.array([examples], np.int64)))
+        self.request(to, items)
+        self.network.flush()
+
+
+FIRST_PART_SIZE = sum(p.numel() for p in OwnerNet().parameters())
+
+
+def _flat_of(model: OwnerNet, opt: torch.optim.SGD | None) -> np.ndarray:
+    params = list(model.parameters())
+    state = opt.state if opt is not None else {}
+    momentum = [state.get(p, {}).get("momentum_buffer") for p in params]
+    momentum = [torch.zeros_like(p) if m is None else m for p, m in zip(params, momentum,
+                                                                        strict=True)]
+    vec = torch.cat([torch.nn.utils.parameters_to_vector(params),
+                     torch.nn.utils.parameters_to_vector(momentum)])
+    return vec.detach().numpy()
+
+
+def initial_state(model: OwnerNet) -> np.ndarray:
+    """The flat state a run starts from: ``model``'s weights and zero momentum."""
+    return _flat_of(model, None)

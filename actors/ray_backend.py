@@ -7,7 +7,10 @@ them to taps with fire-and-forget calls that ``flush`` waits for, so nothing is 
 
 from __future__ import annotations
 
+import functools
 import os
+import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,8 +22,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from actors.backend import Backend, RoleFactory
+from actors.faults import Crash, RoleDiedError, RunLostError
 from actors.wire import Network, TapRecord, Taps, Transport
 
 #: Roles are latency-bound, not CPU-bound: a fraction of a CPU each lets many share 2 cores.
@@ -83,70 +88,196 @@ class RayTransport(Transport):
     def flush(self) -> None:
         for tap in list(self.buffers):
             self._send(tap)
-        if self.pending:
-            ray.get(self.pending)
-            self.pending = []
+        pending, self.pending = self.pending, []
+        if pending:
+            ray.get(pending)  # a dead tap raises once; its lost copies are not retried
+
+
+def _crash_exits(method: Callable) -> Callable:
+    """A ``Crash`` (--chaos) kills this worker process for real, so Ray restarts the actor."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Crash:
+            os._exit(1)
+    return wrapper
 
 
 @ray.remote
 class RoleActor:
-    """Hosts one role (DataOwner, ComputeServer, Eavesdropper, ...) in its own worker."""
+    """Hosts one role (DataOwner host, ComputeServer, Eavesdropper, ...) in its own worker."""
 
     def __init__(self, name: str, factory: RoleFactory, taps: Taps,
                  kwargs: dict[str, Any]) -> None:
         import torch
 
         torch.set_num_threads(1)  # many roles share few cores; intra-op threads would thrash
+        self.incarnation = secrets.token_hex(8)  # new after every restart
         self.transport = RayTransport()
         self.role = factory(name, network=Network(name, self.transport, taps), **kwargs)
 
-    def connect(self, directory: dict[str, Any]) -> None:
+    def connect(self, directory: dict[str, Any]) -> str:
         self.transport.directory = dict(directory)
+        return self.incarnation
 
+    def parties(self) -> list[str]:
+        return self.role.parties() if hasattr(self.role, "parties") else []
+
+    @_crash_exits
     def handle(self, frames: list[bytes]) -> list[bytes]:
         return as_arrays(self.role.handle(frames))
 
+    @_crash_exits
     def intercept(self, records: list[TapRecord]) -> int:
         return self.role.intercept(records)
 
+    @_crash_exits
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.role, method)(*args, **kwargs)
 
+    @_crash_exits
+    def call2(self, method: str, *args: Any) -> tuple[Any, Any]:
+        """A method returning a pair, as two objects (see ``Backend.submit``)."""
+        first, second = getattr(self.role, method)(*args)
+        return first, second
+
     def node(self) -> str:
-        ctx = ray.get_runtime_context()
-        return f"{ctx.get_node_id()[:12]}"
+        return ray.get_runtime_context().get_node_id()[:12]
+
+
+def _died(exc: BaseException) -> bool:
+    """Did this failure come from a dead actor (here, or inside the call it made)?"""
+    if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.NodeDiedError
+                  | ray.exceptions.ObjectLostError):
+        return True
+    cause = getattr(exc, "cause", None)
+    return isinstance(exc, ray.exceptions.RayTaskError) and cause is not None and _died(cause)
+
+
+#: Role groups kept apart by --placement spread, in order of who gets a node first.
+def _group(name: str) -> str:
+    return "owners" if name.startswith("owners:") else name
 
 
 class RayBackend(Backend):
     def __init__(self, role_cpus: float = ROLE_CPUS,
-                 resources_for: Callable[[str], dict[str, float]] | None = None) -> None:
+                 resources_for: Callable[[str], dict[str, float]] | None = None,
+                 placement: str = "pack", max_restarts: int = 3,
+                 revive_timeout_s: float = 60.0) -> None:
         self.role_cpus = role_cpus
         self.resources_for = resources_for or (lambda name: {})
+        self.spread = placement == "spread"
+        self.max_restarts = max_restarts
+        self.revive_timeout_s = revive_timeout_s
         self.actors: dict[str, Any] = {}
+        self.args: dict[str, Any] = {}
+        self.directory: dict[str, Any] = {}
+        self.incarnations: dict[str, str] = {}
+        self._groups: dict[str, int] = {}
+
+    def _strategy(self, name: str) -> Any:
+        """--placement spread: each role group on its own alive node, round-robin, the
+        driver's node first. Soft affinity: a restarted role may land on another node when
+        its own is gone, so a run survives losing a node."""
+        if not self.spread:
+            return "DEFAULT"
+        here = ray.get_runtime_context().get_node_id()
+        nodes = sorted((n["NodeID"] for n in ray.nodes() if n["Alive"]),
+                       key=lambda n: (n != here, n))
+        index = self._groups.setdefault(_group(name), len(self._groups))
+        if _group(name) == "owners":  # hosts take turns over the nodes after the others
+            index = len(self._groups) - 1 + int(name.split(":")[1])
+        return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=True)
 
     def start(self, name: str, factory: RoleFactory, taps: Taps = (),
               **kwargs: Any) -> None:
-        options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name)}
+        options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name),
+                   "max_restarts": self.max_restarts, "max_task_retries": 0,
+                   "scheduling_strategy": self._strategy(name)}
         taps = dict(taps) if isinstance(taps, Mapping) else list(taps)
-        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps, kwargs)
+        # Held here for the run: a restarted actor is rebuilt from these same arguments.
+        self.args[name] = ray.put(kwargs)
+        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps,
+                                                                self.args[name])
 
     def connect(self) -> None:
-        ray.get([a.connect.remote(self.actors) for a in self.actors.values()])
+        names = list(self.actors)
+        parties = self._get([self.actors[n].parties.remote() for n in names])
+        self.directory = {n: self.actors[n] for n in names}
+        for name, hosted in zip(names, parties, strict=True):
+            self.directory.update(dict.fromkeys(hosted, self.actors[name]))
+        incarnations = self._get([a.connect.remote(self.directory) for a in
+                                  self.actors.values()])
+        self.incarnations = dict(zip(names, incarnations, strict=True))
+
+    @staticmethod
+    def _get(refs: Any, timeout: float | None = None) -> Any:
+        try:
+            return ray.get(refs, timeout=timeout)
+        except Exception as exc:
+            if _died(exc):
+                raise RoleDiedError(str(exc).splitlines()[0]) from None
+            raise
 
     def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        return ray.get(self.actors[name].call.remote(method, *args, **kwargs))
+        return self._get(self.actors[name].call.remote(method, *args, **kwargs))
 
     def call_all(self, calls: Sequence[tuple[str, str, tuple]]) -> list[Any]:
-        return ray.get([self.actors[n].call.remote(m, *a) for n, m, a in calls])
+        return self._get([self.actors[n].call.remote(m, *a) for n, m, a in calls])
+
+    def submit(self, name: str, method: str, *args: Any, returns: int = 1) -> Any:
+        actor = self.actors[name]
+        if returns == 2:
+            return list(actor.call2.options(num_returns=2).remote(method, *args))
+        return actor.call.remote(method, *args)
+
+    def fetch(self, handles: Any) -> Any:
+        return self._get(handles)
+
+    def put(self, value: Any) -> Any:
+        return ray.put(value)
+
+    def revive(self) -> list[str]:
+        """Wait until every actor answers; those with a new incarnation were restarted by Ray
+        (and have lost their directory, which they get back). A role that cannot be placed
+        again (its node is gone and it was pinned there) is a ``RunLostError``."""
+        deadline = time.monotonic() + self.revive_timeout_s
+        revived: list[str] = []
+        for name, actor in self.actors.items():
+            while True:
+                try:
+                    now = ray.get(actor.connect.remote(self.directory),
+                                  timeout=max(deadline - time.monotonic(), 0.1))
+                    break
+                except ray.exceptions.GetTimeoutError:
+                    raise RunLostError(f"{name} did not come back within "
+                                       f"{self.revive_timeout_s:.0f} s") from None
+                except ray.exceptions.RayActorError as exc:
+                    if time.monotonic() > deadline:  # out of restarts, or nowhere to go
+                        raise RunLostError(f"{name} did not come back: "
+                                           f"{str(exc).splitlines()[0]}") from None
+                    time.sleep(0.2)  # still restarting
+            if now != self.incarnations.get(name):
+                revived.append(name)
+                self.incarnations[name] = now
+        return revived
+
+    def pool_size(self) -> int:
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def placement(self) -> dict[str, str]:
         names = list(self.actors)
-        return dict(zip(names, ray.get([self.actors[n].node.remote() for n in names]),
-                        strict=True))
+        nodes = ray.get([self.actors[n].node.remote() for n in names])
+        out = dict(zip(names, nodes, strict=True))
+        for party, actor in self.directory.items():  # hosted owners run where their host does
+            host = next(n for n, a in self.actors.items() if a is actor)
+            out.setdefault(party, out[host])
+        return out
 
     def shutdown(self) -> None:
         for actor in self.actors.values():
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
         self.actors.clear()
 
 
@@ -162,6 +293,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     loopback_env()
     if ray.is_initialized():
         return "existing"
+    if quiet:  # Ray's C++ core logs warnings (e.g. on restartable actors) to the terminal
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = {"include_dashboard": False, "log_to_driver": not quiet,
               "logging_level": "ERROR" if quiet else "INFO"}

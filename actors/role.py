@@ -94,8 +94,17 @@ class Role:
     def identity(self) -> bytes:
         return self.endpoint.identity()
 
+    def identities(self) -> dict[str, bytes]:
+        """Every name this party answers for, with its public identity (hosts have many)."""
+        return {self.name: self.identity()}
+
     def trust(self, registry: dict[str, bytes]) -> None:
         self.endpoint.trust(registry)
+
+    def forget(self, peers: list[str]) -> None:
+        """These peers restarted (new identities, sequence numbers from 0): drop their links."""
+        for peer in peers:
+            self.endpoint.forget(peer)
 
     def expect(self, replies: list[Message], kind: MessageKind, sender: str) -> Message:
         """The single reply of ``kind`` from ``sender``, or a typed error naming what came."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.adversary import Intercepted, InversionAttacker, stack
+from actors.faults import Crash
 from actors.model import CUT_DIM, N_CLASSES, ServerNet
 from actors.owner import TrainConfig
 from actors.role import Role, check_batch
@@ -14,6 +15,9 @@ from actors.wire import Network
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
 from protocol.frame import MessageKind
+
+#: Replies kept for retries: the lab checkpoints far more often than this (--checkpoint-every).
+MAX_REPLIES = 4096
 
 
 class ComputeServer(Role, InversionAttacker):
@@ -36,13 +40,32 @@ class ComputeServer(Role, InversionAttacker):
         self.model = model
         self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
         self.pending_labels: dict[str, np.ndarray] = {}
-        self.steps = 0
+        self.pending_step: dict[str, int] = {}
+        self.steps = 0  # batches applied to this model (restored with it from a checkpoint)
+        self.duplicates = 0  # retried batches answered from the cache, not applied again
+        # Replies to the batches applied since the last checkpoint, by global step id: an
+        # owner that rolls back to that checkpoint retries them and must get the same answer
+        # without the server applying them twice (exactly once, as the STEP ids make it).
+        self.replies: dict[int, tuple[np.ndarray, float]] = {}
+        self.chaos_step: int | None = None
+        self.last_seen = -1  # the highest step id received
         self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> (seq, activations)
 
     def on_message(self, msg: Message) -> list[bytes]:
         if msg.kind in (MessageKind.LABELS, MessageKind.ACTIVATIONS,
                         MessageKind.INFER_ACTIVATIONS):
             self.require_owner(msg)
+        if msg.kind == MessageKind.STEP:
+            if msg.tensor.shape != (1,) or msg.tensor.dtype != np.int64 or msg.tensor[0] < 0:
+                raise ShapeError(f"a step id is int64 (1,) >= 0, got {msg.tensor.dtype} "
+                                 f"{msg.tensor.shape}")
+            step = int(msg.tensor[0])
+            if self.chaos_step is not None and step >= self.chaos_step:
+                self.chaos_step = None
+                raise Crash(self.name, step)
+            self.pending_step[msg.sender] = step
+            self.last_seen = max(self.last_seen, step)
+            return []
         if msg.kind == MessageKind.LABELS:
             y = msg.tensor
             if y.ndim != 1 or y.dtype != np.int64 or y.size == 0:
@@ -56,7 +79,16 @@ class ComputeServer(Role, InversionAttacker):
             y = self.pending_labels.pop(msg.sender, None)
             if y is None or len(y) != len(msg.tensor):
                 raise ShapeError(f"activations from {msg.sender} without matching labels")
-            grad, loss = self.train_step(msg.tensor, y)
+            step = self.pending_step.pop(msg.sender, None)
+            if step is not None and step in self.replies:
+                grad, loss = self.replies[step]  # a retry: answer as before, apply nothing
+                self.duplicates += 1
+            else:
+                grad, loss = self.train_step(msg.tensor, y)
+                if step is not None:
+                    self.replies[step] = (grad, loss)
+                    if len(self.replies) > MAX_REPLIES:  # no checkpoint for a long time
+                        del self.replies[next(iter(self.replies))]
             return [
                 self.reply(msg.sender, MessageKind.GRADIENTS, grad),
                 self.reply(msg.sender, MessageKind.CONTROL, np.array([loss], np.float32)),
@@ -66,6 +98,47 @@ class ComputeServer(Role, InversionAttacker):
             self.seen.setdefault(msg.sender, []).append((msg.seq, msg.tensor))
             return [self.reply(msg.sender, MessageKind.PREDICTIONS, self.predict(msg.tensor))]
         return super().on_message(msg)
+
+    def arm_chaos(self, step: int) -> None:
+        """--chaos server@STEP: die on receiving the batch with global step id ``step``."""
+        self.chaos_step = step
+
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        """The second part, its momentum and the applied-batch count (never key material);
+        batches applied before this point will never be retried, so their replies go."""
+        self.replies.clear()
+        params = list(self.model.parameters())
+        momentum = [self.opt.state.get(p, {}).get("momentum_buffer") for p in params]
+        out = {f"param{i}": p.detach().numpy().copy() for i, p in enumerate(params)}
+        out |= {f"momentum{i}": (np.zeros(tuple(p.shape), np.float32) if m is None
+                                 else m.numpy().copy())
+                for i, (p, m) in enumerate(zip(params, momentum, strict=True))}
+        return out | {"steps": np.array([self.steps], np.int64)}
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from ``checkpoint()``'s output (after a restart or --resume)."""
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.copy_(torch.from_numpy(np.asarray(state[f"param{i}"])))
+                self.opt.state[p]["momentum_buffer"] = torch.from_numpy(
+                    np.array(state[f"momentum{i}"], np.float32))
+        self.steps = int(state["steps"][0])
+        self.replies.clear()
+        self.pending_labels.clear()
+        self.pending_step.clear()
+
+    def checkpoint_pair(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """``counters()`` and ``checkpoint()``: the lab waits for the first, keeps the second
+        wherever it is (the object store)."""
+        state = self.checkpoint()
+        return self.counters(), state
+
+    def counters(self) -> dict[str, int]:
+        return {"applied": self.steps, "duplicates": self.duplicates}
+
+    def last_step(self) -> int:
+        return self.last_seen
 
     def intercepted_activations(self, owner: str) -> Intercepted:
         return stack(owner, self.seen.get(owner, []))

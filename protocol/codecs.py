@@ -54,6 +54,9 @@ class Codec(ABC):
         """Whether frames to ``peer`` can be sealed now."""
         return True
 
+    def forget(self, peer: str) -> None:  # noqa: B027 - codecs without link state keep none
+        """Drop every bit of link state with ``peer`` (it restarted with a new identity)."""
+
     def handshake_offer(self, peer: str) -> bytes | None:
         """Body of a HANDSHAKE frame to send before talking to ``peer``; None if not needed."""
         return None

@@ -74,6 +74,10 @@ class EncryptedCodec(Codec):
         """Drop the link's keys: the next frame to ``peer`` starts a fresh handshake."""
         self._links.pop(peer, None)
 
+    def forget(self, peer: str) -> None:
+        for state in (self._links, self._offered, self._answered):
+            state.pop(peer, None)
+
     def handshake_offer(self, peer: str) -> bytes | None:
         if peer in self._links:
             return None

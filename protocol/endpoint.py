@@ -175,6 +175,16 @@ class Endpoint:
     def trust(self, registry: dict[str, bytes]) -> None:
         self.codec.trust(registry)
 
+    def forget(self, peer: str) -> None:
+        """``peer`` restarted: its sequence numbers begin again and its link keys are gone.
+
+        Resetting the replay window is safe only because the link also gets fresh keys (a new
+        handshake): frames from before the restart no longer authenticate.
+        """
+        self.codec.forget(peer)
+        self._next_seq.pop(peer, None)
+        self._windows.pop(peer, None)
+
     def handshake_offer(self, peer: str) -> bytes | None:
         """The HANDSHAKE frame to send before the first data frame to ``peer``, if any."""
         body = self.codec.handshake_offer(peer)

@@ -68,6 +68,8 @@ class MessageKind(enum.IntEnum):
     TRIPLE_REQUEST = 16  # the triples a protocol run will need (server 0 -> dealer)
     TRIPLES = 17  # Beaver triple material: plan, seed, corrections (dealer -> server i)
     INFER_SHARE = 18  # one additive share of an inference batch's activations
+    STEP = 19  # the global id of the training batch that follows (retries are idempotent)
+    MODEL_REQUEST = 20  # an owner asks the fed server for the round's first part (SplitFed)
 
 
 class DType(enum.IntEnum):

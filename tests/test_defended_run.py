@@ -32,7 +32,7 @@ def run(setting, defences=(), attacks=("mlp",), epochs=1):
 def test_query_budget_caps_what_the_attacker_gets(setting):
     (result,), backend = run(setting, ("query-budget:limit=700",))
     assert result.queries_used == 700  # 500, then 200 of the next 500, then refused
-    owner = backend.roles["owner:0"]
+    owner = backend.party("owner:0")
     assert owner.defences.budget.answered("eavesdropper") == 700
     assert owner.queries_answered == 700
 
@@ -44,7 +44,7 @@ def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     assert noisy.to_json()["epsilon"]["epsilon"] == pytest.approx(256.0)
     spy = backend.roles["eavesdropper"]
     acts = spy.intercepted_activations("owner:0").acts
-    owner = backend.roles["owner:0"]
+    owner = backend.party("owner:0")
     import torch
 
     with torch.no_grad():

@@ -51,7 +51,7 @@ def test_no_key_material_in_capture_or_results(runs):
     out, backends = runs
     backend = backends["encrypted"]
     secrets = [role.endpoint.codec._identity._key.private_bytes_raw()
-               for role in backend.roles.values()]
+               for role in map(backend.party, backend.host_of)]
     capture = b"".join(frame for _, _, frame in backend.call(EAVESDROPPER, "capture"))
     assert len(capture) > 500_000
     results = json.dumps([r.to_json() for r in out["encrypted"].values()]).encode()

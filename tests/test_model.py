@@ -47,13 +47,13 @@ def test_split_training_over_the_wire_equals_unsplit_training():
     opt = torch.optim.SGD(full.parameters(), lr=0.1, momentum=0.9)
     for i in range(3):
         xb, yb = torch.from_numpy(x[i * 8:(i + 1) * 8]), torch.from_numpy(y[i * 8:(i + 1) * 8])
-        loss_wire = owner.train_step(xb, yb)
+        loss_wire = owner.train_step(xb, yb, step=i)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(full(xb), yb)
         loss.backward()
         opt.step()
         assert abs(loss_wire - float(loss.detach())) < 1e-6
-    for p_split, p_full in zip([*first.parameters(), *second.parameters()], full.parameters(),
+    for p_split, p_full in zip([*owner.model.parameters(), *second.parameters()], full.parameters(),
                                strict=True):
         torch.testing.assert_close(p_split, p_full, rtol=1e-6, atol=1e-7)
     assert server.steps == 3

@@ -42,7 +42,8 @@ def test_plaintext_attack_beats_chance_on_ray(ray_local, tmp_path):
     assert run["attack"]["validator_accuracy"] >= 0.6
     assert run["attack"]["ssim"] >= 0.4
     assert sum(run["wire"]["dropped"].values()) == 0
-    assert set(run["placement"]) == {"owner:0", "server", "eavesdropper"}
+    assert set(run["placement"]) == {"owner:0", "owners:0", "server", "eavesdropper"}
+    assert run["batches"]["sent"] == run["batches"]["applied"] > 0 and run["restarts"] == 0
 
 
 def test_ray_binds_loopback_only(ray_local):

@@ -1,0 +1,122 @@
+"""Virtual owners: many data owners multiplexed over one process (one actor of the pool).
+
+N owners must not mean N processes (an actor importing torch is ~460 MB). As Flower's
+simulation engine runs many virtual clients on a bounded actor pool, an ``OwnerHost`` answers for
+the owners assigned to it: frames are dispatched on their receiver field, and each owner keeps
+its own endpoint (keys, sequence numbers) and shard. What an owner trains — the first part and
+its momentum — is not kept here between turns: it arrives over the wire or from the lab's
+checkpoint in the object store, and identical deployed parts are shared (``SharedWeights``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from actors.owner import DataOwner, SharedWeights
+from actors.wire import Network, TapRecord, Transport
+from protocol.endpoint import WireStats
+from protocol.errors import FrameError
+from protocol.frame import decode_header
+
+
+@dataclass(frozen=True)
+class OwnerSpec:
+    """One virtual owner: its name and its private shards."""
+
+    name: str
+    train: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+class _HostTransport(Transport):
+    """Frames between owners of one host stay in the process (a Ray actor calling itself would
+    wait for itself forever); everything else goes out on the host's transport."""
+
+    def __init__(self, inner: Transport, host: OwnerHost) -> None:
+        self.inner, self.host = inner, host
+
+    def deliver(self, receiver: str, frames: list[bytes]) -> list[bytes]:
+        if receiver in self.host.owners:
+            return self.host.handle(frames)
+        return self.inner.deliver(receiver, frames)
+
+    def deliver_async(self, receiver: str, frames: list[bytes]) -> object:
+        if receiver in self.host.owners:
+            return ("local", self.host.handle(frames))
+        return ("remote", self.inner.deliver_async(receiver, frames))
+
+    def collect(self, pending: object) -> list[bytes]:
+        where, value = pending  # type: ignore[misc]
+        return value if where == "local" else self.inner.collect(value)
+
+    def mirror(self, tap: str, records: list[TapRecord]) -> None:
+        self.inner.mirror(tap, records)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+class OwnerHost:
+    """Hosts the owners in ``owners``; the backend routes frames for any of them here."""
+
+    def __init__(self, name: str, *, network: Network, owners: list[OwnerSpec],
+                 owner_cls: Callable[..., DataOwner] = DataOwner, **common: Any) -> None:
+        self.name = name
+        self.shared = SharedWeights()
+        self.dropped: Counter[str] = Counter()  # frames for no owner of this host
+        transport = _HostTransport(network.transport, self)
+        self.owners: dict[str, DataOwner] = {}
+        for spec in owners:
+            self.owners[spec.name] = owner_cls(
+                spec.name, network=Network(spec.name, transport, network.taps),
+                train=spec.train, test=spec.test, shared=self.shared, **common)
+
+    def parties(self) -> list[str]:
+        """The names this host answers for on the wire."""
+        return list(self.owners)
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        replies: list[bytes] = []
+        by_owner: dict[str, list[bytes]] = {}
+        for data in frames:
+            try:
+                receiver = decode_header(data).receiver
+                by_owner.setdefault(receiver, []).append(data)
+            except FrameError:
+                self.dropped["FrameError"] += 1
+        for receiver, batch in by_owner.items():
+            owner = self.owners.get(receiver)
+            if owner is None:  # addressed to nobody here: dropped and counted, like any bad frame
+                self.dropped["FrameError"] += len(batch)
+                continue
+            replies.extend(owner.handle(batch))
+        return replies
+
+    def owner_call(self, owner: str, method: str, *args: Any) -> Any:
+        return getattr(self.owners[owner], method)(*args)
+
+    def each(self, method: str, *args: Any) -> list[Any]:
+        """``method`` on every hosted owner, in order (identities, trust, stats, ...)."""
+        return [getattr(o, method)(*args) for o in self.owners.values()]
+
+    def wire_stats(self) -> WireStats:
+        total = sum((o.wire_stats() for o in self.owners.values()), WireStats())
+        for reason, n in self.dropped.items():
+            total.dropped[reason] += n
+        return total
+
+    def identities(self) -> dict[str, bytes]:
+        return {n: o.identity() for n, o in self.owners.items()}
+
+    def trust(self, registry: Mapping[str, bytes]) -> None:
+        for o in self.owners.values():
+            o.trust(dict(registry))
+
+    def forget(self, peers: list[str]) -> None:
+        for o in self.owners.values():
+            o.forget(peers)

@@ -1,0 +1,303 @@
+"""The training loop of a run: schedules, checkpoints, and recovery that applies batches once.
+
+Every batch of the run has a global step id, fixed before training starts (owner by owner,
+epoch by epoch), so a retry carries the id of its first try. The lab keeps a consistent
+checkpoint — the first part with its momentum, the server's second part, and where training
+stood — every ``checkpoint_every`` steps; the states stay in the object store (handles), never
+passing through the lab unless written to disk. When a call fails because a role died, the lab
+lets the backend bring it back, re-pins identities, restores what the restarted role lost, and
+replays from the checkpoint. A live server answers the replayed batches it already applied
+from its reply cache (by step id) instead of applying them again; a restarted one starts from
+the checkpoint, which holds none of them. So every batch is applied exactly once, and
+``batches.sent == batches.applied`` checks it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.backend import Backend
+from actors.faults import RoleDiedError, RunLostError
+from actors.owner import TurnPlan, TurnReport
+from protocol.errors import ConfigError
+
+CHECKPOINT_FORMAT = "splitwire-checkpoint/1"
+SCHEDULES = ("sequential", "splitfed")
+
+
+@dataclass
+class Ledger:
+    """What the run reports as ``batches`` and ``restarts``."""
+
+    sent: int = 0  # distinct batches (step ids) sent
+    retried: int = 0  # batches sent again after a failure
+    restarts: int = 0  # roles brought back
+
+
+@dataclass(frozen=True)
+class Position:
+    epoch: int = 0
+    owner: int = 0  # index into the owners (sequential schedule)
+    batch: int = 0  # next batch of that owner's epoch
+    step: int = 0  # global id of that batch
+
+
+@dataclass
+class Checkpoint:
+    position: Position
+    first: Any  # handle: the first part + momentum (sequential) or the round's global model
+    server: Any  # handle: the server's checkpoint dict (None for a topology without one)
+    loss_sum: float
+    loss_batches: int
+    losses: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainingSetup:
+    """What the trainer drives; the lab builds it (names, hosts, the owners' batch counts)."""
+
+    owners: list[str]
+    host_of: dict[str, str]  # owner -> the pool actor hosting it
+    batches: list[int]  # batches per epoch of each owner
+    server: str | None  # the role with checkpoint()/restore(); None: cannot recover
+    fed_server: str | None
+    parties: list[str]  # every started role (actor names)
+    recoverable: bool = True
+
+
+class Trainer:
+    def __init__(self, backend: Backend, setup: TrainingSetup, *, epochs: int, schedule: str,
+                 checkpoint_every: int, initial: Any, checkpoint_dir: Path | None = None,
+                 fingerprint: dict[str, Any] | None = None,
+                 progress: Any = None,
+                 on_checkpoint: Callable[[int], None] | None = None) -> None:
+        if schedule not in SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got "
+                              f"{schedule!r}")
+        self.backend, self.setup = backend, setup
+        self.epochs, self.schedule = epochs, schedule
+        self.every = max(1, checkpoint_every)
+        self.dir = checkpoint_dir
+        self.fingerprint = fingerprint or {}
+        self.progress = progress
+        self.on_checkpoint = on_checkpoint
+        self.ledger = Ledger()
+        self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0)
+        self._rewind()
+        self.steps_per_epoch = sum(setup.batches)
+
+    # --- steps and owners ----------------------------------------------------------------
+    def first_step(self, epoch: int, owner: int) -> int:
+        return epoch * self.steps_per_epoch + sum(self.setup.batches[:owner])
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def _owner_call(self, i: int, method: str, *args: Any, returns: int = 1) -> Any:
+        owner = self.setup.owners[i]
+        return self.backend.submit(self.setup.host_of[owner], "owner_call", owner, method,
+                                   *args, returns=returns)
+
+    def _server_state(self) -> Any:
+        """Checkpoint the server now; a handle to its state (the lab waits only for the
+        small counters, so no training frame of the next chunk can overtake it)."""
+        if self.setup.server is None:
+            return None
+        counters, state = self.backend.submit(self.setup.server, "checkpoint_pair", returns=2)
+        self.backend.fetch(counters)
+        return state
+
+    # --- the loop ------------------------------------------------------------------------
+    def run(self) -> list[float]:
+        """Train to the end, recovering from dead roles; the mean loss of each epoch."""
+        self._save()
+        while self.pos.epoch < self.epochs:
+            try:
+                if self.schedule == "splitfed":
+                    self._round()
+                else:
+                    self._chunk()
+            except RoleDiedError as exc:
+                self._recover(exc)
+        return self.losses
+
+    def _chunk(self) -> None:
+        """Sequential (vanilla) split learning: one owner's next run of batches, up to the
+        next checkpoint. Between checkpoints the first part travels only over the wire."""
+        pos, n, ckpt = self.pos, len(self.setup.owners), self.ckpt
+        stop = min(self.setup.batches[pos.owner],
+                   pos.batch + self.every - (pos.step - ckpt.position.step))
+        turn_ends = stop >= self.setup.batches[pos.owner]
+        last_turn = turn_ends and pos.owner == n - 1 and pos.epoch == self.epochs - 1
+        epoch_ends = turn_ends and pos.owner == n - 1
+        trained = stop - pos.batch
+        due = epoch_ends or pos.step + trained - ckpt.position.step >= self.every
+        plan = TurnPlan(pos.epoch, pos.step, pos.batch, stop, keep_state=due,
+                        send_to=(self.setup.owners[(pos.owner + 1) % n]
+                                 if turn_ends and n > 1 and not last_turn else None))
+        report_h, state_h = self._owner_call(pos.owner, "train_chunk", plan,
+                                             ckpt.first if self.pass_state else None,
+                                             returns=2)
+        report: TurnReport = self.backend.fetch(report_h)
+        self.pass_state = False
+        self.loss_sum += report.loss_sum
+        self.loss_batches += report.batches
+        nxt = Position(pos.epoch, pos.owner, stop, pos.step + report.batches)
+        if turn_ends:
+            nxt = Position(pos.epoch, pos.owner + 1, 0, nxt.step)
+        if epoch_ends:
+            self.losses.append(self.loss_sum / max(self.loss_batches, 1))
+            self.loss_sum, self.loss_batches = 0.0, 0
+            nxt = Position(pos.epoch + 1, 0, 0, nxt.step)
+        self.pos = nxt
+        self.ledger.sent = max(self.ledger.sent, nxt.step)
+        if due:
+            self.ckpt = Checkpoint(nxt, state_h, self._server_state(), self.loss_sum,
+                                   self.loss_batches, list(self.losses))
+            self._after_checkpoint(epoch_done=epoch_ends)
+
+    def _round(self) -> None:
+        """SplitFed: every owner trains its copy from the round's model; the fed server
+        averages them. Owners on different pool actors train at once."""
+        epoch, fed = self.ckpt.position.epoch, self.setup.fed_server
+        self.backend.call(fed, "begin_round", self.ckpt.first, epoch)
+        handles = [
+            self._owner_call(i, "train_chunk",
+                             TurnPlan(epoch, self.first_step(epoch, i), pull_from=fed,
+                                      send_to=fed), None, returns=2)[0]
+            for i in range(len(self.setup.owners))]
+        reports: list[TurnReport] = self.backend.fetch(handles)
+        model = self.backend.submit(fed, "close_round")
+        loss = sum(r.loss_sum for r in reports) / max(sum(r.batches for r in reports), 1)
+        nxt = Position(epoch + 1, 0, 0, self.first_step(epoch + 1, 0))
+        self.ledger.sent = max(self.ledger.sent, nxt.step)
+        self.losses.append(loss)
+        self.pos = nxt
+        self.ckpt = Checkpoint(nxt, model, self._server_state(), 0.0, 0, list(self.losses))
+        self._after_checkpoint(epoch_done=True)
+
+    def _after_checkpoint(self, epoch_done: bool) -> None:
+        if epoch_done:
+            self._save()
+            if self.progress is not None:
+                self.progress.update(1)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.ckpt.position.step)
+
+    # --- recovery ------------------------------------------------------------------------
+    def _rewind(self) -> None:
+        """Progress goes back to the last checkpoint (a failure, a resume, the start)."""
+        self.pos = self.ckpt.position
+        self.loss_sum, self.loss_batches = self.ckpt.loss_sum, self.ckpt.loss_batches
+        self.losses = list(self.ckpt.losses)
+        self.pass_state = True
+
+    def _recover(self, exc: RoleDiedError) -> None:
+        if not self.setup.recoverable:
+            raise RunLostError(f"a party died and this protocol cannot recover it ({exc})")
+        where = (f"; the last checkpoint is in {self.dir}: continue with --resume {self.dir}"
+                 if self.dir is not None else "")
+        try:
+            revived = self.backend.revive()
+        except RunLostError as lost:
+            raise RunLostError(f"{lost}{where}") from None
+        if not revived:
+            raise RunLostError(f"a call failed but every role answers ({exc}){where}")
+        self.ledger.restarts += len(revived)
+        self._retrust(revived)
+        reached = self._reached(revived)
+        self.ledger.retried += max(0, reached - self.ckpt.position.step + 1)
+        if self.setup.server in revived:
+            self.backend.call(self.setup.server, "restore", self.ckpt.server)
+        self._rewind()
+
+    def _retrust(self, revived: list[str]) -> None:
+        """Re-pin every identity (restarted roles have new keys); live roles forget their
+        links with the restarted ones (fresh handshakes, sequence numbers from 0)."""
+        calls = [(p, "identities", ()) for p in self.setup.parties]
+        registry: dict[str, bytes] = {}
+        for found in self.backend.call_all(calls):
+            registry.update(found)
+        self.backend.call_all([(p, "trust", (registry,)) for p in self.setup.parties])
+        gone = [name for name in registry
+                if name in revived or self.setup.host_of.get(name) in revived]
+        self.backend.call_all([(p, "forget", (gone,)) for p in self.setup.parties
+                               if p not in revived])
+
+    def _reached(self, revived: list[str]) -> int:
+        """The highest step id sent before the failure, from whoever still knows it."""
+        last = [self.ckpt.position.step - 1]
+        if self.setup.server and self.setup.server not in revived:
+            last.append(self.backend.call(self.setup.server, "last_step"))
+        for owner in self.setup.owners:
+            if self.setup.host_of[owner] not in revived:
+                last.append(self.backend.fetch(self._owner_call(
+                    self.setup.owners.index(owner), "last_step")))
+        return max(last)
+
+    # --- disk ----------------------------------------------------------------------------
+    def _save(self) -> None:
+        """At every epoch's end: the checkpoint on disk, for ``--resume``. Weights only: no
+        key material (identities are made fresh by every run)."""
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        arrays = {"first": np.asarray(self.backend.fetch(self.ckpt.first))}
+        if self.ckpt.server is not None:
+            server = self.backend.fetch(self.ckpt.server)
+            arrays |= {f"server.{k}": np.asarray(v) for k, v in server.items()}
+        meta = {"format": CHECKPOINT_FORMAT, "config": self.fingerprint,
+                "position": asdict(self.ckpt.position), "losses": self.ckpt.losses,
+                "ledger": asdict(self.ledger)}
+        tmp = self.dir / "state.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, self.dir / "state.npz")
+        (self.dir / "checkpoint.json.tmp").write_text(json.dumps(meta, indent=1))
+        os.replace(self.dir / "checkpoint.json.tmp", self.dir / "checkpoint.json")
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint written by ``_save`` (checked against this run)."""
+        meta_path, state_path = path / "checkpoint.json", path / "state.npz"
+        if not meta_path.is_file() or not state_path.is_file():
+            raise ConfigError(f"--resume {path}: no checkpoint.json and state.npz there")
+        try:
+            meta = json.loads(meta_path.read_text())
+            with np.load(state_path, allow_pickle=False) as z:  # never unpickle a file
+                arrays = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--resume {path}: unreadable checkpoint ({exc})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"--resume {path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        if meta.get("config") != self.fingerprint:
+            diff = sorted(k for k in set(self.fingerprint) | set(meta.get("config", {}))
+                          if self.fingerprint.get(k) != meta.get("config", {}).get(k))
+            raise ConfigError(f"--resume {path}: the checkpoint is of another run "
+                              f"(differs in {', '.join(diff)})")
+        try:
+            position = Position(**meta["position"])
+            first = arrays["first"]
+            server = {k.removeprefix("server."): v for k, v in arrays.items()
+                      if k.startswith("server.")}
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"--resume {path}: incomplete checkpoint ({exc})") from None
+        if self.setup.server is not None:
+            self.backend.call(self.setup.server, "restore", server)
+        self.ledger = replace(Ledger(), **meta.get("ledger", {}))
+        self.ckpt = Checkpoint(position, self.backend.put(first), self._server_state(), 0.0, 0,
+                               list(meta.get("losses", [])))
+        self._rewind()
+
+    def counters(self) -> dict[str, int]:
+        """``batches``: sent, applied (by the server's model), retried."""
+        applied = (self.backend.call(self.setup.server, "counters")["applied"]
+                   if self.setup.server else self.ledger.sent)
+        return {"sent": self.ledger.sent, "applied": applied, "retried": self.ledger.retried}
