@@ -82,7 +82,9 @@ class InversionAttacker(ABC):
         out = []
         for owner in owners:
             got = self.intercepted_activations(owner).acts
-            if used or needs_weights(method):
+            if len(got) == 0:  # an owner with no private test images sent nothing
+                images = np.zeros((0, INPUT_DIM), np.float32)
+            elif used or needs_weights(method):
                 images = inversion.reconstruct(got)
             else:  # the oracle answered nothing: the best guess is the mean auxiliary image
                 images = np.repeat(aux.mean(0, keepdims=True), len(got), axis=0)

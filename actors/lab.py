@@ -73,6 +73,9 @@ class RunConfig:
     schedule: str = "sequential"  # vanilla split learning, or splitfed
     owner_actors: int | None = None  # pool actors hosting the owners (None: the backend's)
     chaos: tuple[str, ...] = ()  # ROLE@STEP: kill that role at that training step
+    # Sequential schedule: batches an owner trains before handing the first part on (None: its
+    # whole shard). One batch per turn keeps label-skewed owners from undoing each other.
+    turn_batches: int | None = 1
     checkpoint_every: int = 25  # training steps between the lab's checkpoints
     checkpoint_dir: str | None = None  # where each epoch's checkpoint is written (--resume)
     resume: str | None = None  # continue training from this checkpoint directory
@@ -260,11 +263,12 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
     fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
                    "partition": cfg.partition, "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
-                   "defences": list(cfg.defences), "epochs": cfg.epochs}
+                   "defences": list(cfg.defences), "epochs": cfg.epochs,
+                   "turn_batches": cfg.turn_batches}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
-                      checkpoint_every=cfg.checkpoint_every,
+                      checkpoint_every=cfg.checkpoint_every, turn_batches=cfg.turn_batches,
                       initial=backend.put(initial_state(first)),
                       checkpoint_dir=Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None,
                       fingerprint=fingerprint, progress=progress, on_checkpoint=on_checkpoint)
@@ -284,8 +288,9 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
     if cast.fed_server is not None:
         backend.call_all([(h, "each", ("deploy", cast.fed_server)) for h in cast.hosts])
     else:
-        last = cast.owners[-1]
-        backend.call(cast.host_of[last], "owner_call", last, "share_with", cast.owners[:-1])
+        last = trainer.holder
+        backend.call(cast.host_of[last], "owner_call", last, "share_with",
+                     [o for o in cast.owners if o != last])
         backend.call_all([(h, "each", ("deploy",)) for h in cast.hosts])
     return losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps
 

@@ -176,7 +176,7 @@ class DataOwner(Role):
             self._begin(state)
         elif plan.pull_from is not None and plan.start == 0:
             self._begin(self._pull(plan.pull_from, plan.epoch))
-        elif self.inbox is not None and plan.start == 0:
+        elif self.inbox is not None:  # handed over: our turn starts with it
             self._begin(self.inbox)
         if self.opt is None or self.model is None:
             raise ShapeError(f"{self.name} has no first part to train (nothing handed over)")
@@ -202,7 +202,7 @@ class DataOwner(Role):
         report = TurnReport(self.name, plan.epoch, len(losses), examples, float(sum(losses)),
                             stop, self.n_batches())
         state = self.flat_weights() if plan.keep_state else None
-        if report.done and plan.send_to is not None:
+        if plan.send_to is not None:  # the turn is over: pass the first part on
             self.hand_off(plan.send_to, examples=n)
             self.model = self.opt = None  # handed on: the next holder trains it, not us
         self.network.flush()

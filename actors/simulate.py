@@ -53,6 +53,24 @@ def _defence(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _partition(text: str) -> str:
+    from actors.partition import parse_partition
+
+    try:
+        return str(parse_partition(text))
+    except SplitWireError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _chaos(text: str) -> str:
+    from actors.faults import parse_chaos
+
+    try:
+        return str(parse_chaos(text))
+    except SplitWireError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from actors.data import DATASETS
     from actors.lab import ADVERSARIES
@@ -82,6 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=0.1)
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
+    p.add_argument("--partition", default="iid", type=_partition,
+                   help="how the owners' shards split the data: iid, or dirichlet:ALPHA "
+                        "(label skew; small ALPHA = few classes per owner)")
+    p.add_argument("--schedule", choices=["sequential", "splitfed"], default="sequential",
+                   help="sequential: vanilla split learning, the first part passes owner to "
+                        "owner; splitfed: every owner trains its copy, a fed server averages")
+    p.add_argument("--turn-batches", type=int, default=1,
+                   help="sequential schedule: batches an owner trains before it hands the first "
+                        "part to the next owner (0: its whole shard)")
+    p.add_argument("--owner-actors", type=_positive(int, "--owner-actors", 1000), default=None,
+                   help="Ray actors hosting the (virtual) owners; default: the cluster's CPUs")
+    p.add_argument("--placement", choices=["pack", "spread"], default="pack",
+                   help="spread: owners, servers, dealer and eavesdropper on distinct nodes "
+                        "where the cluster has them (the run reports each role's node)")
+    p.add_argument("--chaos", action="append", default=[], type=_chaos, metavar="ROLE@STEP",
+                   help="kill ROLE (server or owner:I) at global training step STEP; the run "
+                        "recovers from its last checkpoint (repeatable)")
+    p.add_argument("--checkpoint-every", type=_positive(int, "--checkpoint-every", 10**6),
+                   default=25, help="training steps between the lab's checkpoints")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue training from the checkpoint in DIR (OUT/checkpoint-PROTOCOL "
+                        "of an earlier run with the same flags)")
     p.add_argument("--defence", action="append", default=[], type=_defence, metavar="SPEC",
                    help="a defence at the data owner, NAME:key=value,... (repeatable): "
                         "noise:mechanism=laplace|gaussian,scale=S,clip=C[,delta=D]; "
@@ -131,8 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if not 8 <= args.frac_bits <= 24:
         parser.error("--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)")
-    if args.clients > 1000:
-        parser.error("--clients must be <= 1000")
+    if args.clients > 10_000:
+        parser.error("--clients must be <= 10000")
+    if not 0 <= args.turn_batches <= 10**6:
+        parser.error("--turn-batches must be in 0..1000000 (0: a whole shard per turn)")
+    if args.resume is not None and args.protocol == "all":
+        parser.error("--resume continues one run: give --protocol plaintext or encrypted")
     return guarded(parser, run, args)
 
 
@@ -172,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
             raise SplitWireError(f"--capture {args.capture}: directory is not writable")
     data = load_target(args.dataset, seed=args.seed, data_dir=args.data_dir,
                        download=args.download)
-    if args.clients > len(data.test.y):
-        raise SplitWireError(f"--clients {args.clients} exceeds the {len(data.test.y)} test images")
+    if args.clients > len(data.train.y):
+        raise SplitWireError(f"--clients {args.clients} exceeds the {len(data.train.y)} "
+                             "training images (every owner needs one)")
     aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x,
                    data_dir=args.data_dir, download=args.download)
     protocols = codec_names() if args.protocol == "all" else [args.protocol]
@@ -189,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         judge_ref = ray.remote(num_cpus=1)(train_validator).remote(
             data.train.x, data.train.y, seed=args.seed)
         judge = functools.cache(lambda: ray.get(judge_ref))
-        make_backend = RayBackend
+        make_backend = functools.partial(RayBackend, placement=args.placement)
     else:
         from actors.backend import LocalBackend
 
@@ -211,7 +256,13 @@ def run(args: argparse.Namespace) -> int:
                         frac_bits=args.frac_bits, reveal_model=args.reveal_model,
                         tap=args.tap, channel_encryption=not args.no_channel_encryption,
                         snaplen=args.snaplen, defences=tuple(args.defence),
-                        attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,))
+                        attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,),
+                        partition=args.partition, schedule=args.schedule,
+                        turn_batches=args.turn_batches or None,
+                        owner_actors=args.owner_actors, chaos=tuple(args.chaos),
+                        checkpoint_every=args.checkpoint_every,
+                        checkpoint_dir=str(out / f"checkpoint-{protocol}"),
+                        resume=args.resume)
         backend = make_backend()
         bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
                    disable=args.quiet, leave=False)

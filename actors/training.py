@@ -44,8 +44,8 @@ class Ledger:
 @dataclass(frozen=True)
 class Position:
     epoch: int = 0
-    owner: int = 0  # index into the owners (sequential schedule)
-    batch: int = 0  # next batch of that owner's epoch
+    owner: int = 0  # the turn: index into the epoch's segments (sequential schedule)
+    batch: int = 0  # next batch of that turn's owner's epoch
     step: int = 0  # global id of that batch
 
 
@@ -72,9 +72,22 @@ class TrainingSetup:
     recoverable: bool = True
 
 
+def turns(batches: list[int], turn_batches: int | None) -> list[tuple[int, int, int]]:
+    """One epoch of vanilla split learning as turns (owner, first batch, stop batch): owners
+    take turns round-robin, ``turn_batches`` batches at a time (None: a whole shard each),
+    until every shard is done. Short turns keep label-skewed owners from overwriting each
+    other's progress; each turn ends with a hand-off of the first part."""
+    size = turn_batches or max(batches, default=1)
+    out, start = [], 0
+    while start < max(batches, default=0):
+        out += [(i, start, min(start + size, n)) for i, n in enumerate(batches) if n > start]
+        start += size
+    return out
+
+
 class Trainer:
     def __init__(self, backend: Backend, setup: TrainingSetup, *, epochs: int, schedule: str,
-                 checkpoint_every: int, initial: Any, checkpoint_dir: Path | None = None,
+                 checkpoint_every: int, initial: Any, turn_batches: int | None = None, checkpoint_dir: Path | None = None,
                  fingerprint: dict[str, Any] | None = None,
                  progress: Any = None,
                  on_checkpoint: Callable[[int], None] | None = None) -> None:
@@ -92,10 +105,16 @@ class Trainer:
         self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0)
         self._rewind()
         self.steps_per_epoch = sum(setup.batches)
+        self.segments = turns(setup.batches, turn_batches)
 
     # --- steps and owners ----------------------------------------------------------------
     def first_step(self, epoch: int, owner: int) -> int:
         return epoch * self.steps_per_epoch + sum(self.setup.batches[:owner])
+
+    @property
+    def holder(self) -> str:
+        """Who holds the first part after the last turn (sequential schedule)."""
+        return self.setup.owners[self.segments[-1][0]]
 
     @property
     def total_steps(self) -> int:
@@ -130,20 +149,23 @@ class Trainer:
         return self.losses
 
     def _chunk(self) -> None:
-        """Sequential (vanilla) split learning: one owner's next run of batches, up to the
-        next checkpoint. Between checkpoints the first part travels only over the wire."""
-        pos, n, ckpt = self.pos, len(self.setup.owners), self.ckpt
-        stop = min(self.setup.batches[pos.owner],
-                   pos.batch + self.every - (pos.step - ckpt.position.step))
-        turn_ends = stop >= self.setup.batches[pos.owner]
-        last_turn = turn_ends and pos.owner == n - 1 and pos.epoch == self.epochs - 1
-        epoch_ends = turn_ends and pos.owner == n - 1
-        trained = stop - pos.batch
-        due = epoch_ends or pos.step + trained - ckpt.position.step >= self.every
-        plan = TurnPlan(pos.epoch, pos.step, pos.batch, stop, keep_state=due,
-                        send_to=(self.setup.owners[(pos.owner + 1) % n]
-                                 if turn_ends and n > 1 and not last_turn else None))
-        report_h, state_h = self._owner_call(pos.owner, "train_chunk", plan,
+        """Sequential (vanilla) split learning: the next run of batches of the owner whose
+        turn it is, up to the next checkpoint. Between checkpoints the first part travels
+        only over the wire, from owner to owner."""
+        pos, ckpt, segments = self.pos, self.ckpt, self.segments
+        owner, seg_start, seg_stop = segments[pos.owner]
+        stop = min(seg_stop, pos.batch + self.every - (pos.step - ckpt.position.step))
+        turn_ends = stop >= seg_stop
+        epoch_ends = turn_ends and pos.owner == len(segments) - 1
+        last_turn = epoch_ends and pos.epoch == self.epochs - 1
+        if turn_ends and not last_turn:
+            after = segments[(pos.owner + 1) % len(segments)][0]
+            send_to = self.setup.owners[after] if after != owner else None
+        else:
+            send_to = None
+        due = epoch_ends or pos.step + stop - pos.batch - ckpt.position.step >= self.every
+        plan = TurnPlan(pos.epoch, pos.step, pos.batch, stop, keep_state=due, send_to=send_to)
+        report_h, state_h = self._owner_call(owner, "train_chunk", plan,
                                              ckpt.first if self.pass_state else None,
                                              returns=2)
         report: TurnReport = self.backend.fetch(report_h)
@@ -152,7 +174,8 @@ class Trainer:
         self.loss_batches += report.batches
         nxt = Position(pos.epoch, pos.owner, stop, pos.step + report.batches)
         if turn_ends:
-            nxt = Position(pos.epoch, pos.owner + 1, 0, nxt.step)
+            nxt = Position(pos.epoch, pos.owner + 1, segments[(pos.owner + 1)
+                                                             % len(segments)][1], nxt.step)
         if epoch_ends:
             self.losses.append(self.loss_sum / max(self.loss_batches, 1))
             self.loss_sum, self.loss_batches = 0.0, 0

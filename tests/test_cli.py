@@ -33,6 +33,14 @@ def test_unknown_protocol_exits_2_with_one_line():
     (["--clients", "-2"], "--clients"),
     (["--seed", "-1"], "--seed"),
     (["--no-such-flag"], "unrecognized"),
+    (["--partition", "dirichlet:0"], "--partition"),
+    (["--partition", "skewed"], "--partition"),
+    (["--chaos", "server"], "--chaos"),
+    (["--chaos", "dealer@3"], "--chaos"),
+    (["--schedule", "async"], "--schedule"),
+    (["--owner-actors", "0"], "--owner-actors"),
+    (["--placement", "far"], "--placement"),
+    (["--resume", "x"], "--resume"),
 ])
 def test_bad_flags_exit_2(flags, needle, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -79,3 +87,18 @@ def test_small_local_run_writes_results_figure_and_capture(tmp_path, capsys):
     own = run["wire"]["links"]["eavesdropper->owner:0"]["frames"] * 2
     assert len(captured) == run["wire"]["frames"] - own
     assert "plaintext" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--chaos", "owner:5@3", "--clients", "2"], "only 2 owners"),
+    (["--chaos", "server@100000"], "steps 0.."),
+    (["--protocol", "secret-shared", "--chaos", "server@3"], "one-server"),
+    (["--resume", "/nonexistent/checkpoint"], "--resume"),
+])
+def test_impossible_fault_plans_exit_2(flags, needle, tmp_path, capsys):
+    protocol = [] if "--protocol" in flags else ["--protocol", "plaintext"]
+    code = main([*protocol, *flags, "--epochs", "1", "--backend", "local", "--quiet",
+                 "--out", str(tmp_path / "o"), "--aux-size", "100"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
