@@ -87,8 +87,8 @@ def turns(batches: list[int], turn_batches: int | None) -> list[tuple[int, int, 
 
 class Trainer:
     def __init__(self, backend: Backend, setup: TrainingSetup, *, epochs: int, schedule: str,
-                 checkpoint_every: int, initial: Any, turn_batches: int | None = None, checkpoint_dir: Path | None = None,
-                 fingerprint: dict[str, Any] | None = None,
+                 checkpoint_every: int, initial: Any, turn_batches: int | None = None,
+                 checkpoint_dir: Path | None = None, fingerprint: dict[str, Any] | None = None,
                  progress: Any = None,
                  on_checkpoint: Callable[[int], None] | None = None) -> None:
         if schedule not in SCHEDULES:
