@@ -3,8 +3,9 @@
 A role armed with ``arm_chaos(step)`` raises ``Crash`` when it reaches that global training
 step. ``Crash`` is a BaseException so that no ``except Exception`` on the way (a role drops and
 counts ordinary bad frames) can swallow it: the backend turns it into a real death — the Ray
-actor's process exits and Ray restarts it; ``LocalBackend`` rebuilds the object — and the lab
-sees ``RoleDiedError`` from whichever call was in flight, as it would for a lost node.
+actor's process exits; ``LocalBackend`` drops the object — and the lab sees ``RoleDiedError``
+from whichever call was in flight, as it would for a lost node, and has the backend rebuild
+the dead role from its start-up arguments (``Backend.revive``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import secrets
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -94,7 +92,7 @@ class RayTransport(Transport):
 
 
 def _crash_exits(method: Callable) -> Callable:
-    """A ``Crash`` (--chaos) kills this worker process for real, so Ray restarts the actor."""
+    """A ``Crash`` (--chaos) kills this worker process for real; the backend rebuilds it."""
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -113,13 +111,11 @@ class RoleActor:
         import torch
 
         torch.set_num_threads(1)  # many roles share few cores; intra-op threads would thrash
-        self.incarnation = secrets.token_hex(8)  # new after every restart
         self.transport = RayTransport()
         self.role = factory(name, network=Network(name, self.transport, taps), **kwargs)
 
-    def connect(self, directory: dict[str, Any]) -> str:
+    def connect(self, directory: dict[str, Any]) -> None:
         self.transport.directory = dict(directory)
-        return self.incarnation
 
     def parties(self) -> list[str]:
         return self.role.parties() if hasattr(self.role, "parties") else []
@@ -163,17 +159,14 @@ def _group(name: str) -> str:
 class RayBackend(Backend):
     def __init__(self, role_cpus: float = ROLE_CPUS,
                  resources_for: Callable[[str], dict[str, float]] | None = None,
-                 placement: str = "pack", max_restarts: int = 3,
-                 revive_timeout_s: float = 60.0) -> None:
+                 placement: str = "pack", revive_timeout_s: float = 60.0) -> None:
         self.role_cpus = role_cpus
         self.resources_for = resources_for or (lambda name: {})
         self.spread = placement == "spread"
-        self.max_restarts = max_restarts
         self.revive_timeout_s = revive_timeout_s
         self.actors: dict[str, Any] = {}
-        self.args: dict[str, Any] = {}
+        self.specs: dict[str, tuple[RoleFactory, Taps, Any]] = {}
         self.directory: dict[str, Any] = {}
-        self.incarnations: dict[str, str] = {}
         self._groups: dict[str, int] = {}
 
     def _strategy(self, name: str) -> Any:
@@ -192,14 +185,16 @@ class RayBackend(Backend):
 
     def start(self, name: str, factory: RoleFactory, taps: Taps = (),
               **kwargs: Any) -> None:
-        options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name),
-                   "max_restarts": self.max_restarts, "max_task_retries": 0,
-                   "scheduling_strategy": self._strategy(name)}
         taps = dict(taps) if isinstance(taps, Mapping) else list(taps)
-        # Held here for the run: a restarted actor is rebuilt from these same arguments.
-        self.args[name] = ray.put(kwargs)
-        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps,
-                                                                self.args[name])
+        # Kept for the run: a dead role is rebuilt from these same arguments.
+        self.specs[name] = (factory, taps, ray.put(kwargs))
+        self._create(name)
+
+    def _create(self, name: str) -> None:
+        factory, taps, kwargs = self.specs[name]
+        options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name),
+                   "scheduling_strategy": self._strategy(name)}
+        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps, kwargs)
 
     def connect(self) -> None:
         names = list(self.actors)
@@ -207,9 +202,7 @@ class RayBackend(Backend):
         self.directory = {n: self.actors[n] for n in names}
         for name, hosted in zip(names, parties, strict=True):
             self.directory.update(dict.fromkeys(hosted, self.actors[name]))
-        incarnations = self._get([a.connect.remote(self.directory) for a in
-                                  self.actors.values()])
-        self.incarnations = dict(zip(names, incarnations, strict=True))
+        self._get([a.connect.remote(self.directory) for a in self.actors.values()])
 
     @staticmethod
     def _get(refs: Any, timeout: float | None = None) -> Any:
@@ -239,29 +232,26 @@ class RayBackend(Backend):
         return ray.put(value)
 
     def revive(self) -> list[str]:
-        """Wait until every actor answers; those with a new incarnation were restarted by Ray
-        (and have lost their directory, which they get back). A role that cannot be placed
-        again (its node is gone and it was pinned there) is a ``RunLostError``."""
-        deadline = time.monotonic() + self.revive_timeout_s
-        revived: list[str] = []
+        """Rebuild every role whose actor died (from its start-up arguments, on a node that
+        is alive: a lost node's roles move) and reconnect everyone; ``RunLostError`` if a
+        role cannot be placed again within the timeout."""
+        dead = []
         for name, actor in self.actors.items():
-            while True:
-                try:
-                    now = ray.get(actor.connect.remote(self.directory),
-                                  timeout=max(deadline - time.monotonic(), 0.1))
-                    break
-                except ray.exceptions.GetTimeoutError:
-                    raise RunLostError(f"{name} did not come back within "
-                                       f"{self.revive_timeout_s:.0f} s") from None
-                except ray.exceptions.RayActorError as exc:
-                    if time.monotonic() > deadline:  # out of restarts, or nowhere to go
-                        raise RunLostError(f"{name} did not come back: "
-                                           f"{str(exc).splitlines()[0]}") from None
-                    time.sleep(0.2)  # still restarting
-            if now != self.incarnations.get(name):
-                revived.append(name)
-                self.incarnations[name] = now
-        return revived
+            try:
+                ray.get(actor.parties.remote(), timeout=self.revive_timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(name)
+        for name in dead:
+            ray.kill(self.actors[name], no_restart=True)
+            self._create(name)
+        try:
+            ray.get([self.actors[n].parties.remote() for n in dead],
+                    timeout=self.revive_timeout_s)
+            self.connect()
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            raise RunLostError(f"could not bring back {', '.join(dead)}: "
+                               f"{str(exc).splitlines()[0]}") from None
+        return dead
 
     def pool_size(self) -> int:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -293,8 +283,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     loopback_env()
     if ray.is_initialized():
         return "existing"
-    if quiet:  # Ray's C++ core logs warnings (e.g. on restartable actors) to the terminal
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # A call that fails because a role died leaves its other results unfetched; the run
+    # handles the failure itself (recovery), so Ray need not print each as "unhandled".
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = {"include_dashboard": False, "log_to_driver": not quiet,
               "logging_level": "ERROR" if quiet else "INFO"}

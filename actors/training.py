@@ -102,6 +102,7 @@ class Trainer:
         self.progress = progress
         self.on_checkpoint = on_checkpoint
         self.ledger = Ledger()
+        self.failures = 0  # failed calls since the last one that worked
         self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0)
         self._rewind()
         self.steps_per_epoch = sum(setup.batches)
@@ -169,7 +170,7 @@ class Trainer:
                                              ckpt.first if self.pass_state else None,
                                              returns=2)
         report: TurnReport = self.backend.fetch(report_h)
-        self.pass_state = False
+        self.pass_state, self.failures = False, 0
         self.loss_sum += report.loss_sum
         self.loss_batches += report.batches
         nxt = Position(pos.epoch, pos.owner, stop, pos.step + report.batches)
@@ -232,8 +233,10 @@ class Trainer:
             revived = self.backend.revive()
         except RunLostError as lost:
             raise RunLostError(f"{lost}{where}") from None
-        if not revived:
-            raise RunLostError(f"a call failed but every role answers ({exc}){where}")
+        self.failures += 1
+        if not revived and self.failures > 3:  # not a death we can repair: stop cleanly
+            raise RunLostError(f"a call keeps failing though every role answers ({exc})"
+                               f"{where}")
         self.ledger.restarts += len(revived)
         self._retrust(revived)
         reached = self._reached(revived)
