@@ -54,6 +54,11 @@ class Backend(ABC):
         """Keep ``value`` where every role can read it; pass the handle to calls."""
         return value
 
+    def keep(self, handle: Any) -> Any:
+        """A handle to the same value that survives the loss of the node that made it (a
+        checkpoint must outlive the roles it restores)."""
+        return handle
+
     def revive(self) -> list[str]:
         """After ``RoleDiedError``: bring dead roles back (fresh, from their start-up
         arguments) and return their names; ``RunLostError`` if one cannot come back."""

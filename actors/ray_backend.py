@@ -14,17 +14,16 @@ from typing import Any
 
 import numpy as np
 
-# Ray reads this when it is imported, not when a cluster starts: set it first, so a local
-# cluster binds loopback only (Ray binds the machine's public address by default).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from actors.backend import Backend, RoleFactory
+from actors.faults import Crash, RoleDiedError, RunLostError
+from actors.ray_env import prepare
+from actors.wire import Network, TapRecord, Taps, Transport
+from protocol.errors import ConfigError
+
+prepare()  # Ray reads its environment when imported
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
-
-from actors.backend import Backend, RoleFactory
-from actors.faults import Crash, RoleDiedError, RunLostError
-from actors.wire import Network, TapRecord, Taps, Transport
 
 #: Roles are latency-bound, not CPU-bound: a fraction of a CPU each lets many share 2 cores.
 ROLE_CPUS = 0.25
@@ -231,6 +230,11 @@ class RayBackend(Backend):
     def put(self, value: Any) -> Any:
         return ray.put(value)
 
+    def keep(self, handle: Any) -> Any:
+        # A task's result lives on the node that computed it and dies with it; a copy put by
+        # the lab lives on the lab's node, owned by the lab.
+        return ray.put(self._get(handle))
+
     def revive(self) -> list[str]:
         """Rebuild every role whose actor died (from its start-up arguments, on a node that
         is alive: a lost node's roles move) and reconnect everyone; ``RunLostError`` if a
@@ -273,8 +277,7 @@ class RayBackend(Backend):
 
 def loopback_env() -> None:
     """Keep a local Ray cluster on 127.0.0.1 (Ray binds the public address by default)."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    prepare()
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
@@ -290,7 +293,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     common = {"include_dashboard": False, "log_to_driver": not quiet,
               "logging_level": "ERROR" if quiet else "INFO"}
     if address:
-        ray.init(address=address, **{k: v for k, v in common.items() if k != "include_dashboard"})
+        try:
+            ray.init(address=address,
+                     **{k: v for k, v in common.items() if k != "include_dashboard"})
+        except ConnectionError as exc:
+            raise ConfigError(f"--address {address}: cannot join that Ray cluster "
+                              f"({str(exc).splitlines()[0]})") from None
         return address
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
              object_store_memory=object_store_mb * 1024 * 1024,

@@ -133,7 +133,7 @@ class Trainer:
             return None
         counters, state = self.backend.submit(self.setup.server, "checkpoint_pair", returns=2)
         self.backend.fetch(counters)
-        return state
+        return self.backend.keep(state)
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> list[float]:
@@ -184,7 +184,8 @@ class Trainer:
         self.pos = nxt
         self.ledger.sent = max(self.ledger.sent, nxt.step)
         if due:
-            self.ckpt = Checkpoint(nxt, state_h, self._server_state(), self.loss_sum,
+            self.ckpt = Checkpoint(nxt, self.backend.keep(state_h), self._server_state(),
+                                   self.loss_sum,
                                    self.loss_batches, list(self.losses))
             self._after_checkpoint(epoch_done=epoch_ends)
 
@@ -199,7 +200,7 @@ class Trainer:
                                       send_to=fed), None, returns=2)[0]
             for i in range(len(self.setup.owners))]
         reports: list[TurnReport] = self.backend.fetch(handles)
-        model = self.backend.submit(fed, "close_round")
+        model = self.backend.keep(self.backend.submit(fed, "close_round"))
         loss = sum(r.loss_sum for r in reports) / max(sum(r.batches for r in reports), 1)
         nxt = Position(epoch + 1, 0, 0, self.first_step(epoch + 1, 0))
         self.ledger.sent = max(self.ledger.sent, nxt.step)
