@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from actors.model import CUT_DIM, INPUT_DIM, OwnerNet
+from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES, OwnerNet
 from actors.role import check_batch
-from attack.ladder import make_attack, needs_weights
-from protocol.errors import ShapeError
+from attack.ladder import intercept_point, make_attack, needs_weights
+from protocol.errors import ConfigError, ShapeError
 from protocol.frame import MessageKind
 
 
@@ -50,6 +50,14 @@ class InversionAttacker(ABC):
     def intercepted_activations(self, owner: str) -> Intercepted:
         """What this adversary holds of ``owner``'s inference activations."""
 
+    def intercepted_outputs(self, owner: str) -> np.ndarray:
+        """The softmax answers to ``owner``'s private inference this adversary holds."""
+        raise ConfigError(f"{type(self).__name__} cannot attack the output intercept point")
+
+    def query_outputs(self, owner: str, x: np.ndarray) -> np.ndarray:
+        """The whole model's softmax on ``x``, as this adversary can obtain it."""
+        raise ConfigError(f"{type(self).__name__} cannot query the prediction API")
+
     def query_oracle(self, owner: str, x: np.ndarray) -> np.ndarray:
         check_batch(x, INPUT_DIM, "oracle query")
         replies = self.request(owner, [(MessageKind.QUERY, x.astype(np.float32))])
@@ -66,6 +74,7 @@ class InversionAttacker(ABC):
         whatever the oracle answers (a query budget may cut it short); the white-box method
         is handed the first part's ``weights`` (its threat model) and needs no queries.
         """
+        point = intercept_point(method)
         if needs_weights(method):
             part = OwnerNet()
             torch.nn.utils.vector_to_parameters(torch.from_numpy(np.array(weights)),
@@ -74,14 +83,15 @@ class InversionAttacker(ABC):
             used = 0
         else:
             inversion = make_attack(method, epochs=epochs, seed=seed)
-            acts, images = self.collect(owners[0], aux, inversion.query_batch)
+            acts, images = self.collect(owners[0], aux, inversion.query_batch, point)
             used = len(images)
             if used:
                 inversion.fit(acts, images)
         self.network.flush()
         out = []
         for owner in owners:
-            got = self.intercepted_activations(owner).acts
+            got = (self.intercepted_outputs(owner) if point == "output"
+                   else self.intercepted_activations(owner).acts)
             if len(got) == 0:  # an owner with no private test images sent nothing
                 images = np.zeros((0, INPUT_DIM), np.float32)
             elif used or needs_weights(method):
@@ -91,26 +101,27 @@ class InversionAttacker(ABC):
             out.append(Reconstruction(owner, images.astype(np.float32), used))
         return out
 
-    def collect(self, owner: str, aux: np.ndarray,
-                batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def collect(self, owner: str, aux: np.ndarray, batch: int,
+                point: str = "cut") -> tuple[np.ndarray, np.ndarray]:
         """Query the oracle with the auxiliary images until it stops answering.
 
         The answers are kept: every rung of the ladder this adversary climbs trains on the same
         answers, as a real attacker would, instead of spending a query budget once per rung.
         """
-        key = (owner, aux.shape, float(aux.sum()))
+        key = (owner, aux.shape, float(aux.sum()), point)
         cache: dict = self.__dict__.setdefault("_answers", {})
         if key not in cache:
-            cache[key] = self._query_all(owner, aux, batch)
+            cache[key] = self._query_all(owner, aux, batch, point)
         return cache[key]
 
-    def _query_all(self, owner: str, aux: np.ndarray,
-                   batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _query_all(self, owner: str, aux: np.ndarray, batch: int,
+                   point: str) -> tuple[np.ndarray, np.ndarray]:
+        ask = self.query_outputs if point == "output" else self.query_oracle
         acts, images = [], []
         for start in range(0, len(aux), batch):
             x = aux[start:start + batch]
             try:
-                out = self.query_oracle(owner, x)
+                out = ask(owner, x)
             except ShapeError:  # refused (over budget): no reply came
                 break
             acts.append(out)
@@ -118,5 +129,6 @@ class InversionAttacker(ABC):
             if len(out) < len(x):  # answered in part: the budget is spent
                 break
         if not acts:
-            return np.zeros((0, CUT_DIM), np.float32), np.zeros((0, INPUT_DIM), np.float32)
+            width = N_CLASSES if point == "output" else CUT_DIM
+            return np.zeros((0, width), np.float32), np.zeros((0, INPUT_DIM), np.float32)
         return np.concatenate(acts).astype(np.float32), np.concatenate(images)

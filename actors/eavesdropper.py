@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from actors.adversary import Intercepted, InversionAttacker, stack
-from actors.model import CUT_DIM
+from actors.model import CUT_DIM, N_CLASSES
+from actors.owner import softmax
 from actors.role import Role
 from actors.wire import Network, TapRecord
 from protocol import ring
-from protocol.errors import FrameError
+from protocol.errors import FrameError, ShapeError
 from protocol.frame import DType, Frame, MessageKind, decode_frame, numpy_dtype
 
 
@@ -94,6 +95,38 @@ class Eavesdropper(Role, InversionAttacker):
         if len(per_server) == 2 and per_server[1][1].shape == total.shape:
             total = ring.reveal(total, per_server[1][1])
         return Intercepted(owner, seqs, ring.decode(total, self.frac_bits).astype(np.float32))
+
+    def intercepted_outputs(self, owner: str) -> np.ndarray:
+        """The answers to the owner's private inference: PREDICTIONS frames to it, as softmax
+        probabilities (ciphertext is read as the logits its header claims)."""
+        items = []
+        for _, wire_len, data in self.records:
+            if len(data) != wire_len:
+                continue
+            try:
+                frame = decode_frame(data)
+            except FrameError:
+                continue
+            h = frame.header
+            if (h.kind == MessageKind.PREDICTIONS and h.receiver == owner and len(h.shape) == 2
+                    and h.shape[1] == N_CLASSES):
+                items.append((h.seq, best_effort_tensor(frame)))
+        return _stack_outputs(items)
+
+    def query_outputs(self, owner: str, x: np.ndarray) -> np.ndarray:
+        """Ask the owner's public prediction API, like any customer."""
+        replies = self.request(owner, [(MessageKind.QUERY_OUTPUT, x.astype(np.float32))])
+        out = self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
+        if out.ndim != 2 or out.shape[1] != N_CLASSES or len(out) > len(x):
+            raise ShapeError(f"prediction API answered {out.shape} to {len(x)} queries")
+        return out
+
+
+def _stack_outputs(items: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    items = sorted(items, key=lambda item: item[0])
+    if not items:
+        return np.zeros((0, N_CLASSES), np.float32)
+    return softmax(np.concatenate([a.reshape(-1, N_CLASSES) for _, a in items]))
 
 
 def stack_ring(owner: str, items: list[tuple[int, np.ndarray]]) -> tuple[list[int], np.ndarray]:

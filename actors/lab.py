@@ -31,7 +31,7 @@ from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
 from actors.wire import Tap, link
 from attack import metrics, validator
-from attack.ladder import needs_weights
+from attack.ladder import intercept_point, needs_weights
 from defences.spec import build_defences, parse_defence
 from protocol import ring
 from protocol.codecs import get_codec
@@ -46,7 +46,8 @@ EAVESDROPPER = "eavesdropper"
 ADVERSARIES = ("eavesdropper", "server", "colluding-servers")
 INFER_BATCH = 250
 #: Frames the eavesdropper always keeps whole (its attack inverts them), whatever its snaplen.
-FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE})
+FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE,
+                        MessageKind.PREDICTIONS})
 
 
 def owner_name(i: int) -> str:
@@ -310,6 +311,14 @@ def run_protocol(
     protocol's topology has then attacks what it holds, giving one result per adversary.
     """
     t0 = time.perf_counter()
+    mpc_topology = get_codec(cfg.codec).topology == "mpc"
+    # The output intercept point is the softmax a server answers with; under secret sharing
+    # no party but the owner ever holds it, so that rung has nothing to attack there.
+    methods = [m for m in cfg.attacks
+               if not (mpc_topology and intercept_point(m) == "output")]
+    if not methods:
+        raise ConfigError("--attack output needs a one-server protocol (plaintext, encrypted): "
+                          "under secret sharing only the owner sees the outputs")
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
     cast = start_roles(backend, cfg, data, session)
     owners, names = cast.owners, cast.parties
@@ -347,12 +356,17 @@ def run_protocol(
     weights = (backend.call(cast.host_of[owners[0]], "owner_call", owners[0],
                             "first_part_weights")
                if any(needs_weights(m) for m in cfg.attacks) else None)
-    pairs = [(a, m) for m in cfg.attacks for a in adversaries]
+    pairs = [(a, m) for m in methods for a in adversaries]
     attacks: list[list[Reconstruction]] = []
-    for method in cfg.attacks:  # adversaries in parallel; one rung of the ladder at a time
-        attacks += backend.call_all(
-            [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method, weights))
-             for a in adversaries])
+    for method in methods:  # adversaries in parallel; one rung of the ladder at a time
+        calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
+                                         weights)) for a in adversaries]
+        if intercept_point(method) == "output":
+            # One at a time: the owner's prediction API asks the server, which must not be
+            # busy with an attack of its own (on Ray two such actors would wait on each other).
+            attacks += [backend.call(name, fn, *args) for name, fn, args in calls]
+        else:
+            attacks += backend.call_all(calls)
     seconds = time.perf_counter() - t0
     results = []
     epsilon = build_defences(parse_defence(t) for t in cfg.defences).epsilon()

@@ -244,6 +244,15 @@ class DataOwner(Role):
         replies = self.request(self.server, [(MessageKind.INFER_ACTIVATIONS, h)])
         return self.expect(replies, MessageKind.PREDICTIONS, self.server).tensor
 
+    def api_logits(self, h: np.ndarray) -> np.ndarray:
+        """The prediction API's server leg: its own message kinds, so nobody mistakes a
+        customer's query for the owner's private inference."""
+        replies = self.request(self.server, [(MessageKind.API_ACTIVATIONS, h)])
+        logits = self.expect(replies, MessageKind.API_PREDICTIONS, self.server).tensor
+        if logits.shape != (len(h), 10):
+            raise ShapeError(f"API predictions shape {logits.shape} for {len(h)} queries")
+        return logits
+
     def arm_chaos(self, step: int) -> None:
         """--chaos owner:I@STEP: die on reaching global training step ``step``."""
         self.chaos_step = step
@@ -284,7 +293,7 @@ class DataOwner(Role):
 
     # --- the public oracle and weight hand-off -----------------------------------------------
     def on_message(self, msg: Message) -> list[bytes]:
-        if msg.kind == MessageKind.QUERY:
+        if msg.kind in (MessageKind.QUERY, MessageKind.QUERY_OUTPUT):
             check_batch(msg.tensor, INPUT_DIM, "query")
             x = msg.tensor
             if self.defences.budget is not None:  # answer the first queries up to the budget
@@ -297,6 +306,8 @@ class DataOwner(Role):
                 # the deployed service answers with what the owner would send: defended
                 out = self.defences.apply(model(torch.from_numpy(x.astype(np.float32))))
                 out = out.numpy()
+            if msg.kind == MessageKind.QUERY_OUTPUT:  # the whole model: ask the server
+                out = softmax(self.api_logits(out))
             self.queries_answered += len(x)
             return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
         if msg.kind == MessageKind.WEIGHTS:
@@ -357,6 +368,13 @@ class DataOwner(Role):
             items.insert(0, (MessageKind.CONTROL, np.array([examples], np.int64)))
         self.request(to, items)
         self.network.flush()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities, as a prediction API returns them (stable for any finite input)."""
+    z = np.clip(np.asarray(logits, np.float64), -1e4, 1e4)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 FIRST_PART_SIZE = sum(p.numel() for p in OwnerNet().parameters())

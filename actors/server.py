@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from actors.adversary import Intercepted, InversionAttacker, stack
 from actors.faults import Crash
 from actors.model import CUT_DIM, N_CLASSES, ServerNet
-from actors.owner import TrainConfig
+from actors.owner import TrainConfig, softmax
 from actors.role import Role, check_batch
 from actors.wire import Network
 from protocol.endpoint import Message
@@ -53,8 +53,12 @@ class ComputeServer(Role, InversionAttacker):
 
     def on_message(self, msg: Message) -> list[bytes]:
         if msg.kind in (MessageKind.LABELS, MessageKind.ACTIVATIONS,
-                        MessageKind.INFER_ACTIVATIONS):
+                        MessageKind.INFER_ACTIVATIONS, MessageKind.API_ACTIVATIONS):
             self.require_owner(msg)
+        if msg.kind == MessageKind.API_ACTIVATIONS:  # a customer's query, not private data
+            check_batch(msg.tensor, CUT_DIM, "activations")
+            return [self.reply(msg.sender, MessageKind.API_PREDICTIONS,
+                               self.predict(msg.tensor))]
         if msg.kind == MessageKind.STEP:
             if msg.tensor.shape != (1,) or msg.tensor.dtype != np.int64 or msg.tensor[0] < 0:
                 raise ShapeError(f"a step id is int64 (1,) >= 0, got {msg.tensor.dtype} "
@@ -142,6 +146,16 @@ class ComputeServer(Role, InversionAttacker):
 
     def intercepted_activations(self, owner: str) -> Intercepted:
         return stack(owner, self.seen.get(owner, []))
+
+    def intercepted_outputs(self, owner: str) -> np.ndarray:
+        """What the server answered the owner's private inference: it computed it."""
+        acts = self.intercepted_activations(owner).acts
+        return softmax(self.predict(acts)) if len(acts) else np.zeros((0, N_CLASSES), np.float32)
+
+    def query_outputs(self, owner: str, x: np.ndarray) -> np.ndarray:
+        """The server needs no prediction API: the owner's first-part oracle and its own
+        second part are the whole model (asking the owner would route back to itself)."""
+        return softmax(self.predict(self.query_oracle(owner, x)))
 
     def train_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         self.model.train()

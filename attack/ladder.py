@@ -11,6 +11,10 @@ Every attack turns intercepted activations (N, k) into images (N, 784) in [0, 1]
 ``whitebox``  white-box rMLE (:class:`attack.whitebox.WhiteBoxInversion`): needs the weights,
               i.e. ``make_attack("whitebox", part=module)``; no oracle, no auxiliary data,
               no training.
+``output``    black-box, the MLP inverse network at the *output* intercept point: it inverts
+              the softmax the server answers the owner's private inference with, trained
+              through the owner's public prediction API (the whole model) instead of its
+              first-part oracle.
 
 The intercept point is just ``k``: 500 at the cut layer, 10 at the output (logits or softmax).
 For the output point the white-box ``part`` must be the whole network (owner then server).
@@ -32,7 +36,11 @@ ATTACKS: dict[str, type[Attack]] = {
     "mlp": BlackBoxInversion,
     "conv": ConvInversion,
     "whitebox": WhiteBoxInversion,
+    "output": BlackBoxInversion,
 }
+
+#: Attacks at the model's output (softmax) instead of the cut layer.
+OUTPUT_POINT = frozenset({"output"})
 
 #: Attacks that need the first part's weights instead of an oracle and auxiliary data.
 WHITE_BOX = frozenset({"whitebox"})
@@ -51,6 +59,12 @@ def needs_weights(name: str) -> bool:
     """True for white-box attacks (pass ``part=``), False for black-box ones (oracle + aux)."""
     _lookup(name)
     return name in WHITE_BOX
+
+
+def intercept_point(name: str) -> str:
+    """Where attack ``name`` intercepts: "cut" (the cut layer) or "output" (the softmax)."""
+    _lookup(name)
+    return "output" if name in OUTPUT_POINT else "cut"
 
 
 def make_attack(name: str, **params: Any) -> Attack:

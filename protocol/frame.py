@@ -70,6 +70,9 @@ class MessageKind(enum.IntEnum):
     INFER_SHARE = 18  # one additive share of an inference batch's activations
     STEP = 19  # the global id of the training batch that follows (retries are idempotent)
     MODEL_REQUEST = 20  # an owner asks the fed server for the round's first part (SplitFed)
+    QUERY_OUTPUT = 21  # raw inputs sent to the owner's public prediction API (whole model)
+    API_ACTIVATIONS = 22  # the prediction API's cut-layer activations (owner -> server)
+    API_PREDICTIONS = 23  # the server's logits for them (server -> owner)
 
 
 class DType(enum.IntEnum):

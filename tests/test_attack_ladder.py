@@ -53,7 +53,7 @@ def _through(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(ATTACKS) == {"mlp", "conv", "whitebox"}
+    assert set(ATTACKS) == {"mlp", "conv", "whitebox", "output"}
     assert isinstance(make_attack("mlp", epochs=3), BlackBoxInversion)
     assert isinstance(make_attack("conv"), ConvInversion)
     assert isinstance(make_attack("whitebox", steps=5), WhiteBoxInversion)
