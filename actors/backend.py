@@ -54,9 +54,9 @@ class Backend(ABC):
         """Keep ``value`` where every role can read it; pass the handle to calls."""
         return value
 
-    def keep(self, handle: Any) -> Any:
-        """A handle to the same value that survives the loss of the node that made it (a
-        checkpoint must outlive the roles it restores)."""
+    def keep(self, handle: Any, producer: str) -> Any:
+        """A handle to the same value (made by role ``producer``) that survives the loss of
+        that role's node: a checkpoint must outlive the roles it restores."""
         return handle
 
     def revive(self) -> list[str]:

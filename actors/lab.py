@@ -219,9 +219,10 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
     n_test = len(data.test.y)
     test_shards = split_indices(data.test.y, cfg.clients, spec, cfg.seed + 1,
                                 min_size=1 if n_test >= cfg.clients else 0)
-    # Virtual owners: N owners on K pool actors, round-robin (Flower's simulation engine).
+    # Virtual owners: N owners on K pool actors (Flower's simulation engine), in contiguous
+    # blocks: turns go owner to owner, so most hand-offs stay inside one process.
     pool = max(1, min(cfg.owner_actors or backend.pool_size(), cfg.clients))
-    host_of = {o: host_name(i % pool) for i, o in enumerate(owners)}
+    host_of = {o: host_name(i * pool // cfg.clients) for i, o in enumerate(owners)}
     for k in range(pool):
         specs = [OwnerSpec(o, (data.train.x[tr], data.train.y[tr]),
                            (data.test.x[te], data.test.y[te]))

@@ -19,9 +19,11 @@ N_CLASSES = 10
 class OwnerNet(nn.Module):
     """First part, held by the data owner."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str | None = None) -> None:
         super().__init__()
-        self.fc = nn.Linear(INPUT_DIM, CUT_DIM)
+        # ``device`` lets torch.nn.utils.skip_init build it without a random initialisation
+        # that would be overwritten at once (owners load handed-over weights every turn).
+        self.fc = nn.Linear(INPUT_DIM, CUT_DIM, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.fc(x))

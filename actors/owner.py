@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from dataclasses import dataclass
 
@@ -64,41 +63,41 @@ class TurnReport:
 class SharedWeights:
     """Identical first parts held once per process.
 
-    Virtual owners on one host all deploy the same final first part: keyed by a digest of its
-    bytes, 1,000 owners hold one array and one model instead of 1,000 (weak references: freed
-    when no owner uses them).
+    Virtual owners on one host all deploy the same final first part: an arriving part equal
+    to one already held (compared in full: ~0.1 ms for 3 MB, where hashing took 2 ms) is not
+    copied again, and each distinct part gets one model. 1,000 owners then hold one array and
+    one model instead of 1,000. Weak references: freed when no owner uses them.
     """
 
     def __init__(self) -> None:
-        self._arrays: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._models: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-
-    @staticmethod
-    def _key(flat: np.ndarray) -> bytes:
-        return hashlib.blake2b(memoryview(flat).cast("B"), digest_size=16).digest()
+        self._recent: list[weakref.ref] = []
+        self._models: dict[int, tuple[weakref.ref, OwnerNet]] = {}
 
     def array(self, flat: np.ndarray) -> np.ndarray:
-        key = self._key(flat)
-        found = self._arrays.get(key)
-        if found is None:
-            found = np.array(flat, np.float32)  # our own copy: the frame's buffer is not ours
-            found.flags.writeable = False
-            self._arrays[key] = found
-        return found
+        for ref in self._recent:
+            known = ref()
+            if known is not None and known.shape == flat.shape and np.array_equal(known, flat):
+                return known
+        own = np.array(flat, np.float32)  # our own copy: the frame's buffer is not ours
+        own.flags.writeable = False
+        self._recent = [r for r in self._recent if r() is not None][-3:] + [weakref.ref(own)]
+        return own
 
     def model(self, flat: np.ndarray) -> OwnerNet:
         """A read-only (eval) first part with the parameters in ``flat`` (weights first)."""
-        key = self._key(flat)
-        found = self._models.get(key)
-        if found is None:
-            found = OwnerNet().eval()
-            n = sum(p.numel() for p in found.parameters())
-            with torch.no_grad():
-                torch.nn.utils.vector_to_parameters(torch.from_numpy(flat[:n].copy()),
-                                                    found.parameters())
-            found.requires_grad_(False)
-            self._models[key] = found
-        return found
+        flat = self.array(flat)
+        self._models = {k: v for k, v in self._models.items() if v[0]() is not None}
+        found = self._models.get(id(flat))
+        if found is not None and found[0]() is flat:
+            return found[1]
+        model = torch.nn.utils.skip_init(OwnerNet).eval()
+        n = sum(p.numel() for p in model.parameters())
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(torch.from_numpy(flat[:n].copy()),
+                                                model.parameters())
+        model.requires_grad_(False)
+        self._models[id(flat)] = (weakref.ref(flat), model)
+        return model
 
 
 @dataclass(frozen=True)
@@ -205,7 +204,8 @@ class DataOwner(Role):
         if plan.send_to is not None:  # the turn is over: pass the first part on
             self.hand_off(plan.send_to, examples=n)
             self.model = self.opt = None  # handed on: the next holder trains it, not us
-        self.network.flush()
+        # No flush here: the tap's copies travel in the background (bounded) and are waited
+        # for before anyone reads the capture (inference flushes).
         return report, state
 
     def train_epoch(self, epoch: int = 0, first_step: int = 0) -> TurnReport:
@@ -343,7 +343,7 @@ class DataOwner(Role):
     def _begin(self, flat: np.ndarray) -> None:
         """Start training from ``flat``: a private model and optimiser with that momentum."""
         self._check_flat(flat)
-        model = OwnerNet()
+        model = torch.nn.utils.skip_init(OwnerNet)  # every parameter is overwritten below
         params = list(model.parameters())
         t = torch.from_numpy(np.array(flat, np.float32))
         with torch.no_grad():
@@ -367,7 +367,6 @@ class DataOwner(Role):
         if examples is not None and not to.startswith("owner:"):
             items.insert(0, (MessageKind.CONTROL, np.array([examples], np.int64)))
         self.request(to, items)
-        self.network.flush()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.owner import DataOwner, SharedWeights
+from actors.owner import DataOwner, SharedWeights, TurnPlan, TurnReport
 from actors.wire import Network, TapRecord, Transport
 from protocol.endpoint import WireStats
 from protocol.errors import FrameError
@@ -99,6 +99,17 @@ class OwnerHost:
 
     def owner_call(self, owner: str, method: str, *args: Any) -> Any:
         return getattr(self.owners[owner], method)(*args)
+
+    def run_turns(self, turns: list[tuple[str, TurnPlan]],
+                  state: np.ndarray | None) -> tuple[list[TurnReport], np.ndarray | None]:
+        """Consecutive turns of owners hosted here, in one call; ``state`` (a checkpoint
+        being restored) goes to the first. Returns the reports and the last state kept."""
+        reports, kept = [], None
+        for k, (owner, plan) in enumerate(turns):
+            report, out = self.owners[owner].train_chunk(plan, state if k == 0 else None)
+            reports.append(report)
+            kept = out if out is not None else kept
+        return reports, kept
 
     def each(self, method: str, *args: Any) -> list[Any]:
         """``method`` on every hosted owner, in order (identities, trust, stats, ...)."""

@@ -25,6 +25,10 @@ prepare()  # Ray reads its environment when imported
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
+#: A training burst (activations of a batch of 128: 256 KB) and its gradient travel inside the
+#: call's message instead of through the object store (Ray's default cut-off is 100 KB).
+SYSTEM_CONFIG = {"max_direct_call_object_size": int(os.environ.get("SPLITWIRE_INLINE_BYTES",
+                                                                   1 << 20))}
 #: Roles are latency-bound, not CPU-bound: a fraction of a CPU each lets many share 2 cores.
 ROLE_CPUS = 0.25
 #: Fire-and-forget tap calls allowed in flight before the sender waits for the oldest.
@@ -140,6 +144,9 @@ class RoleActor:
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()[:12]
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 def _died(exc: BaseException) -> bool:
     """Did this failure come from a dead actor (here, or inside the call it made)?"""
@@ -165,6 +172,7 @@ class RayBackend(Backend):
         self.revive_timeout_s = revive_timeout_s
         self.actors: dict[str, Any] = {}
         self.specs: dict[str, tuple[RoleFactory, Taps, Any]] = {}
+        self.nodes: dict[str, str] = {}  # role -> the node it runs on
         self.directory: dict[str, Any] = {}
         self._groups: dict[str, int] = {}
 
@@ -202,6 +210,8 @@ class RayBackend(Backend):
         for name, hosted in zip(names, parties, strict=True):
             self.directory.update(dict.fromkeys(hosted, self.actors[name]))
         self._get([a.connect.remote(self.directory) for a in self.actors.values()])
+        self.nodes = dict(zip(names, self._get([self.actors[n].node_id.remote()
+                                                for n in names]), strict=True))
 
     @staticmethod
     def _get(refs: Any, timeout: float | None = None) -> Any:
@@ -230,9 +240,12 @@ class RayBackend(Backend):
     def put(self, value: Any) -> Any:
         return ray.put(value)
 
-    def keep(self, handle: Any) -> Any:
+    def keep(self, handle: Any, producer: str) -> Any:
         # A task's result lives on the node that computed it and dies with it; a copy put by
-        # the lab lives on the lab's node, owned by the lab.
+        # the lab lives on the lab's node, owned by the lab. Made on the lab's node already:
+        # nothing to copy (the lab owns it, and that node's store outlives the worker).
+        if self.nodes.get(producer) == ray.get_runtime_context().get_node_id():
+            return handle
         return ray.put(self._get(handle))
 
     def revive(self) -> list[str]:
@@ -302,5 +315,5 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         return address
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 2,
              object_store_memory=object_store_mb * 1024 * 1024,
-             _node_ip_address="127.0.0.1", **common)
+             _node_ip_address="127.0.0.1", _system_config=SYSTEM_CONFIG, **common)
     return "local"

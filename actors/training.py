@@ -78,9 +78,16 @@ def turns(batches: list[int], turn_batches: int | None) -> list[tuple[int, int, 
     until every shard is done. Short turns keep label-skewed owners from overwriting each
     other's progress; each turn ends with a hand-off of the first part."""
     size = turn_batches or max(batches, default=1)
-    out, start = [], 0
+    out: list[tuple[int, int, int]] = []
+    start = 0
     while start < max(batches, default=0):
-        out += [(i, start, min(start + size, n)) for i, n in enumerate(batches) if n > start]
+        for i, n in enumerate(batches):
+            if n <= start:
+                continue
+            if out and out[-1][0] == i:  # the same owner again (it alone has batches left)
+                out[-1] = (i, out[-1][1], min(start + size, n))
+            else:
+                out.append((i, start, min(start + size, n)))
         start += size
     return out
 
@@ -133,7 +140,7 @@ class Trainer:
             return None
         counters, state = self.backend.submit(self.setup.server, "checkpoint_pair", returns=2)
         self.backend.fetch(counters)
-        return self.backend.keep(state)
+        return self.backend.keep(state, self.setup.server)
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> list[float]:
@@ -149,44 +156,58 @@ class Trainer:
                 self._recover(exc)
         return self.losses
 
-    def _chunk(self) -> None:
-        """Sequential (vanilla) split learning: the next run of batches of the owner whose
-        turn it is, up to the next checkpoint. Between checkpoints the first part travels
-        only over the wire, from owner to owner."""
-        pos, ckpt, segments = self.pos, self.ckpt, self.segments
-        owner, seg_start, seg_stop = segments[pos.owner]
+    def _step_plan(self, pos: Position) -> tuple[int, TurnPlan, Position, bool, bool]:
+        """The owner whose turn it is at ``pos``, its plan up to the end of its turn or the
+        next checkpoint, where training stands after it, whether a checkpoint is due, and
+        whether the epoch ends with it."""
+        ckpt, segments = self.ckpt, self.segments
+        owner, _, seg_stop = segments[pos.owner]
         stop = min(seg_stop, pos.batch + self.every - (pos.step - ckpt.position.step))
         turn_ends = stop >= seg_stop
         epoch_ends = turn_ends and pos.owner == len(segments) - 1
         last_turn = epoch_ends and pos.epoch == self.epochs - 1
+        send_to = None
         if turn_ends and not last_turn:
             after = segments[(pos.owner + 1) % len(segments)][0]
             send_to = self.setup.owners[after] if after != owner else None
-        else:
-            send_to = None
         due = epoch_ends or pos.step + stop - pos.batch - ckpt.position.step >= self.every
         plan = TurnPlan(pos.epoch, pos.step, pos.batch, stop, keep_state=due, send_to=send_to)
-        report_h, state_h = self._owner_call(owner, "train_chunk", plan,
-                                             ckpt.first if self.pass_state else None,
-                                             returns=2)
-        report: TurnReport = self.backend.fetch(report_h)
-        self.pass_state, self.failures = False, 0
-        self.loss_sum += report.loss_sum
-        self.loss_batches += report.batches
-        nxt = Position(pos.epoch, pos.owner, stop, pos.step + report.batches)
+        nxt = Position(pos.epoch, pos.owner, stop, pos.step + stop - pos.batch)
         if turn_ends:
-            nxt = Position(pos.epoch, pos.owner + 1, segments[(pos.owner + 1)
-                                                             % len(segments)][1], nxt.step)
+            nxt = Position(pos.epoch, pos.owner + 1,
+                           segments[(pos.owner + 1) % len(segments)][1], nxt.step)
+        if epoch_ends:
+            nxt = Position(pos.epoch + 1, 0, 0, nxt.step)
+        return owner, plan, nxt, due, epoch_ends
+
+    def _chunk(self) -> None:
+        """Sequential (vanilla) split learning, up to the next checkpoint: the turns of
+        owners on one host in a row go in one call (their hand-offs stay in that process).
+        Between checkpoints the first part travels only over the wire, owner to owner."""
+        first_owner, plan, nxt, due, epoch_ends = self._step_plan(self.pos)
+        host = self.setup.host_of[self.setup.owners[first_owner]]
+        items = [(self.setup.owners[first_owner], plan)]
+        while not due:
+            owner, plan, after, due, epoch_ends = self._step_plan(nxt)
+            if self.setup.host_of[self.setup.owners[owner]] != host:
+                due = epoch_ends = False
+                break
+            items.append((self.setup.owners[owner], plan))
+            nxt = after
+        reports_h, state_h = self.backend.submit(
+            host, "run_turns", items, self.ckpt.first if self.pass_state else None, returns=2)
+        reports: list[TurnReport] = self.backend.fetch(reports_h)
+        self.pass_state, self.failures = False, 0
+        self.loss_sum += sum(r.loss_sum for r in reports)
+        self.loss_batches += sum(r.batches for r in reports)
         if epoch_ends:
             self.losses.append(self.loss_sum / max(self.loss_batches, 1))
             self.loss_sum, self.loss_batches = 0.0, 0
-            nxt = Position(pos.epoch + 1, 0, 0, nxt.step)
         self.pos = nxt
         self.ledger.sent = max(self.ledger.sent, nxt.step)
         if due:
-            self.ckpt = Checkpoint(nxt, self.backend.keep(state_h), self._server_state(),
-                                   self.loss_sum,
-                                   self.loss_batches, list(self.losses))
+            self.ckpt = Checkpoint(nxt, self.backend.keep(state_h, host), self._server_state(),
+                                   self.loss_sum, self.loss_batches, list(self.losses))
             self._after_checkpoint(epoch_done=epoch_ends)
 
     def _round(self) -> None:
@@ -200,7 +221,7 @@ class Trainer:
                                       send_to=fed), None, returns=2)[0]
             for i in range(len(self.setup.owners))]
         reports: list[TurnReport] = self.backend.fetch(handles)
-        model = self.backend.keep(self.backend.submit(fed, "close_round"))
+        model = self.backend.keep(self.backend.submit(fed, "close_round"), fed)
         loss = sum(r.loss_sum for r in reports) / max(sum(r.batches for r in reports), 1)
         nxt = Position(epoch + 1, 0, 0, self.first_step(epoch + 1, 0))
         self.ledger.sent = max(self.ledger.sent, nxt.step)

@@ -25,8 +25,11 @@ adversary run (the eavesdropper's tap is still on the wire, as in every lab run)
    batch) and with a whole shard per turn (``turn_batches=None``).
 
 Each configuration runs in its own subprocess (this script with ``--one``), so every Ray run
-starts on a fresh cluster and the memory of one run never counts in another. Progress goes
-to stderr, the report to stdout; ``--json FILE`` also writes every number.
+starts on a fresh cluster and the memory of one run never counts in another. The sampler
+also reports "other load": the share of the machine's CPUs that processes outside the run
+kept busy meanwhile; above 10% the report warns that its timings are inflated. Progress goes
+to stderr, the report to stdout; ``--json FILE`` also writes every number. About 4 minutes on
+2 cores. Needs ``psutil`` (the ``test`` extra).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ MARK = "@@scale-result@@ "
 PEAK_TARGET_GB = 6.0
 OVERHEAD_TARGET, OVERHEAD_STRETCH = 2.0, 1.3
 GB = 1e9
+OTHER_LOAD_WARN = 0.10  # warn when other processes used more of the CPUs than this
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,19 @@ def _category(proc: Any, root: int) -> str:
     return Path(first).name
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, ours or not)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(
+        t, "guest_nice", 0.0)  # guest time is already counted in user and nice
+
+
 @dataclass
 class MemorySampler:
-    """Peak of the summed PSS of a process and its descendants, sampled in a thread."""
+    """Peak of the summed PSS of a process and its descendants, sampled in a thread; and
+    how much CPU the rest of the machine used meanwhile (other load skews the timings)."""
 
     root: int
     interval: float = 0.25
@@ -111,18 +125,24 @@ class MemorySampler:
     peak_processes: int = 0
     samples: int = 0
     used_rss: bool = False  # some process's PSS could not be read: its RSS was counted
+    cpu_seconds: dict[int, float] = field(default_factory=dict)  # per process of the tree
+    other_cpu_seconds: float = 0.0  # busy CPU of every process outside the tree (and this)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def start(self) -> MemorySampler:
+        self._busy0, self._self0 = busy_cpu_seconds(), time.process_time()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        busy = busy_cpu_seconds() - self._busy0
+        sampler = time.process_time() - self._self0  # this process: the sampling itself
+        self.other_cpu_seconds = max(0.0, busy - sum(self.cpu_seconds.values()) - sampler)
 
     def _loop(self) -> None:
         import psutil
@@ -150,8 +170,11 @@ class MemorySampler:
                 except (psutil.AccessDenied, AttributeError):
                     mem = proc.memory_info().rss
                     self.used_rss = True
+                cpu = proc.cpu_times()
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
+            self.cpu_seconds[proc.pid] = max(self.cpu_seconds.get(proc.pid, 0.0),
+                                             cpu.user + cpu.system)
             total += mem
             name = _category(proc, self.root)
             breakdown[name] = breakdown.get(name, 0) + mem
@@ -282,14 +305,12 @@ def run_plain(spec: Spec) -> dict[str, Any]:
 
 
 def run_one(spec: Spec) -> dict[str, Any]:
-    if spec.backend != "ray" and spec.threads:
-        import torch
+    import torch
 
+    if spec.backend != "ray" and spec.threads:
         torch.set_num_threads(spec.threads)
     t = time.perf_counter()
     out = run_plain(spec) if spec.backend == "plain" else run_lab(spec)
-    import torch
-
     return out | {"threads": torch.get_num_threads() if spec.backend != "ray" else 1,
                   "child_seconds": time.perf_counter() - t}
 
@@ -318,7 +339,10 @@ def launch(spec: Spec, interval: float) -> dict[str, Any]:
                               sampler.peak_processes, "memory_samples": sampler.samples,
                               "peak_breakdown_gb": {k: v / GB for k, v in sorted(
                                   sampler.peak_breakdown.items(), key=lambda kv: -kv[1])},
-                              "rss_fallback": sampler.used_rss}
+                              "rss_fallback": sampler.used_rss,
+                              "cpu_seconds": sum(sampler.cpu_seconds.values()),
+                              "other_load": sampler.other_cpu_seconds / (
+                                  wall * (os.cpu_count() or 1))}
     lines = [ln for ln in stdout.splitlines() if ln.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         result["error"] = f"exit status {proc.returncode}"
@@ -327,7 +351,7 @@ def launch(spec: Spec, interval: float) -> dict[str, Any]:
     result |= json.loads(lines[-1][len(MARK):])
     result["round_seconds"] = round_seconds(result["epoch_seconds"])
     log(f"done  {spec.label}: {result['round_seconds']:.3f} s/round, peak "
-        f"{result['peak_gb']:.2f} GB, {wall:.0f} s")
+        f"{result['peak_gb']:.2f} GB, {wall:.0f} s, other load {result['other_load']:.0%}")
     return result
 
 
@@ -344,11 +368,22 @@ def code_version() -> str:
     return sha + (f" + uncommitted changes to {', '.join(dirty)}" if dirty else "")
 
 
+def processor() -> str:
+    """The CPU's model name (``platform.processor()`` is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
 def machine() -> dict[str, Any]:
     import torch
 
     return {"code": code_version(), "platform": platform.platform(), "machine": platform.machine(),
-            "processor": platform.processor() or "?", "cpus": os.cpu_count(),
+            "processor": processor(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "torch_default_threads": torch.get_num_threads(), "date": time.strftime(
                 "%Y-%m-%d %H:%M:%S %Z")}
@@ -366,6 +401,12 @@ def report(info: dict[str, Any], scale: list[dict[str, Any]],
            f"(default {info['torch_default_threads']} threads); code {info['code']}",
            "# plaintext, seed 0, 4,000 training images, sequential schedule; rounds = epochs; "
            "s/round = median over the rounds after the first", ""]
+    runs = scale + [v for row in overhead for v in row["runs"].values()]
+    busy = max((r.get("other_load", 0.0) for r in runs), default=0.0)
+    if busy > OTHER_LOAD_WARN:
+        out += [f"WARNING: other processes kept the CPUs up to {busy:.0%} busy during a "
+                "configuration (column 'other load': their share of all CPUs over its wall "
+                "time); its timings are inflated, rerun on a quiet machine.", ""]
     if scale:
         out += report_scale(scale)
     if overhead:
@@ -377,8 +418,8 @@ def report_scale(scale: list[dict[str, Any]]) -> list[str]:
     out = ["## 1. Virtual owners on Ray (2 CPUs, turn_batches 1); target: peak <= "
             f"{PEAK_TARGET_GB:g} GB at 1,000 owners", "",
             "| owners | hosts | batch | turns/round | s/round | first round s | setup s | "
-            "deploy s | peak GB | processes | sent = applied | last loss | target |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "deploy s | peak GB | processes | sent = applied | last loss | other load | "
+            "target |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in scale:
         s = r["spec"]
         if "error" in r:
@@ -394,7 +435,7 @@ def report_scale(scale: list[dict[str, Any]]) -> list[str]:
             f"{r['round_seconds']:.2f} | {r['epoch_seconds'][0]:.2f} | "
             f"{r['setup_seconds']:.2f} | {r['deploy_seconds']:.2f} | {r['peak_gb']:.2f} | "
             f"{r['peak_processes']} | {b['sent']} = {b['applied']} {'ok' if ok else 'MISMATCH'} "
-            f"| {r['losses'][-1]:.3f} | {target} |")
+            f"| {r['losses'][-1]:.3f} | {r['other_load']:.0%} | {target} |")
     out += ["", "Peak memory by process group (GB, at the peak sample):"]
     for r in scale:
         if "error" not in r:
@@ -407,10 +448,10 @@ def report_overhead(overhead: list[dict[str, Any]], batch_size: int) -> list[str
     out = [f"## 2. Overhead of actors at batch {batch_size}: the same batches "
             f"three ways; target: Ray/plain <= {OVERHEAD_TARGET:g}x (stretch "
             f"{OVERHEAD_STRETCH:g}x)", "",
-            "| owners | turn_batches | batches/round | hand-offs/round | plain s/round | "
+            "| owners | turn_batches | batches/turns per round | hand-offs/round | plain s/round | "
             "plain (default threads) | local s/round | ray s/round | Local/plain | Ray/plain | "
-            "Ray/Local | target |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "Ray/Local | other load (max) | target |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in overhead:
         runs = row["runs"]
         sec = {k: (None if "error" in v else v["round_seconds"]) for k, v in runs.items()}
@@ -426,11 +467,12 @@ def report_overhead(overhead: list[dict[str, Any]], batch_size: int) -> list[str
             return "-" if x is None else f"{x:.3f}"
 
         out.append(
-            f"| {row['owners']} | {row['turn_batches']} | {ray_r['batches_per_epoch']} | "
+            f"| {row['owners']} | {row['turn_batches']} | {ray_r['batches_per_epoch']}/"
+            f"{ray_r['turns_per_epoch']} | "
             f"{ray_r['handoffs_per_epoch']} | {s(sec['plain'])} | {s(sec['plain-default'])} | "
             f"{s(sec['local'])} | {s(sec['ray'])} | {fmt_ratio(sec['local'], sec['plain'])} | "
             f"{fmt_ratio(sec['ray'], sec['plain'])} | {fmt_ratio(sec['ray'], sec['local'])} | "
-            f"{target} |")
+            f"{max(v.get('other_load', 0.0) for v in runs.values()):.0%} | {target} |")
     out += ["", "Sanity: epoch losses (last epoch; max |difference| from the plain loop over "
             "all epochs) and the batch ledger:"]
     for row in overhead:
@@ -475,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         print(MARK + json.dumps(result), flush=True)
         return 0
 
+    try:
+        import psutil  # noqa: F401 - the memory sampler needs it
+    except ImportError:
+        print("bench/scale.py needs psutil: pip install psutil (or the project's test extra)",
+              file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     info = machine()
     base = Spec(kind="scale", backend="ray", owners=1, epochs=args.epochs,
