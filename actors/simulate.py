@@ -222,6 +222,11 @@ def run(args: argparse.Namespace) -> int:
     aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x,
                    data_dir=args.data_dir, download=args.download)
     protocols = codec_names() if args.protocol == "all" else [args.protocol]
+    if args.protocol == "all" and args.attack == "output":
+        # The output point is a server's softmax: secret sharing has none to attack.
+        from protocol.codecs import get_codec
+
+        protocols = [p for p in protocols if get_codec(p).topology != "mpc"]
     adversaries = ADVERSARIES if args.adversary == "all" else (args.adversary,)
     torch.set_num_threads(1)
 

@@ -28,7 +28,7 @@ SCHEMA = 1
 
 @dataclass(frozen=True)
 class Cell:
-    family: str  # "none", "noise", "nopeek", "dropout", "query-budget"
+    family: str  # "none", "noise", "nopeek", "dropout", "query-budget", "combined"
     strength: float
     defences: tuple[str, ...]  # canonical --defence specs
 
@@ -45,6 +45,12 @@ def grid(args: argparse.Namespace) -> list[Cell]:
     cells += [Cell("nopeek", w, (f"nopeek:weight={w:g}",)) for w in args.nopeek_weights]
     cells += [Cell("dropout", r, (f"dropout:rate={r:g}",)) for r in args.dropout_rates]
     cells += [Cell("query-budget", n, (f"query-budget:limit={int(n)}",)) for n in args.budgets]
+    # Defences stacked in one cell (as Titcombe et al. pair noise with NoPeek): specs joined
+    # by "+"; the "strength" axis of their curve is just their order on the command line.
+    from defences.spec import parse_defence
+
+    cells += [Cell("combined", float(k), tuple(str(parse_defence(t)) for t in text.split("+")))
+              for k, text in enumerate(args.combined, start=1)]
     return cells
 
 
@@ -155,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nopeek-weights", type=float, nargs="*", default=[0.1, 0.5, 1.0])
     p.add_argument("--dropout-rates", type=float, nargs="*", default=[0.3, 0.6, 0.8, 0.9])
     p.add_argument("--budgets", type=int, nargs="*", default=[100, 1000, 5000])
+    p.add_argument("--combined", nargs="*", default=[], metavar="SPEC+SPEC",
+                   help="cells that stack defences, e.g. "
+                        "noise:mechanism=laplace,scale=0.5,clip=64+nopeek:weight=1")
     p.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters")
     p.add_argument("--aux-size", type=int, default=6000)

@@ -61,3 +61,15 @@ def test_bad_grid_exits_2(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         main(flags)
     assert exc.value.code == 2
+
+
+def test_combined_cells_stack_defences_in_canonical_form():
+    from actors.sweep import build_parser, grid
+
+    args = build_parser().parse_args([
+        "--noise-scales", "--nopeek-weights", "--dropout-rates", "--budgets",
+        "--combined", "noise:mechanism=laplace,scale=0.5,clip=64+nopeek:weight=1"])
+    none, combined = grid(args)
+    assert none.defences == () and combined.family == "combined"
+    assert len(combined.defences) == 2
+    assert combined.defences[0].startswith("noise:") and combined.defences[1].startswith("nopeek:")
