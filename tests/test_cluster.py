@@ -5,6 +5,7 @@ end-to-end run across nodes, losing a node mid-run, and joining a ``ray start --
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pytest
 from actors.faults import RunLostError
 from actors.lab import SERVER, RunConfig, run_protocol
 from actors.owner import TrainConfig
+from tests.test_ray_integration import ray_listening_addresses
 
 pytestmark = pytest.mark.cluster
 
@@ -89,6 +91,10 @@ def test_spread_places_roles_on_distinct_nodes_and_trains_across_them(cluster, s
     assert result.attack.validator_accuracy >= 0.5
     assert result.batches["sent"] == result.batches["applied"] > 0
     assert sum(result.wire.dropped.values()) == 0
+    # every process of the three nodes listens on loopback only
+    addrs = [ipaddress.ip_address(a.split("%")[0]) for a in ray_listening_addresses()]
+    assert addrs and all(a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None
+                                           and a.ipv4_mapped.is_loopback) for a in addrs), addrs
 
 
 def test_losing_a_node_mid_run_moves_its_roles_and_finishes(cluster, setting):
