@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from actors.backend import Backend, RoleFactory
 from actors.faults import Crash, RoleDiedError, RunLostError
 from actors.ray_env import prepare
+from actors.socket_plane import FrameClient, FrameServer, PeerGoneError
 from actors.wire import Network, TapRecord, Taps, Transport
 from protocol.errors import ConfigError
 
@@ -48,7 +50,8 @@ def as_arrays(frames: list[bytes]) -> list[np.ndarray]:
 
 
 class RayTransport(Transport):
-    def __init__(self) -> None:
+    def __init__(self, plane: FrameClient | None = None) -> None:
+        self.plane = plane  # --data-plane sockets: frames to peers go over TCP instead
         self.directory: dict[str, Any] = {}
         self.pending: list[ray.ObjectRef] = []
         self.buffers: dict[str, list[TapRecord]] = {}
@@ -61,6 +64,11 @@ class RayTransport(Transport):
             raise KeyError(f"no party named {name!r} on this network") from None
 
     def deliver(self, receiver: str, frames: list[bytes]) -> list[bytes]:
+        if self.plane is not None and self.plane.knows(receiver):
+            try:
+                return self.plane.exchange(receiver, frames)
+            except PeerGoneError as exc:
+                raise RoleDiedError(str(exc)) from None
         return ray.get(self._peer(receiver).handle.remote(as_arrays(frames)))
 
     def deliver_async(self, receiver: str, frames: list[bytes]) -> object:
@@ -95,11 +103,14 @@ class RayTransport(Transport):
 
 
 def _crash_exits(method: Callable) -> Callable:
-    """A ``Crash`` (--chaos) kills this worker process for real; the backend rebuilds it."""
+    """A ``Crash`` (--chaos) kills this worker process for real; the backend rebuilds it.
+    With a socket data plane the role has two doors (Ray calls, the frame server's threads):
+    one lock makes them take turns, as a Ray actor's calls do."""
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return method(self, *args, **kwargs)
+            with self.lock:
+                return method(self, *args, **kwargs)
         except Crash:
             os._exit(1)
     return wrapper
@@ -110,15 +121,32 @@ class RoleActor:
     """Hosts one role (DataOwner host, ComputeServer, Eavesdropper, ...) in its own worker."""
 
     def __init__(self, name: str, factory: RoleFactory, taps: Taps,
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], data_plane: str = "ray") -> None:
         import torch
 
         torch.set_num_threads(1)  # many roles share few cores; intra-op threads would thrash
-        self.transport = RayTransport()
+        self.lock = threading.RLock()
+        sockets = data_plane == "sockets"
+        self.transport = RayTransport(FrameClient() if sockets else None)
         self.role = factory(name, network=Network(name, self.transport, taps), **kwargs)
+        self.server = (FrameServer(ray.util.get_node_ip_address(), self._handle_socket)
+                       if sockets else None)
 
-    def connect(self, directory: dict[str, Any]) -> None:
+    def _handle_socket(self, frames: list[bytes]) -> list[bytes]:
+        try:
+            with self.lock:
+                return self.role.handle(frames)
+        except Crash:
+            os._exit(1)
+
+    def address(self) -> tuple[str, int] | None:
+        return None if self.server is None else tuple(self.server.address)
+
+    def connect(self, directory: dict[str, Any],
+                addresses: dict[str, tuple[str, int]] | None = None) -> None:
         self.transport.directory = dict(directory)
+        if self.transport.plane is not None:
+            self.transport.plane.set_addresses(addresses or {})
 
     def parties(self) -> list[str]:
         return self.role.parties() if hasattr(self.role, "parties") else []
@@ -151,7 +179,7 @@ class RoleActor:
 def _died(exc: BaseException) -> bool:
     """Did this failure come from a dead actor (here, or inside the call it made)?"""
     if isinstance(exc, ray.exceptions.RayActorError | ray.exceptions.NodeDiedError
-                  | ray.exceptions.ObjectLostError):
+                  | ray.exceptions.ObjectLostError | RoleDiedError):
         return True
     cause = getattr(exc, "cause", None)
     return isinstance(exc, ray.exceptions.RayTaskError) and cause is not None and _died(cause)
@@ -165,7 +193,9 @@ def _group(name: str) -> str:
 class RayBackend(Backend):
     def __init__(self, role_cpus: float = ROLE_CPUS,
                  resources_for: Callable[[str], dict[str, float]] | None = None,
-                 placement: str = "pack", revive_timeout_s: float = 60.0) -> None:
+                 placement: str = "pack", revive_timeout_s: float = 60.0,
+                 data_plane: str = "ray") -> None:
+        self.data_plane = data_plane
         self.role_cpus = role_cpus
         self.resources_for = resources_for or (lambda name: {})
         self.spread = placement == "spread"
@@ -201,7 +231,8 @@ class RayBackend(Backend):
         factory, taps, kwargs = self.specs[name]
         options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name),
                    "scheduling_strategy": self._strategy(name)}
-        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps, kwargs)
+        self.actors[name] = RoleActor.options(**options).remote(name, factory, taps, kwargs,
+                                                                self.data_plane)
 
     def connect(self) -> None:
         names = list(self.actors)
@@ -209,7 +240,13 @@ class RayBackend(Backend):
         self.directory = {n: self.actors[n] for n in names}
         for name, hosted in zip(names, parties, strict=True):
             self.directory.update(dict.fromkeys(hosted, self.actors[name]))
-        self._get([a.connect.remote(self.directory) for a in self.actors.values()])
+        addresses: dict[str, tuple[str, int]] = {}
+        for name, hosted, where in zip(names, parties, self._get(
+                [self.actors[n].address.remote() for n in names]), strict=True):
+            if where is not None:
+                addresses.update(dict.fromkeys([name, *hosted], tuple(where)))
+        self._get([a.connect.remote(self.directory, addresses)
+                   for a in self.actors.values()])
         self.nodes = dict(zip(names, self._get([self.actors[n].node_id.remote()
                                                 for n in names]), strict=True))
 

@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", choices=["pack", "spread"], default="pack",
                    help="spread: owners, servers, dealer and eavesdropper on distinct nodes "
                         "where the cluster has them (the run reports each role's node)")
+    p.add_argument("--data-plane", choices=["ray", "sockets"], default="sockets",
+                   help="how frames travel between roles on Ray: as actor calls, or over "
+                        "persistent TCP connections between the roles (faster; Ray still "
+                        "places, calls and rebuilds the roles)")
     p.add_argument("--chaos", action="append", default=[], type=_chaos, metavar="ROLE@STEP",
                    help="kill ROLE (server or owner:I) at global training step STEP; the run "
                         "recovers from its last checkpoint (repeatable)")
@@ -239,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
         judge_ref = ray.remote(num_cpus=1)(train_validator).remote(
             data.train.x, data.train.y, seed=args.seed)
         judge = functools.cache(lambda: ray.get(judge_ref))
-        make_backend = functools.partial(RayBackend, placement=args.placement)
+        make_backend = functools.partial(RayBackend, placement=args.placement,
+                                         data_plane=args.data_plane)
     else:
         from actors.backend import LocalBackend
 

@@ -83,3 +83,20 @@ def test_actor_drops_bad_frames_and_keeps_running(ray_local):
         assert sum(stats.dropped.values()) == 3
     finally:
         backend.shutdown()
+
+
+def test_socket_data_plane_recovers_a_killed_server(ray_local, tmp_path):
+    """Frames over the roles' own TCP connections (loopback): same training, same recovery."""
+    out = tmp_path / "out"
+    code = main(["--protocol", "encrypted", "--adversary", "server", "--epochs", "2",
+                 "--attack-epochs", "5", "--aux-size", "1500", "--clients", "2",
+                 "--data-plane", "sockets", "--chaos", "server@30", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["restarts"] == 1
+    steps = 2 * sum(-(-o["train_examples"] // 64) for o in run["per_owner"])  # 2 epochs
+    assert run["batches"]["sent"] == run["batches"]["applied"] == steps
+    assert run["batches"]["retried"] >= 1
+    assert run["target_accuracy"] >= 0.85  # two epochs
+    assert run["attack"]["validator_accuracy"] >= 0.5  # the curious server still decrypts
