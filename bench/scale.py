@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                     "plain-default": launch(replace(spec, backend="plain", threads=None),
                                             args.interval),
                     "local": launch(replace(spec, backend="local"), args.interval),
-                    "ray": launch(spec, args.interval),
+                    "ray": launch(replace(spec, data_plane="ray"), args.interval),
                     "ray-sockets": launch(replace(spec, data_plane="sockets"), args.interval)}
             overhead.append({"owners": owners, "turn_batches": tb, "runs": runs})
     total = time.perf_counter() - t0
