@@ -55,10 +55,6 @@ class TurnReport:
     next_batch: int  # where the owner's next chunk of this epoch starts
     n_batches: int  # batches in the owner's whole epoch
 
-    @property
-    def done(self) -> bool:
-        return self.next_batch >= self.n_batches
-
 
 class SharedWeights:
     """Identical first parts held once per process.
@@ -207,10 +203,6 @@ class DataOwner(Role):
         # No flush here: the tap's copies travel in the background (bounded) and are waited
         # for before anyone reads the capture (inference flushes).
         return report, state
-
-    def train_epoch(self, epoch: int = 0, first_step: int = 0) -> TurnReport:
-        """A whole epoch over this owner's shard in one call (single-owner runs, tests)."""
-        return self.train_chunk(TurnPlan(epoch, first_step))[0]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> float:
         """One split-learning step: activations out, cut-layer gradient back, local update."""
