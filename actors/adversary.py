@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES, OwnerNet
+from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES
+from actors.owner import first_part_from
 from actors.role import check_batch
 from attack.ladder import intercept_point, make_attack, needs_weights
 from protocol.errors import ConfigError, ShapeError
@@ -76,9 +76,7 @@ class InversionAttacker(ABC):
         """
         point = intercept_point(method)
         if needs_weights(method):
-            part = OwnerNet()
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(np.array(weights)),
-                                                part.parameters())
+            part = first_part_from(np.asarray(weights))
             inversion = make_attack(method, part=part.eval(), seed=seed)
             used = 0
         else:

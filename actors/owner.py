@@ -86,12 +86,7 @@ class SharedWeights:
         found = self._models.get(id(flat))
         if found is not None and found[0]() is flat:
             return found[1]
-        model = torch.nn.utils.skip_init(OwnerNet).eval()
-        n = sum(p.numel() for p in model.parameters())
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(flat[:n].copy()),
-                                                model.parameters())
-        model.requires_grad_(False)
+        model = first_part_from(flat).eval().requires_grad_(False)
         self._models[id(flat)] = (weakref.ref(flat), model)
         return model
 
@@ -335,14 +330,11 @@ class DataOwner(Role):
     def _begin(self, flat: np.ndarray) -> None:
         """Start training from ``flat``: a private model and optimiser with that momentum."""
         self._check_flat(flat)
-        model = torch.nn.utils.skip_init(OwnerNet)  # every parameter is overwritten below
+        model = first_part_from(flat)
         params = list(model.parameters())
-        t = torch.from_numpy(np.array(flat, np.float32))
-        with torch.no_grad():
-            torch.nn.utils.vector_to_parameters(t[:FIRST_PART_SIZE], params)
+        t = torch.from_numpy(np.array(flat[FIRST_PART_SIZE:], np.float32))
         opt = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum)
-        for p, m in zip(params, torch.split(t[FIRST_PART_SIZE:], [p.numel() for p in params]),
-                        strict=True):
+        for p, m in zip(params, torch.split(t, [p.numel() for p in params]), strict=True):
             opt.state[p]["momentum_buffer"] = m.view_as(p).clone()
         self.model, self.opt = model, opt
 
@@ -369,6 +361,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 FIRST_PART_SIZE = sum(p.numel() for p in OwnerNet().parameters())
+
+
+def first_part_from(flat: np.ndarray) -> OwnerNet:
+    """A first part with the parameters at the head of ``flat`` (weights, then anything).
+    Built without a random initialisation: every parameter is overwritten at once."""
+    model = torch.nn.utils.skip_init(OwnerNet)
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(
+            torch.from_numpy(np.array(flat[:FIRST_PART_SIZE], np.float32)), model.parameters())
+    return model
 
 
 def _flat_of(model: OwnerNet, opt: torch.optim.SGD | None) -> np.ndarray:
