@@ -10,6 +10,8 @@ reads each payload as the tensor the (cleartext) header claims, as well as the b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from actors.adversary import Intercepted, InversionAttacker, stack
@@ -64,6 +66,18 @@ class Eavesdropper(Role, InversionAttacker):
     def capture_size(self) -> int:
         return len(self.records)
 
+    def _whole_frames(self, count_bad: bool = True) -> Iterator[Frame]:
+        """Every tapped frame kept whole (a snaplen prefix has nothing to invert), parsed with
+        the public format; unparseable bytes are skipped (and counted once per pass)."""
+        for _, wire_len, data in self.records:
+            if len(data) != wire_len:
+                continue
+            try:
+                yield decode_frame(data)
+            except FrameError:
+                if count_bad:
+                    self.unparseable += 1
+
     def intercepted_activations(self, owner: str) -> Intercepted:
         """The owner's inference activations as well as the tapped bytes give them away.
 
@@ -73,14 +87,7 @@ class Eavesdropper(Role, InversionAttacker):
         """
         plain: list[tuple[int, np.ndarray]] = []
         shares: dict[str, list[tuple[int, np.ndarray]]] = {}
-        for _, wire_len, data in self.records:
-            if len(data) != wire_len:
-                continue  # kept only a prefix (snaplen): nothing to invert in it
-            try:
-                frame = decode_frame(data)
-            except FrameError:
-                self.unparseable += 1
-                continue
+        for frame in self._whole_frames():
             h = frame.header
             if h.sender != owner or len(h.shape) != 2 or h.shape[1] != CUT_DIM:
                 continue  # not an activation batch of this owner (or a forged shape)
@@ -100,13 +107,7 @@ class Eavesdropper(Role, InversionAttacker):
         """The answers to the owner's private inference: PREDICTIONS frames to it, as softmax
         probabilities (ciphertext is read as the logits its header claims)."""
         items = []
-        for _, wire_len, data in self.records:
-            if len(data) != wire_len:
-                continue
-            try:
-                frame = decode_frame(data)
-            except FrameError:
-                continue
+        for frame in self._whole_frames(count_bad=False):
             h = frame.header
             if (h.kind == MessageKind.PREDICTIONS and h.receiver == owner and len(h.shape) == 2
                     and h.shape[1] == N_CLASSES):
