@@ -166,6 +166,7 @@ class Cast:
     host_of: dict[str, str]  # owner -> the pool actor hosting it
     train_shards: list[np.ndarray]  # indices into the training split, per owner
     test_shards: list[np.ndarray]  # indices into the private test split, per owner
+    initial: np.ndarray  # the first part every protocol starts from, with zero momentum
     dealer: str | None = None
     fed_server: str | None = None
 
@@ -210,10 +211,11 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
         owner_cls, owner_kw = DataOwner, {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER, "attack")}
+    initial = initial_state(first)
     fed = None
     if cfg.schedule == "splitfed":
         fed = FED_SERVER
-        backend.start(FED_SERVER, FedServer, taps, initial=initial_state(first), **common)
+        backend.start(FED_SERVER, FedServer, taps, initial=initial, **common)
     spec = parse_partition(cfg.partition)
     train_shards = split_indices(data.train.y, cfg.clients, spec, cfg.seed)
     n_test = len(data.test.y)
@@ -234,7 +236,7 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
     parties = [EAVESDROPPER, *servers, *([dealer] if dealer else []), *([fed] if fed else []),
                *[host_name(k) for k in range(pool)]]
     return Cast(owners, parties, adversaries, servers, host_of, train_shards, test_shards,
-                dealer, fed)
+                initial, dealer, fed)
 
 
 def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[ChaosSpec]:
@@ -257,7 +259,6 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
     owner. Returns the epochs' losses, the batch ledger, restarts and training steps."""
     mpc_topology = cast.dealer is not None
     batches = [-(-len(tr) // cfg.train.batch_size) for tr in cast.train_shards]
-    first, _ = seeded_parts(cfg.seed)
     setup = TrainingSetup(
         owners=cast.owners, host_of=cast.host_of, batches=batches,
         server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
@@ -271,7 +272,7 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
                       checkpoint_every=cfg.checkpoint_every, turn_batches=cfg.turn_batches,
-                      initial=backend.put(initial_state(first)),
+                      initial=backend.put(cast.initial),
                       checkpoint_dir=Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None,
                       fingerprint=fingerprint, progress=progress, on_checkpoint=on_checkpoint)
     for spec in _check_chaos(cfg, mpc_topology, trainer.total_steps):

@@ -125,9 +125,7 @@ class OwnerHost:
         return {n: o.identity() for n, o in self.owners.items()}
 
     def trust(self, registry: Mapping[str, bytes]) -> None:
-        for o in self.owners.values():
-            o.trust(dict(registry))
+        self.each("trust", dict(registry))
 
     def forget(self, peers: list[str]) -> None:
-        for o in self.owners.values():
-            o.forget(peers)
+        self.each("forget", peers)

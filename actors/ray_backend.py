@@ -325,15 +325,10 @@ class RayBackend(Backend):
         self.actors.clear()
 
 
-def loopback_env() -> None:
-    """Keep a local Ray cluster on 127.0.0.1 (Ray binds the public address by default)."""
-    prepare()
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_mb: int = 512, quiet: bool = True) -> str:
     """Join ``address`` (or RAY_ADDRESS) if given, else start a loopback-only local cluster."""
-    loopback_env()
+    prepare()
     if ray.is_initialized():
         return "existing"
     # A call that fails because a role died leaves its other results unfetched; the run

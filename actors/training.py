@@ -285,10 +285,9 @@ class Trainer:
         last = [self.ckpt.position.step - 1]
         if self.setup.server and self.setup.server not in revived:
             last.append(self.backend.call(self.setup.server, "last_step"))
-        for owner in self.setup.owners:
-            if self.setup.host_of[owner] not in revived:
-                last.append(self.backend.fetch(self._owner_call(
-                    self.setup.owners.index(owner), "last_step")))
+        live = [h for h in dict.fromkeys(self.setup.host_of.values()) if h not in revived]
+        for steps in self.backend.call_all([(h, "each", ("last_step",)) for h in live]):
+            last.extend(steps)
         return max(last)
 
     # --- disk ----------------------------------------------------------------------------

@@ -37,9 +37,9 @@ def cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from actors.ray_backend import loopback_env
+    from actors.ray_env import prepare
 
-    loopback_env()
+    prepare()
     if ray.is_initialized():  # the single-node test cluster, if it is up
         ray.shutdown()
     nodes = Cluster(initialize_head=True, head_node_args={
