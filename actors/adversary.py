@@ -15,7 +15,7 @@ import numpy as np
 from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES
 from actors.owner import first_part_from
 from actors.role import check_batch
-from attack.ladder import intercept_point, make_attack, needs_weights
+from attack.ladder import intercept_point, make_adapted_attack, make_attack, needs_weights
 from protocol.errors import ConfigError, ShapeError
 from protocol.frame import MessageKind
 
@@ -67,17 +67,20 @@ class InversionAttacker(ABC):
         return out
 
     def attack(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
-               method: str = "mlp", weights: np.ndarray | None = None) -> list[Reconstruction]:
+               method: str = "mlp", weights: np.ndarray | None = None,
+               defences: tuple[str, ...] = ()) -> list[Reconstruction]:
         """Invert every owner's intercepted activations with attack ``method`` (the ladder).
 
         Black-box methods train through the first owner's oracle on the auxiliary data, with
         whatever the oracle answers (a query budget may cut it short); the white-box method
-        is handed the first part's ``weights`` (its threat model) and needs no queries.
+        is handed the first part's ``weights`` (its threat model) and needs no queries. It is
+        also told the owner's ``defences`` (canonical ``--defence`` specs): a defence's
+        mechanism is public, only its random draws are secret.
         """
         point = intercept_point(method)
         if needs_weights(method):
             part = first_part_from(np.asarray(weights))
-            inversion = make_attack(method, part=part.eval(), seed=seed)
+            inversion = make_adapted_attack(method, defences, part=part.eval(), seed=seed)
             used = 0
         else:
             inversion = make_attack(method, epochs=epochs, seed=seed)

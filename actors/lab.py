@@ -362,7 +362,7 @@ def run_protocol(
     attacks: list[list[Reconstruction]] = []
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
         calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
-                                         weights)) for a in adversaries]
+                                         weights, tuple(cfg.defences))) for a in adversaries]
         if intercept_point(method) == "output":
             # One at a time: the owner's prediction API asks the server, which must not be
             # busy with an attack of its own (on Ray two such actors would wait on each other).

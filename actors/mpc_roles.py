@@ -399,10 +399,11 @@ class ShareServer(Role, InversionAttacker):
         return Intercepted(owner, own.seqs, ring.decode(total, self.model.frac_bits))
 
     def attack_colluding(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
-                         method: str = "mlp", weights: np.ndarray | None = None) -> list:
+                         method: str = "mlp", weights: np.ndarray | None = None,
+                         defences: tuple[str, ...] = ()) -> list:
         self.colluding = True
         try:
-            return self.attack(owners, aux, epochs, seed, method, weights)
+            return self.attack(owners, aux, epochs, seed, method, weights, defences)
         finally:
             self.colluding = False
 

@@ -80,6 +80,19 @@ def make_attack(name: str, **params: Any) -> Attack:
     return cls(**params)
 
 
+def make_adapted_attack(name: str, defences: tuple[str, ...] | list[str] = (),
+                        **params: Any) -> Attack:
+    """Attack ``name`` as an adversary who knows the owner's defences (not their random draws).
+
+    The black-box rungs need nothing: they train on the defended oracle's answers, so they
+    learn the noise and dropout they will face. The white-box rung models them explicitly.
+    """
+    if needs_weights(name):
+        make_attack(name, **params)  # same checks on the parameters as any attack
+        return WhiteBoxInversion.knowing(tuple(defences), **params)
+    return make_attack(name, **params)
+
+
 def _lookup(name: str) -> type[Attack]:
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}: choose one of {', '.join(ATTACKS)}")

@@ -11,6 +11,13 @@ prior that picks, out of the many inputs f maps close to h, the one with smooth 
 
 ``f`` is any torch module mapping (N, 784) -> (N, k): the owner's first part for the cut layer,
 or the whole network (first part then server part) when the attacker intercepts the 10-d output.
+
+Defences at the cut layer are public (Kerckhoffs); their random draws are not. The attack adapts
+to what it is told (:meth:`WhiteBoxInversion.knowing`): it clips ``f(x)`` as the owner clips
+before adding noise, fits Laplace-noised activations with the L1 error (the maximum-likelihood
+fit under Laplace noise, as L2 is under Gaussian noise), and under always-on dropout fits only
+the activations that survived, undoing the survivors' ``1 / (1 - rate)`` scaling: a zero says
+nothing (dropped, or a ReLU that did not fire), a survivor is an exact equation.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from defences.noise import clip_rows
+from defences.spec import build_defences, parse_defence
 from protocol.errors import ConfigError, ShapeError
 
 SIDE = 28
@@ -56,6 +65,31 @@ class WhiteBoxInversion:
     seed: int = 0
     #: Starting image intensity: MNIST is mostly black, so starting dark is closer than grey.
     init: float = 0.1
+    #: The owner's clipping bound on each activation row (``noise`` defence), else None.
+    clip: float | None = None
+    #: The norm that bound is in: 1 for Laplace noise, 2 for Gaussian.
+    clip_norm: int = 2
+    #: "l2" (squared error: clean or Gaussian-noised activations) or "l1" (Laplace noise).
+    error: str = "l2"
+    #: The owner's cut-layer dropout rate; > 0 fits only the surviving (non-zero) activations.
+    dropout_rate: float = 0.0
+
+    @classmethod
+    def knowing(cls, defences: tuple[str, ...] | list[str], **params: object
+                ) -> WhiteBoxInversion:
+        """The attack adapted to the owner's ``--defence`` specs (canonical text).
+
+        With dropout *and* noise the zeros are noised too, so the dropout mask cannot be read
+        off; dropout is then left to the error term like the noise.
+        """
+        built = build_defences(parse_defence(t) for t in defences)
+        known: dict[str, object] = {}
+        if built.noise is not None:
+            known.update(clip=built.noise.clip, clip_norm=built.noise.norm,
+                         error="l1" if built.noise.mechanism == "laplace" else "l2")
+        elif built.dropout is not None:
+            known["dropout_rate"] = built.dropout.rate
+        return cls(**{**known, **params})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or self.lambda_tv < 0 or self.batch_size < 1:
@@ -66,6 +100,13 @@ class WhiteBoxInversion:
             )
         if not 0.0 < self.init < 1.0:
             raise ConfigError(f"init intensity must lie in (0, 1), got {self.init}")
+        if self.error not in ("l1", "l2") or self.clip_norm not in (1, 2):
+            raise ConfigError(f"white-box error must be l1 or l2 and clip_norm 1 or 2; got "
+                              f"error={self.error!r} clip_norm={self.clip_norm}")
+        if self.clip is not None and not self.clip > 0:
+            raise ConfigError(f"white-box clip must be > 0, got {self.clip}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ConfigError(f"white-box dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
     def reconstruct(self, acts: np.ndarray) -> np.ndarray:
         """Invert every row of ``acts`` (N, k): float32 (N, 784) in [0, 1]."""
@@ -106,13 +147,29 @@ class WhiteBoxInversion:
         logit = float(np.log(self.init / (1.0 - self.init)))
         u = (logit + 0.1 * torch.randn(len(h), PIXELS, generator=gen)).requires_grad_()
         opt = torch.optim.Adam([u], lr=self.lr)
+        # Which activations constrain x: all of them, or under dropout only the survivors,
+        # rescaled back to what the first part emitted.
+        if self.dropout_rate > 0:
+            weight = (h != 0).to(h.dtype)
+            h = h * (1.0 - self.dropout_rate)
+        else:
+            weight = torch.ones_like(h)
+        count = weight.sum(dim=1).clamp_min(1.0)
         # Relative error: the same lambda_tv suits 500-d cut activations of size ~1 and 10-d
         # logits of size ~10. Per-image sums keep the images independent of each other.
-        scale = h.pow(2).mean(dim=1).clamp_min(1e-6)
+        if self.error == "l1":
+            scale = ((h.abs() * weight).sum(dim=1) / count).clamp_min(1e-6)
+        else:
+            scale = ((h.pow(2) * weight).sum(dim=1) / count).clamp_min(1e-6)
         for _ in range(self.steps):
             opt.zero_grad()
             x = torch.sigmoid(u)
-            data = (part(x) - h).pow(2).mean(dim=1) / scale
+            out = part(x)
+            if self.clip is not None:
+                out = clip_rows(out, self.clip, self.clip_norm)
+            resid = (out - h) * weight
+            err = resid.abs() if self.error == "l1" else resid.pow(2)
+            data = err.sum(dim=1) / count / scale
             loss = (data + self.lambda_tv * total_variation(x)).sum()
             loss.backward()
             opt.step()
