@@ -360,10 +360,20 @@ def run_protocol(
                if any(needs_weights(m) for m in cfg.attacks) else None)
     pairs = [(a, m) for m in methods for a in adversaries]
     attacks: list[list[Reconstruction]] = []
+    budgeted = any(parse_defence(t).name == "query-budget" for t in cfg.defences)
+    points_done: set[str] = set()
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
+        point = intercept_point(method)
+        if budgeted and points_done and point not in points_done:
+            # Querying the first part (cut-layer rungs) and the prediction API (output rung)
+            # are two ways to spend one budget; each is scored as if it had all of it.
+            parties = [cast.adversaries[a][0] for a in adversaries]
+            backend.call_all([(cast.host_of[owners[0]], "owner_call",
+                               (owners[0], "refund_queries", p)) for p in parties])
+        points_done.add(point)
         calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
                                          weights, tuple(cfg.defences))) for a in adversaries]
-        if intercept_point(method) == "output":
+        if point == "output":
             # One at a time: the owner's prediction API asks the server, which must not be
             # busy with an attack of its own (on Ray two such actors would wait on each other).
             attacks += [backend.call(name, fn, *args) for name, fn, args in calls]

@@ -310,6 +310,11 @@ class DataOwner(Role):
         self._check_flat(flat)
         return self.shared.array(flat)
 
+    def refund_queries(self, party: str) -> None:
+        """Lab instrumentation: ``party``'s query budget (if any) starts afresh."""
+        if self.defences.budget is not None:
+            self.defences.budget.refund(party)
+
     def first_part_weights(self) -> np.ndarray:
         """The first part's parameters alone (for a white-box attack's threat model)."""
         return torch.nn.utils.parameters_to_vector(self._deployed().parameters()).detach().numpy()

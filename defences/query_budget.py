@@ -56,6 +56,15 @@ class QueryBudget:
             )
         return granted
 
+    def refund(self, party: str) -> None:
+        """Give ``party`` its whole budget back (its refusals stay on record).
+
+        Not something an owner would do: the lab uses it to score alternative strategies,
+        each as if the party had spent the whole budget on it.
+        """
+        with self._lock:
+            self._answered.pop(party, None)
+
     def answered(self, party: str) -> int:
         """Queries answered for ``party`` so far."""
         with self._lock:

@@ -289,6 +289,15 @@ def test_query_budget_limits_each_party_separately() -> None:
     assert budget.answered("carol") == 0
 
 
+def test_query_budget_refund_restores_one_party_only() -> None:
+    budget = QueryBudget(limit=5)
+    budget.charge("alice", 9)
+    budget.charge("bob", 2)
+    budget.refund("alice")
+    assert budget.remaining("alice") == 5 and budget.refused("alice") == 4
+    assert budget.remaining("bob") == 3
+
+
 def test_query_budget_require_raises_when_nothing_is_answered() -> None:
     budget = QueryBudget(limit=3)
     assert budget.require("eve", 5) == 3

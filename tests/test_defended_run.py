@@ -37,6 +37,17 @@ def test_query_budget_caps_what_the_attacker_gets(setting):
     assert owner.queries_answered == 700
 
 
+def test_each_intercept_point_gets_the_whole_budget(setting):
+    # mlp and conv share the cut-layer answers; the output rung is another way to spend the
+    # same budget, so it is scored as if the attacker had spent all of it there.
+    results, backend = run(setting, ("query-budget:limit=300",), attacks=("mlp", "conv",
+                                                                          "output"))
+    assert [r.queries_used for r in results] == [300, 300, 300]
+    owner = backend.party("owner:0")
+    assert owner.queries_answered == 600  # 300 first-part answers, 300 predictions
+    assert owner.defences.budget.answered("eavesdropper") == 300  # the output rung's spend
+
+
 def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     (plain,), _ = run(setting)
     (noisy,), backend = run(setting, ("noise:mechanism=laplace,scale=0.5,clip=64",))
