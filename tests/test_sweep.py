@@ -53,9 +53,37 @@ def test_strongest_attack_is_chosen_per_cell():
            {"cell": "a", "attack": "conv", "attack_metrics": {"validator_accuracy": 0.7,
                                                               "ssim": 0.3}}]
     assert strongest(rec)["a"]["attack"] == "conv"
+    assert strongest(rec, ("mlp",))["a"]["attack"] == "mlp"
+    assert strongest(rec, ("whitebox",)) == {}
+
+
+def test_goal_needs_both_utility_and_privacy():
+    from actors.sweep import meets_goal
+
+    def rec(acc: float, val: float) -> dict:
+        return {"target_accuracy": acc, "attack_metrics": {"validator_accuracy": val}}
+
+    assert meets_goal(rec(0.95, 0.12)) and meets_goal(rec(0.90, 0.30))
+    assert not meets_goal(rec(0.89, 0.12)) and not meets_goal(rec(0.95, 0.31))
+
+
+def test_report_names_the_cells_that_meet_the_goal(capsys):
+    from actors.sweep import Cell, report
+
+    cells = [Cell("none", 0.0, ()), Cell("query-budget", 10, ("query-budget:limit=10",))]
+    recs = [{"cell": c, "attack": a, "target_accuracy": acc,
+             "attack_metrics": {"validator_accuracy": v, "ssim": 0.2}}
+            for c, a, acc, v in [("none", "mlp", 0.95, 0.9), ("none", "whitebox", 0.95, 0.96),
+                                 ("query-budget:limit=10", "mlp", 0.95, 0.15),
+                                 ("query-budget:limit=10", "whitebox", 0.95, 0.96)]]
+    report(cells, recs)
+    out = capsys.readouterr().out
+    assert "under the strongest attack: met by no cell" in out
+    assert "without the first part's weights: query-budget:limit=10" in out
 
 
 @pytest.mark.parametrize("flags", [["--dropout-rates", "1.5"], ["--noise-scales", "nan"],
+                                   ["--lr", "0"], ["--lr", "inf"],
                                    ["--budgets", "0"], ["--attacks", "psychic"]])
 def test_bad_grid_exits_2(flags, capsys):
     with pytest.raises(SystemExit) as exc:
