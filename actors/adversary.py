@@ -15,7 +15,14 @@ import numpy as np
 from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES
 from actors.owner import first_part_from
 from actors.role import check_batch
-from attack.ladder import intercept_point, make_adapted_attack, make_attack, needs_weights
+from attack.ladder import (
+    intercept_point,
+    make_adapted_attack,
+    make_attack,
+    needs_weights,
+    trains_locally,
+)
+from attack.local_oracle import local_answers
 from protocol.errors import ConfigError, ShapeError
 from protocol.frame import MessageKind
 
@@ -79,8 +86,12 @@ class InversionAttacker(ABC):
         """
         point = intercept_point(method)
         if needs_weights(method):
-            part = first_part_from(np.asarray(weights))
-            inversion = make_adapted_attack(method, defences, part=part.eval(), seed=seed)
+            part = first_part_from(np.asarray(weights)).eval()
+            if trains_locally(method):  # a decoder on its own outputs of the known part
+                inversion = make_attack(method, epochs=epochs, seed=seed)
+                inversion.fit(local_answers(part, defences, aux, seed), aux)
+            else:
+                inversion = make_adapted_attack(method, defences, part=part, seed=seed)
             used = 0
         else:
             inversion = make_attack(method, epochs=epochs, seed=seed)

@@ -11,6 +11,10 @@ Every attack turns intercepted activations (N, k) into images (N, 784) in [0, 1]
 ``whitebox``  white-box rMLE (:class:`attack.whitebox.WhiteBoxInversion`): needs the weights,
               i.e. ``make_attack("whitebox", part=module)``; no oracle, no auxiliary data,
               no training.
+``whitebox-conv``  the convolutional decoder trained on the adversary's *own* outputs of the
+              known first part (weights, defences as published, its own noise draws): the
+              black-box decoder without queries, so a query budget does not bind it
+              (:func:`attack.local_oracle.local_answers`).
 ``output``    black-box, the MLP inverse network at the *output* intercept point: it inverts
               the softmax the server answers the owner's private inference with, trained
               through the owner's public prediction API (the whole model) instead of its
@@ -36,14 +40,18 @@ ATTACKS: dict[str, type[Attack]] = {
     "mlp": BlackBoxInversion,
     "conv": ConvInversion,
     "whitebox": WhiteBoxInversion,
+    "whitebox-conv": ConvInversion,
     "output": BlackBoxInversion,
 }
 
 #: Attacks at the model's output (softmax) instead of the cut layer.
 OUTPUT_POINT = frozenset({"output"})
 
-#: Attacks that need the first part's weights instead of an oracle and auxiliary data.
-WHITE_BOX = frozenset({"whitebox"})
+#: Attacks that need the first part's weights instead of an oracle.
+WHITE_BOX = frozenset({"whitebox", "whitebox-conv"})
+
+#: White-box attacks that train a decoder on auxiliary data run through the known weights.
+TRAINS_LOCALLY = frozenset({"whitebox-conv"})
 
 #: Dataclass fields that are results of fitting, not settings a caller may pass.
 _STATE = frozenset({"model", "queries_used", "input_bound"})
@@ -59,6 +67,12 @@ def needs_weights(name: str) -> bool:
     """True for white-box attacks (pass ``part=``), False for black-box ones (oracle + aux)."""
     _lookup(name)
     return name in WHITE_BOX
+
+
+def trains_locally(name: str) -> bool:
+    """True for white-box rungs that fit a decoder on the adversary's own first-part outputs."""
+    _lookup(name)
+    return name in TRAINS_LOCALLY
 
 
 def intercept_point(name: str) -> str:
@@ -87,7 +101,7 @@ def make_adapted_attack(name: str, defences: tuple[str, ...] | list[str] = (),
     The black-box rungs need nothing: they train on the defended oracle's answers, so they
     learn the noise and dropout they will face. The white-box rung models them explicitly.
     """
-    if needs_weights(name):
+    if needs_weights(name) and not trains_locally(name):
         make_attack(name, **params)  # same checks on the parameters as any attack
         return WhiteBoxInversion.knowing(tuple(defences), **params)
     return make_attack(name, **params)

@@ -13,7 +13,14 @@ import torch
 from actors.model import SplitNN, seeded_parts
 from attack.conv import ConvInverse, ConvInversion
 from attack.inversion import BlackBoxInversion
-from attack.ladder import ATTACKS, attack_params, make_adapted_attack, make_attack, needs_weights
+from attack.ladder import (
+    ATTACKS,
+    attack_params,
+    make_adapted_attack,
+    make_attack,
+    needs_weights,
+    trains_locally,
+)
 from attack.metrics import mse, ssim
 from attack.whitebox import WhiteBoxInversion, total_variation
 from protocol.errors import ConfigError
@@ -53,11 +60,15 @@ def _through(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(ATTACKS) == {"mlp", "conv", "whitebox", "output"}
+    assert set(ATTACKS) == {"mlp", "conv", "whitebox", "whitebox-conv", "output"}
     assert isinstance(make_attack("mlp", epochs=3), BlackBoxInversion)
     assert isinstance(make_attack("conv"), ConvInversion)
     assert isinstance(make_attack("whitebox", steps=5), WhiteBoxInversion)
     assert needs_weights("whitebox") and not needs_weights("mlp") and not needs_weights("conv")
+    assert needs_weights("whitebox-conv") and trains_locally("whitebox-conv")
+    assert not trains_locally("whitebox") and not trains_locally("conv")
+    assert isinstance(make_adapted_attack("whitebox-conv", ["dropout:rate=0.5"], epochs=1),
+                      ConvInversion)
     assert "steps" in attack_params("whitebox") and "model" not in attack_params("conv")
 
 
@@ -223,6 +234,31 @@ def test_whitebox_that_knows_the_noise_fits_its_likelihood(digits: np.ndarray, p
     # attack minimises exactly that (0.039 measured against the naive L2 fit's 0.064).
     assert l1_misfit(aware) < 0.05 and l1_misfit(aware) < 0.8 * l1_misfit(naive)
     assert ssim(aware, targets) > 0.4
+
+
+# --- the adversary's own oracle (weights known) ---------------------------------------------
+
+
+def test_local_answers_are_the_defended_part_with_the_adversarys_own_draws(digits, parts):
+    from attack.local_oracle import local_answers
+    from defences.dropout import CutLayerDropout
+
+    owner, _ = parts
+    aux = digits[:700]
+    with torch.no_grad():
+        clean = owner(torch.from_numpy(aux)).numpy()
+    # No defence: exactly the first part, in batches that need not divide the data.
+    assert np.allclose(local_answers(owner, (), aux, seed=0, batch=300), clean, atol=1e-6)
+    got = local_answers(owner, ["dropout:rate=0.5"], aux, seed=0)
+    with torch.no_grad():
+        owners_draw = CutLayerDropout(0.5, seed=0)(torch.from_numpy(clean)).numpy()
+    kept = got != 0
+    # Same mechanism (survivors doubled, about half dropped) but not the owner's masks.
+    assert np.allclose(got[kept], 2 * clean[kept], atol=1e-5)
+    assert 0.2 < kept.mean() < 0.35  # ~half of the ~half that the ReLU left non-zero
+    assert not np.array_equal(got, owners_draw)
+    noisy = local_answers(owner, ["noise:mechanism=laplace,scale=0.5,clip=10"], aux, seed=0)
+    assert np.abs(noisy - clean).mean() > 0.3  # Laplace(0.5): mean |noise| 0.5
 
 
 # --- output intercept: the 10-d prediction instead of the cut layer ----------------------

@@ -48,6 +48,16 @@ def test_each_intercept_point_gets_the_whole_budget(setting):
     assert owner.defences.budget.answered("eavesdropper") == 300  # the output rung's spend
 
 
+def test_an_adversary_with_the_weights_ignores_the_budget(setting):
+    # The budget starves the oracle-trained decoder; one that runs the known first part
+    # itself needs no query and reconstructs far better.
+    starved, local = run(setting, ("query-budget:limit=20",), attacks=("mlp", "whitebox-conv"),
+                         epochs=2)[0]
+    assert starved.queries_used == 20 and local.queries_used == 0
+    assert local.attack.ssim > starved.attack.ssim + 0.1
+    assert local.attack.validator_accuracy > starved.attack.validator_accuracy + 0.2
+
+
 def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     (plain,), _ = run(setting)
     (noisy,), backend = run(setting, ("noise:mechanism=laplace,scale=0.5,clip=64",))

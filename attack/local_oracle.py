@@ -1,0 +1,49 @@
+"""The oracle an adversary with the weights runs for itself: no queries, no budget.
+
+A white-box adversary (the first part's weights known) has no need to ask the data owner's
+oracle: it evaluates the first part on its own auxiliary images, with the owner's defences
+applied as published (Kerckhoffs) but with *its own* random draws, since the owner's noise and
+dropout streams are secret. Any black-box decoder can then be trained on those pairs, so a
+query budget does not bind this adversary at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from defences.spec import build_defences, parse_defence
+
+#: Added to the run's seed for the adversary's own noise and dropout draws: it must not share
+#: the owner's stream (the owner's default seed is public, so a real owner should change it).
+ADVERSARY_SEED_OFFSET = 7919
+
+
+def local_answers(part: nn.Module, defences: tuple[str, ...] | list[str], aux: np.ndarray,
+                  seed: int, batch: int = 500) -> np.ndarray:
+    """What the owner's defended oracle would answer on ``aux`` (N, 784): (N, k) float32."""
+    specs = []
+    for spec in (parse_defence(t) for t in defences):
+        if "seed" in _keys(spec.name):
+            spec = dataclasses.replace(
+                spec, params={**spec.params, "seed": seed + ADVERSARY_SEED_OFFSET})
+        specs.append(spec)
+    shield = build_defences(specs)
+    was_training = part.training
+    part.eval()
+    try:
+        with torch.no_grad():
+            out = [shield.apply(part(torch.from_numpy(aux[i:i + batch].astype(np.float32))))
+                   for i in range(0, len(aux), batch)]
+    finally:
+        part.train(was_training)
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
+
+
+def _keys(name: str) -> frozenset[str]:
+    from defences.spec import PARAMETERS
+
+    return frozenset(PARAMETERS[name])
