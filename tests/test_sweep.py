@@ -55,6 +55,7 @@ def test_strongest_attack_is_chosen_per_cell():
     assert strongest(rec)["a"]["attack"] == "conv"
     assert strongest(rec, ("mlp",))["a"]["attack"] == "mlp"
     assert strongest(rec, ("whitebox",)) == {}
+    assert strongest(rec, metric="ssim")["a"]["attack"] == "mlp"
 
 
 def test_goal_needs_both_utility_and_privacy():
