@@ -26,13 +26,13 @@ def sample_indices(labels: np.ndarray, per_class: int = 1) -> list[int]:
 
 
 def table(runs: list[RunResult]) -> str:
-    head = (f"{'protocol':<14}{'adversary':<19}{'attack':<10}{'aux':<15}{'target acc':>11}"
+    head = (f"{'protocol':<14}{'adversary':<19}{'attack':<15}{'aux':<15}{'target acc':>11}"
             f"{'SSIM':>8}{'PSNR dB':>9}{'validator':>11}{'frames':>9}{'MB':>9}{'dropped':>9}"
             f"{'s':>7}")
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
-            f"{r.protocol:<14}{r.adversary:<19}{r.attack_method:<10}{r.aux:<15}{r.target_accuracy:>11.1%}"
+            f"{r.protocol:<14}{r.adversary:<19}{r.attack_method:<15}{r.aux:<15}{r.target_accuracy:>11.1%}"
             f"{r.attack.ssim:>8.3f}{r.attack.psnr:>9.2f}{r.attack.validator_accuracy:>11.1%}"
             f"{r.wire.frames:>9d}{r.wire.bytes / 1e6:>9.1f}{sum(r.wire.dropped.values()):>9d}"
             f"{r.seconds:>7.1f}"
