@@ -50,6 +50,10 @@ def stack(owner: str, items: list[tuple[int, np.ndarray]]) -> Intercepted:
                        np.concatenate(acts) if acts else np.zeros((0, CUT_DIM), np.float32))
 
 
+#: Fewest (activation, image) pairs a decoder is trained on: batch statistics need two.
+MIN_FIT = 2
+
+
 class InversionAttacker(ABC):
     """Mixin for a ``Role``: the attack, given what the role intercepted."""
 
@@ -85,20 +89,25 @@ class InversionAttacker(ABC):
         mechanism is public, only its random draws are secret.
         """
         point = intercept_point(method)
+        trained = False
         if needs_weights(method):
             part = first_part_from(np.asarray(weights)).eval()
+            used = 0
             if trains_locally(method):  # a decoder on its own outputs of the known part
                 inversion = make_attack(method, epochs=epochs, seed=seed)
-                inversion.fit(local_answers(part, defences, aux, seed), aux)
+                if len(aux) >= MIN_FIT:
+                    inversion.fit(local_answers(part, defences, aux, seed), aux)
+                    trained = True
             else:
                 inversion = make_adapted_attack(method, defences, part=part, seed=seed)
-            used = 0
+                trained = True
         else:
             inversion = make_attack(method, epochs=epochs, seed=seed)
             acts, images = self.collect(owners[0], aux, inversion.query_batch, point)
             used = len(images)
-            if used:
+            if used >= MIN_FIT:
                 inversion.fit(acts, images)
+                trained = True
         self.network.flush()
         out = []
         for owner in owners:
@@ -106,9 +115,9 @@ class InversionAttacker(ABC):
                    else self.intercepted_activations(owner).acts)
             if len(got) == 0:  # an owner with no private test images sent nothing
                 images = np.zeros((0, INPUT_DIM), np.float32)
-            elif used or needs_weights(method):
+            elif trained:
                 images = inversion.reconstruct(got)
-            else:  # the oracle answered nothing: the best guess is the mean auxiliary image
+            else:  # too little to train on: the best guess is the mean auxiliary image
                 images = np.repeat(aux.mean(0, keepdims=True), len(got), axis=0)
             out.append(Reconstruction(owner, images.astype(np.float32), used))
         return out

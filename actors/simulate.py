@@ -132,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "nopeek:weight=W; dropout:rate=R; query-budget:limit=N")
     p.add_argument("--attack", choices=[*ATTACKS, "all"], default="mlp",
                    help="the attack ladder: mlp (the inverse network), conv (a transposed-"
-                        "convolution decoder), whitebox (rMLE with the first part's weights), "
-                        "or all (one row per rung)")
+                        "convolution decoder), whitebox (rMLE with the first part's weights, "
+                        "told the defences), whitebox-conv (conv trained on its own outputs "
+                        "of the known first part: no queries), output (the inverse network "
+                        "on the softmax answers), or all (one row per rung)")
     p.add_argument("--frac-bits", type=int, default=16,
                    help="secret-shared: fractional bits of the fixed-point encoding in Z_2^64")
     p.add_argument("--reveal-model", action="store_true",

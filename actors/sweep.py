@@ -106,8 +106,11 @@ def save(path: Path, settings: dict[str, Any], records: list[dict[str, Any]]) ->
     os.replace(tmp, path)
 
 
-#: Rungs that need only the oracle and auxiliary data, not the first part's weights.
-BLACK_BOX = ("mlp", "conv", "output")
+def black_box() -> tuple[str, ...]:
+    """Rungs that need only the oracle and auxiliary data, not the first part's weights."""
+    from attack.ladder import ATTACKS, needs_weights
+
+    return tuple(a for a in ATTACKS if not needs_weights(a))
 
 
 def strongest(records: list[dict[str, Any]], among: tuple[str, ...] | None = None,
@@ -159,8 +162,9 @@ def plot(path: Path, records: list[dict[str, Any]]) -> None:
                     ax.annotate(f"{r['strength']:g}/{r['attack']}", (x, y), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points")
         # Where the strongest attack needs the weights, what is left to an adversary without.
-        blind = strongest(records, BLACK_BOX, metric)
-        gaps = [b for k, b in blind.items() if best[k] is not b]
+        blind = strongest(records, black_box(), metric)
+        gaps = [b for k, b in blind.items()
+                if b["attack_metrics"][metric] < best[k]["attack_metrics"][metric]]
         ax.plot([b["target_accuracy"] for b in gaps], [b["attack_metrics"][metric] for b in gaps],
                 "x", color="grey", label="strongest without the weights" if gaps else None)
     axes[0].axhline(0.1, color="grey", lw=0.8, ls=":")
@@ -283,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
 def report(cells: list[Cell], records: list[dict[str, Any]]) -> None:
     """The table: per cell the strongest attack, and the strongest one needing no weights."""
-    best, blind = strongest(records), strongest(records, BLACK_BOX)
+    best, blind = strongest(records), strongest(records, black_box())
     sharpest = strongest(records, metric="ssim")
     w = max([len(c.key) for c in cells if c.key in best] + [4]) + 2
     print(f"{'cell':<{w}}{'target acc':>11}{'strongest':>15}{'validator':>11}{'SSIM':>8}"
@@ -299,8 +303,9 @@ def report(cells: list[Cell], records: list[dict[str, Any]]) -> None:
                   f"{m['validator_accuracy']:>11.1%}{m['ssim']:>8.3f}{top:>24}{tail}")
     goal = (f"target accuracy >= {GOAL_ACCURACY:.0%} with validator accuracy <= "
             f"{GOAL_VALIDATOR:.0%}")
-    met = [k for k, r in best.items() if meets_goal(r)]
-    met_blind = [k for k, r in blind.items() if meets_goal(r)]
+    # In grid order (records arrive in completion order), and only this grid's cells.
+    met = [c.key for c in cells if c.key in best and meets_goal(best[c.key])]
+    met_blind = [c.key for c in cells if c.key in blind and meets_goal(blind[c.key])]
     print(f"goal ({goal}) under the strongest attack: "
           + (", ".join(met) if met else "met by no cell"))
     print("the same goal against adversaries without the first part's weights: "

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from defences.spec import build_defences, parse_defence
+from defences.spec import PARAMETERS, build_defences, parse_defence
 
 #: Added to the run's seed for the adversary's own noise and dropout draws: it must not share
 #: the owner's stream (the owner's default seed is public, so a real owner should change it).
@@ -27,9 +27,12 @@ def local_answers(part: nn.Module, defences: tuple[str, ...] | list[str], aux: n
     """What the owner's defended oracle would answer on ``aux`` (N, 784): (N, k) float32."""
     specs = []
     for spec in (parse_defence(t) for t in defences):
-        if "seed" in _keys(spec.name):
-            spec = dataclasses.replace(
-                spec, params={**spec.params, "seed": seed + ADVERSARY_SEED_OFFSET})
+        if "seed" in PARAMETERS[spec.name]:
+            owners = spec.params.get("seed", 0)
+            own = seed + ADVERSARY_SEED_OFFSET
+            if own == owners:  # an owner who happened to pick ours: take the next one
+                own += 1
+            spec = dataclasses.replace(spec, params={**spec.params, "seed": own})
         specs.append(spec)
     shield = build_defences(specs)
     was_training = part.training
@@ -40,10 +43,8 @@ def local_answers(part: nn.Module, defences: tuple[str, ...] | list[str], aux: n
                    for i in range(0, len(aux), batch)]
     finally:
         part.train(was_training)
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
-
-
-def _keys(name: str) -> frozenset[str]:
-    from defences.spec import PARAMETERS
-
-    return frozenset(PARAMETERS[name])
+    if not out:
+        with torch.no_grad():
+            width = part(torch.zeros(1, aux.shape[1])).shape[1]
+        return np.zeros((0, width), np.float32)
+    return torch.cat(out).numpy().astype(np.float32)

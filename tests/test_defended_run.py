@@ -58,6 +58,18 @@ def test_an_adversary_with_the_weights_ignores_the_budget(setting):
     assert local.attack.validator_accuracy > starved.attack.validator_accuracy + 0.2
 
 
+def test_too_few_images_to_train_on_give_the_mean_guess(setting):
+    # One answered query, or one auxiliary image for the weights-holder: no decoder can be
+    # fit on a single pair, so every rung falls back to the mean image instead of failing.
+    data, aux, judge = setting
+    cfg = RunConfig(protocol="plaintext", epochs=1, attack_epochs=1, seed=0,
+                    adversaries=("eavesdropper",), defences=("query-budget:limit=1",),
+                    attacks=("conv", "whitebox-conv"))
+    results = run_protocol(LocalBackend(), cfg, data, aux[:1], judge)
+    for r in results:
+        assert np.allclose(r.reconstructions, aux[:1]), r.attack_method
+
+
 def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     (plain,), _ = run(setting)
     (noisy,), backend = run(setting, ("noise:mechanism=laplace,scale=0.5,clip=64",))
