@@ -83,10 +83,11 @@ class InversionAttacker(ABC):
         """Invert every owner's intercepted activations with attack ``method`` (the ladder).
 
         Black-box methods train through the first owner's oracle on the auxiliary data, with
-        whatever the oracle answers (a query budget may cut it short); the white-box method
-        is handed the first part's ``weights`` (its threat model) and needs no queries. It is
-        also told the owner's ``defences`` (canonical ``--defence`` specs): a defence's
-        mechanism is public, only its random draws are secret.
+        whatever the oracle answers (a query budget may cut it short). The white-box methods
+        are handed the first part's ``weights`` (their threat model) and the owner's
+        ``defences`` (canonical ``--defence`` specs: a mechanism is public, only its random
+        draws are secret) and need no queries: ``whitebox`` fits inputs to what it holds,
+        ``whitebox-conv`` trains the decoder on its own run of the defended first part.
         """
         point = intercept_point(method)
         trained = False
