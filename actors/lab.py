@@ -360,7 +360,9 @@ def run_protocol(
                if any(needs_weights(m) for m in cfg.attacks) else None)
     pairs = [(a, m) for m in methods for a in adversaries]
     attacks: list[list[Reconstruction]] = []
-    budgeted = any(parse_defence(t).name == "query-budget" for t in cfg.defences)
+    # The owners' defences as parsed once: whether a budget is in force, and the epsilon.
+    shield = build_defences(parse_defence(t) for t in cfg.defences)
+    budgeted = shield.budget is not None
     points_done: set[str] = set()
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
         point = intercept_point(method)
@@ -381,7 +383,7 @@ def run_protocol(
             attacks += backend.call_all(calls)
     seconds = time.perf_counter() - t0
     results = []
-    epsilon = build_defences(parse_defence(t) for t in cfg.defences).epsilon()
+    epsilon = shield.epsilon()
     for (adversary, method), recons in zip(pairs, attacks, strict=True):
         per_owner, all_recon = [], []
         for i, rec in enumerate(recons):

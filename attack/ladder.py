@@ -83,6 +83,11 @@ def intercept_point(name: str) -> str:
 
 def make_attack(name: str, **params: Any) -> Attack:
     """Build attack ``name`` with ``params``; unknown names or parameters raise ConfigError."""
+    return _checked(name, params)(**params)
+
+
+def _checked(name: str, params: dict[str, Any]) -> type[Attack]:
+    """The class of attack ``name``, once every key of ``params`` is one it accepts."""
     cls = _lookup(name)
     allowed = attack_params(name)
     unknown = sorted(set(params) - set(allowed))
@@ -91,7 +96,7 @@ def make_attack(name: str, **params: Any) -> Attack:
             f"attack {name!r} takes no parameter {', '.join(unknown)}: "
             f"choose from {', '.join(allowed)}"
         )
-    return cls(**params)
+    return cls
 
 
 def make_adapted_attack(name: str, defences: tuple[str, ...] | list[str] = (),
@@ -102,7 +107,7 @@ def make_adapted_attack(name: str, defences: tuple[str, ...] | list[str] = (),
     learn the noise and dropout they will face. The white-box rung models them explicitly.
     """
     if needs_weights(name) and not trains_locally(name):
-        make_attack(name, **params)  # same checks on the parameters as any attack
+        _checked(name, params)  # the same checks on the parameters as any attack
         return WhiteBoxInversion.knowing(tuple(defences), **params)
     return make_attack(name, **params)
 
