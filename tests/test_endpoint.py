@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.model import seeded_parts
-from actors.owner import TrainConfig
-from actors.server import ComputeServer
-from actors.wire import LocalTransport, Network
 from protocol.endpoint import Endpoint
 from protocol.errors import FrameError
 from protocol.frame import MessageKind
+from tests.helpers import plaintext_server
 
 
 def pair(session: int = 1):
@@ -66,10 +63,7 @@ def test_receiver_refuses_nan_and_inf():
 
 
 def test_server_drops_bad_content_and_keeps_training():
-    _, second = seeded_parts(0)
-    server = ComputeServer("server", codec="plaintext", session=1,
-                           network=Network("server", LocalTransport()), model=second,
-                           config=TrainConfig())
+    server = plaintext_server()
     owner = Endpoint("owner:0", "plaintext", 1)
     bad = [
         owner.encode("server", MessageKind.ACTIVATIONS, np.ones((3, 7), np.float32)),  # shape

@@ -9,11 +9,11 @@ import pytest
 
 from actors.model import seeded_parts
 from actors.owner import DataOwner, TrainConfig
-from actors.server import ComputeServer
 from actors.wire import LocalTransport, Network
 from protocol.endpoint import Endpoint, ReplayWindow
 from protocol.errors import CodecError, FrameError
 from protocol.frame import FrameHeader, MessageKind, decode_frame, encode_header
+from tests.helpers import plaintext_server
 from tests.test_encrypted import parties
 
 
@@ -25,9 +25,7 @@ def forged(shape, kind=MessageKind.INFER_ACTIVATIONS, sender="owner:0", receiver
 
 
 def server():
-    return ComputeServer("server", codec="plaintext", session=1,
-                         network=Network("server", LocalTransport()), model=seeded_parts(0)[1],
-                         config=TrainConfig())
+    return plaintext_server()
 
 
 def test_an_empty_tensor_cannot_claim_huge_dimensions():

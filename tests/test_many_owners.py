@@ -9,14 +9,13 @@ import pytest
 
 from actors.backend import LocalBackend
 from actors.lab import RunConfig, run_protocol
-from actors.model import seeded_parts
 from actors.owner import TrainConfig
 from actors.owner_host import OwnerHost, OwnerSpec
-from actors.server import ComputeServer
 from actors.wire import LocalTransport, Network
 from protocol.endpoint import Endpoint
 from protocol.errors import ConfigError
 from protocol.frame import MessageKind
+from tests.helpers import plaintext_server
 
 BASE = RunConfig(protocol="plaintext", epochs=2, attack_epochs=1, seed=0, clients=3,
                  adversaries=("eavesdropper",), checkpoint_every=7, owner_actors=2,
@@ -58,10 +57,7 @@ def test_host_routes_frames_to_its_owners_and_drops_strays():
 
 
 def test_server_applies_a_retried_step_once():
-    _, second = seeded_parts(0)
-    server = ComputeServer("server", codec="plaintext", session=1,
-                           network=Network("server", LocalTransport()), model=second,
-                           config=TrainConfig())
+    server = plaintext_server()
     owner = Endpoint("owner:0", "plaintext", 1)
     rng = np.random.default_rng(0)
     h, y = rng.random((8, 500), dtype=np.float32), rng.integers(0, 10, 8).astype(np.int64)
