@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from actors.model import CUT_DIM, INPUT_DIM, N_CLASSES
-from actors.owner import first_part_from
-from actors.role import check_batch
+from actors.nets.descriptor import Shape, SplitNetwork
 from attack.ladder import (
     intercept_point,
     make_adapted_attack,
@@ -33,21 +31,21 @@ class Intercepted:
 
     owner: str
     seqs: list[int]
-    acts: np.ndarray  # (N, 500) float32
+    acts: np.ndarray  # (N, *cut_shape) float32
 
 
 @dataclass(frozen=True)
 class Reconstruction:
     owner: str
-    images: np.ndarray  # (N, 784) in [0, 1]
+    images: np.ndarray  # (N, C, H, W) in [0, 1]
     queries_used: int
 
 
-def stack(owner: str, items: list[tuple[int, np.ndarray]]) -> Intercepted:
+def stack(owner: str, items: list[tuple[int, np.ndarray]], cut_shape: Shape) -> Intercepted:
     items = sorted(items, key=lambda item: item[0])
-    acts = [a.reshape(-1, CUT_DIM) for _, a in items]
+    acts = [a.reshape(-1, *cut_shape) for _, a in items]
     return Intercepted(owner, [s for s, _ in items],
-                       np.concatenate(acts) if acts else np.zeros((0, CUT_DIM), np.float32))
+                       np.concatenate(acts) if acts else np.zeros((0, *cut_shape), np.float32))
 
 
 #: Fewest (activation, image) pairs a decoder is trained on: batch statistics need two.
@@ -56,6 +54,8 @@ MIN_FIT = 2
 
 class InversionAttacker(ABC):
     """Mixin for a ``Role``: the attack, given what the role intercepted."""
+
+    net: SplitNetwork  # the shapes (the architecture is public; the weights are not)
 
     @abstractmethod
     def intercepted_activations(self, owner: str) -> Intercepted:
@@ -70,10 +70,10 @@ class InversionAttacker(ABC):
         raise ConfigError(f"{type(self).__name__} cannot query the prediction API")
 
     def query_oracle(self, owner: str, x: np.ndarray) -> np.ndarray:
-        check_batch(x, INPUT_DIM, "oracle query")
+        self.net.check_images(x, "oracle query")
         replies = self.request(owner, [(MessageKind.QUERY, x.astype(np.float32))])
         out = self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
-        if out.ndim != 2 or out.shape[1] != CUT_DIM or len(out) > len(x):
+        if tuple(out.shape[1:]) != self.net.cut_shape or len(out) > len(x):
             raise ShapeError(f"oracle answered {out.shape} to {len(x)} queries")
         return out
 
@@ -92,7 +92,7 @@ class InversionAttacker(ABC):
         point = intercept_point(method)
         trained = False
         if needs_weights(method):
-            part = first_part_from(np.asarray(weights)).eval()
+            part = self.net.owner_from(np.asarray(weights)).eval()
             used = 0
             if trains_locally(method):  # a decoder on its own outputs of the known part
                 inversion = make_attack(method, epochs=epochs, seed=seed)
@@ -115,7 +115,7 @@ class InversionAttacker(ABC):
             got = (self.intercepted_outputs(owner) if point == "output"
                    else self.intercepted_activations(owner).acts)
             if len(got) == 0:  # an owner with no private test images sent nothing
-                images = np.zeros((0, INPUT_DIM), np.float32)
+                images = np.zeros((0, *self.net.input_shape), np.float32)
             elif trained:
                 images = inversion.reconstruct(got)
             else:  # too little to train on: the best guess is the mean auxiliary image
@@ -151,6 +151,7 @@ class InversionAttacker(ABC):
             if len(out) < len(x):  # answered in part: the budget is spent
                 break
         if not acts:
-            width = N_CLASSES if point == "output" else CUT_DIM
-            return np.zeros((0, width), np.float32), np.zeros((0, INPUT_DIM), np.float32)
+            shape = (self.net.classes,) if point == "output" else self.net.cut_shape
+            return (np.zeros((0, *shape), np.float32),
+                    np.zeros((0, *self.net.input_shape), np.float32))
         return np.concatenate(acts).astype(np.float32), np.concatenate(images)

@@ -50,6 +50,14 @@ class TargetData:
     test: Split
     holdout: Split
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def classes(self) -> int:
+        return 10
+
 
 def load_target(
     dataset: str = "mnist-small",
@@ -127,7 +135,7 @@ def _check_split_sizes(n_test: int, n_holdout: int) -> None:
 
 def _make_split(x: np.ndarray, y: np.ndarray, scale: float) -> Split:
     """Copy rows into a fresh float32 [0, 1] split (never a view of a cached array)."""
-    images = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), _PIXELS) / np.float32(scale)
+    images = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), 1, 28, 28) / np.float32(scale)
     np.clip(images, 0.0, 1.0, out=images)
     labels = np.array(y, dtype=np.int64, copy=True)
     return Split(x=images, y=labels)
@@ -193,3 +201,9 @@ def _images_labels(dataset: object) -> tuple[NDArray[np.uint8], NDArray[np.int64
     images = np.asarray(dataset.data, dtype=np.uint8)  # type: ignore[attr-defined]
     labels = np.asarray(dataset.targets, dtype=np.int64)  # type: ignore[attr-defined]
     return images.reshape(len(images), _PIXELS), labels
+
+
+def parse_dataset(text: str) -> str:
+    if text not in DATASETS:
+        raise ConfigError(f"unknown dataset {text!r}")
+    return text

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from actors.adversary import Intercepted, InversionAttacker, stack
-from actors.model import CUT_DIM, N_CLASSES
+from actors.nets.descriptor import SplitNetwork
 from actors.owner import softmax
 from actors.role import Role
 from actors.wire import Network, TapRecord
@@ -46,8 +46,9 @@ class Eavesdropper(Role, InversionAttacker):
     """A passive tap plus an attacker that may use the public oracle like any customer."""
 
     def __init__(self, name: str, *, codec: str, session: int, network: Network,
-                 frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
+                 net: SplitNetwork, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
         super().__init__(name, codec, session, network)
+        self.net = net  # shapes only: the architecture is public, the frames say it anyway
         self.frac_bits = frac_bits  # a public parameter of the secret-shared protocol
         self.records: list[TapRecord] = []
         self.unparseable = 0
@@ -89,15 +90,15 @@ class Eavesdropper(Role, InversionAttacker):
         shares: dict[str, list[tuple[int, np.ndarray]]] = {}
         for frame in self._whole_frames():
             h = frame.header
-            if h.sender != owner or len(h.shape) != 2 or h.shape[1] != CUT_DIM:
+            if h.sender != owner or tuple(h.shape[1:]) != self.net.cut_shape:
                 continue  # not an activation batch of this owner (or a forged shape)
             if h.kind == MessageKind.INFER_ACTIVATIONS:
                 plain.append((h.seq, best_effort_tensor(frame)))
             elif h.kind == MessageKind.INFER_SHARE and h.dtype == DType.UINT64:
                 shares.setdefault(h.receiver, []).append((h.seq, best_effort_array(frame)))
         if not shares:
-            return stack(owner, plain)
-        per_server = [stack_ring(owner, items) for _, items in sorted(shares.items())]
+            return stack(owner, plain, self.net.cut_shape)
+        per_server = [stack_ring(items, self.net.cut_shape) for _, items in sorted(shares.items())]
         seqs, total = per_server[0]
         if len(per_server) == 2 and per_server[1][1].shape == total.shape:
             total = ring.reveal(total, per_server[1][1])
@@ -109,30 +110,31 @@ class Eavesdropper(Role, InversionAttacker):
         items = []
         for frame in self._whole_frames(count_bad=False):
             h = frame.header
-            if (h.kind == MessageKind.PREDICTIONS and h.receiver == owner and len(h.shape) == 2
-                    and h.shape[1] == N_CLASSES):
+            if (h.kind == MessageKind.PREDICTIONS and h.receiver == owner
+                    and tuple(h.shape[1:]) == (self.net.classes,)):
                 items.append((h.seq, best_effort_tensor(frame)))
-        return _stack_outputs(items)
+        return _stack_outputs(items, self.net.classes)
 
     def query_outputs(self, owner: str, x: np.ndarray) -> np.ndarray:
         """Ask the owner's public prediction API, like any customer."""
         replies = self.request(owner, [(MessageKind.QUERY_OUTPUT, x.astype(np.float32))])
         out = self.expect(replies, MessageKind.QUERY_RESULT, owner).tensor
-        if out.ndim != 2 or out.shape[1] != N_CLASSES or len(out) > len(x):
+        if tuple(out.shape[1:]) != (self.net.classes,) or len(out) > len(x):
             raise ShapeError(f"prediction API answered {out.shape} to {len(x)} queries")
         return out
 
 
-def _stack_outputs(items: list[tuple[int, np.ndarray]]) -> np.ndarray:
+def _stack_outputs(items: list[tuple[int, np.ndarray]], classes: int) -> np.ndarray:
     items = sorted(items, key=lambda item: item[0])
     if not items:
-        return np.zeros((0, N_CLASSES), np.float32)
-    return softmax(np.concatenate([a.reshape(-1, N_CLASSES) for _, a in items]))
+        return np.zeros((0, classes), np.float32)
+    return softmax(np.concatenate([a.reshape(-1, classes) for _, a in items]))
 
 
-def stack_ring(owner: str, items: list[tuple[int, np.ndarray]]) -> tuple[list[int], np.ndarray]:
+def stack_ring(items: list[tuple[int, np.ndarray]],
+               cut_shape: tuple[int, ...]) -> tuple[list[int], np.ndarray]:
     """Like ``stack``, for uint64 shares (kept exact: no float conversion)."""
     items = sorted(items, key=lambda item: item[0])
     if not items:
-        return [], np.zeros((0, CUT_DIM), np.uint64)
-    return [s for s, _ in items], np.concatenate([a.reshape(-1, CUT_DIM) for _, a in items])
+        return [], np.zeros((0, *cut_shape), np.uint64)
+    return [s for s, _ in items], np.concatenate([a.reshape(-1, *cut_shape) for _, a in items])

@@ -22,17 +22,19 @@ from actors.data import TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
 from actors.fedserver import FED_SERVER, FedServer
-from actors.model import seeded_parts
 from actors.mpc_roles import DEALER, SERVER0, SERVER1, Dealer, ShareServer, SharingOwner
-from actors.owner import DataOwner, InferenceReport, TrainConfig, initial_state
+from actors.nets.descriptor import SplitNetwork
+from actors.nets.shareable import mpc_parameters
+from actors.nets.zoo import ModelSpec, build_network
+from actors.owner import DataOwner, InferenceReport, TrainConfig
 from actors.owner_host import OwnerHost, OwnerSpec
-from actors.partition import parse_partition, split_indices
+from actors.partition import Partition, parse_partition, split_indices
 from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.ladder import intercept_point, needs_weights
-from defences.spec import build_defences, parse_defence
+from defences.spec import DefenceSpec, build_defences, parse_defence
 from protocol import ring
 from protocol.codecs import get_codec
 from protocol.endpoint import WireStats
@@ -56,6 +58,8 @@ def owner_name(i: int) -> str:
 
 @dataclass(frozen=True)
 class RunConfig:
+    """One protocol run's settings; every spec arrives parsed (typed values, never text)."""
+
     protocol: str = "plaintext"
     aux: str = "letters"
     epochs: int = 10
@@ -68,12 +72,12 @@ class RunConfig:
     tap: str = "all"  # the eavesdropper's taps under secret sharing: "one" link or "all"
     channel_encryption: bool = True  # secret-shared only: shares over encrypted links?
     snaplen: int = 512  # bytes the eavesdropper keeps of big training frames (0: all)
-    defences: tuple[str, ...] = ()  # the owners' --defence specs, canonical text
+    defences: tuple[DefenceSpec, ...] = ()  # the owners' defences, parsed once
     attacks: tuple[str, ...] = ("mlp",)  # rungs of the attack ladder each adversary runs
-    partition: str = "iid"  # how the owners' shards split the data: iid or dirichlet:ALPHA
+    partition: Partition = Partition("iid")  # how the owners' shards split the data
     schedule: str = "sequential"  # vanilla split learning, or splitfed
     owner_actors: int | None = None  # pool actors hosting the owners (None: the backend's)
-    chaos: tuple[str, ...] = ()  # ROLE@STEP: kill that role at that training step
+    chaos: tuple[ChaosSpec, ...] = ()  # kill that role at that training step
     # Sequential schedule: batches an owner trains before handing the first part on (None: its
     # whole shard). One batch per turn keeps label-skewed owners from undoing each other.
     turn_batches: int | None = 1
@@ -81,12 +85,27 @@ class RunConfig:
     checkpoint_dir: str | None = None  # where each epoch's checkpoint is written (--resume)
     resume: str | None = None  # continue training from this checkpoint directory
 
+    def __post_init__(self) -> None:
+        # Specs may be given as their flag text (tests, notebooks): parsed here, once.
+        coerce = object.__setattr__
+        if isinstance(self.partition, str):
+            coerce(self, "partition", parse_partition(self.partition))
+        coerce(self, "chaos", tuple(parse_chaos(c) if isinstance(c, str) else c
+                                    for c in self.chaos))
+        coerce(self, "defences", tuple(parse_defence(d) if isinstance(d, str) else d
+                                       for d in self.defences))
+
     @property
     def codec(self) -> str:
         """The codec on the wire: the protocol's, or its plaintext-links variant."""
         if get_codec(self.protocol).topology == "mpc" and not self.channel_encryption:
             return "secret-shared/plaintext-links"
         return self.protocol
+
+    @property
+    def defence_texts(self) -> list[str]:
+        return [str(d) for d in self.defences]
+
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -101,7 +120,7 @@ class RunResult:
     seconds: float
     per_owner: list[dict[str, Any]]
     placement: dict[str, str]
-    reconstructions: np.ndarray  # (N, 784), aligned with the lab's test images
+    reconstructions: np.ndarray  # (N, C, H, W), aligned with the lab's test images
     originals: np.ndarray
     labels: np.ndarray
     epoch_losses: list[float]
@@ -116,6 +135,8 @@ class RunResult:
     schedule: str = "sequential"
     partition: str = "iid"
     owner_actors: int = 1
+    model: str = ""
+    cut: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +160,8 @@ class RunResult:
                         else {"epsilon": self.epsilon[0], "delta": self.epsilon[1]}),
             "schedule": self.schedule,
             "partition": self.partition,
+            "model": self.model,
+            "cut": self.cut,
             "owner_actors": self.owner_actors,
             "batches": self.batches,
             "restarts": self.restarts,
@@ -179,13 +202,14 @@ def host_name(k: int) -> str:
     return f"owners:{k}"
 
 
-def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int) -> Cast:
+def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: TargetData,
+                session: int) -> Cast:
     """Start the roles the protocol's topology needs: one server, or two servers and a dealer;
-    the owners on a pool of hosts; a fed server for SplitFed."""
+    the owners on a pool of hosts; a fed server for SplitFed. Every role gets the network
+    descriptor: the shapes it checks frames against, and its part's initial weights."""
     owners = [owner_name(i) for i in range(cfg.clients)]
-    first, second = seeded_parts(cfg.seed)  # every protocol starts from the same weights
     mpc_topology = get_codec(cfg.codec).topology == "mpc"
-    common = {"codec": cfg.codec, "session": session}
+    common = {"codec": cfg.codec, "session": session, "net": net}
     links = None
     if mpc_topology and cfg.tap == "one":  # only the owners' links to server 0
         links = frozenset(link(o, SERVER0) for o in owners)
@@ -193,33 +217,22 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
 
     backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits, **common)
     if mpc_topology:
-        params = {"w1": second.fc1.weight.T, "b1": second.fc1.bias,
-                  "w2": second.fc2.weight.T, "b2": second.fc2.bias}
-        shares = {k: ring.share(ring.encode(v, cfg.frac_bits)) for k, v in params.items()}
-        for party, name in enumerate((SERVER0, SERVER1)):
-            backend.start(name, ShareServer, taps, party=party,
-                          params={k: v[party] for k, v in shares.items()},
-                          frac_bits=cfg.frac_bits, lr=cfg.train.lr,
-                          momentum=cfg.train.momentum, **common)
-        backend.start(DEALER, Dealer, taps, **common)
+        servers, adversaries = _start_share_servers(backend, cfg, net, taps, common)
         owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
-        servers = [SERVER0, SERVER1]
-        adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER0, "attack"),
-                       "colluding-servers": (SERVER0, "attack_colluding")}
     else:
-        backend.start(SERVER, ComputeServer, taps, model=second, config=cfg.train, **common)
+        backend.start(SERVER, ComputeServer, taps, config=cfg.train, **common)
         owner_cls, owner_kw = DataOwner, {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER, "attack")}
-    initial = initial_state(first)
+    initial = net.initial_state()
     fed = None
     if cfg.schedule == "splitfed":
         fed = FED_SERVER
-        backend.start(FED_SERVER, FedServer, taps, initial=initial, **common)
-    spec = parse_partition(cfg.partition)
-    train_shards = split_indices(data.train.y, cfg.clients, spec, cfg.seed)
+        backend.start(FED_SERVER, FedServer, taps, initial=initial,
+                      **{k: v for k, v in common.items() if k != "net"})
+    train_shards = split_indices(data.train.y, cfg.clients, cfg.partition, cfg.seed)
     n_test = len(data.test.y)
-    test_shards = split_indices(data.test.y, cfg.clients, spec, cfg.seed + 1,
+    test_shards = split_indices(data.test.y, cfg.clients, cfg.partition, cfg.seed + 1,
                                 min_size=1 if n_test >= cfg.clients else 0)
     # Virtual owners: N owners on K pool actors (Flower's simulation engine), in contiguous
     # blocks: turns go owner to owner, so most hand-offs stay inside one process.
@@ -239,8 +252,25 @@ def start_roles(backend: Backend, cfg: RunConfig, data: TargetData, session: int
                 initial, dealer, fed)
 
 
+def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
+                         taps: dict[str, Tap], common: dict[str, Any]
+                         ) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """Two servers holding fresh additive shares of the server part, and the dealer."""
+    params = mpc_parameters(net.server, net.cut_shape)
+    shares = {k: ring.share(ring.encode(v, cfg.frac_bits)) for k, v in params.items()}
+    for party, name in enumerate((SERVER0, SERVER1)):
+        backend.start(name, ShareServer, taps, party=party,
+                      params={k: v[party] for k, v in shares.items()},
+                      frac_bits=cfg.frac_bits, lr=cfg.train.lr,
+                      momentum=cfg.train.momentum, **common)
+    backend.start(DEALER, Dealer, taps, **{k: v for k, v in common.items() if k != "net"})
+    adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER0, "attack"),
+                   "colluding-servers": (SERVER0, "attack_colluding")}
+    return [SERVER0, SERVER1], adversaries
+
+
 def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[ChaosSpec]:
-    specs = [parse_chaos(text) for text in cfg.chaos]
+    specs = list(cfg.chaos)
     if specs and mpc_topology:
         raise ConfigError("--chaos needs a one-server protocol (plaintext, encrypted): a "
                           "secret-shared server's lost shares cannot be restored")
@@ -252,7 +282,7 @@ def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[C
     return specs
 
 
-def train(backend: Backend, cfg: RunConfig, cast: Cast,
+def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
           progress: Any = None, on_checkpoint: Callable[[int], None] | None = None,
           ) -> tuple[list[float], dict[str, int], int, int]:
     """Train to the end (recovering from dead roles); deploy the final first part at every
@@ -264,10 +294,10 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
         server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
         parties=cast.parties, recoverable=not mpc_topology)
     fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
-                   "partition": cfg.partition, "schedule": cfg.schedule,
+                   "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
-                   "defences": list(cfg.defences), "epochs": cfg.epochs,
-                   "turn_batches": cfg.turn_batches}
+                   "defences": cfg.defence_texts, "epochs": cfg.epochs,
+                   "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
@@ -298,71 +328,58 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast,
     return losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps
 
 
-def run_protocol(
-    backend: Backend,
-    cfg: RunConfig,
-    data: TargetData,
-    aux: np.ndarray,
-    judge: Callable[[], torch.nn.Module],
-    progress: Any = None,
-    on_checkpoint: Callable[[int], None] | None = None,
-) -> list[RunResult]:
-    """Train with ``cfg.clients`` owners, infer the private test set, attack it, score it.
-
-    Training and inference happen once; each adversary in ``cfg.adversaries`` that the
-    protocol's topology has then attacks what it holds, giving one result per adversary.
-    """
-    t0 = time.perf_counter()
+def attack_methods(cfg: RunConfig) -> list[str]:
+    """The rungs this protocol can run. The output intercept point is the softmax a server
+    answers with; under secret sharing no party but the owner ever holds it."""
     mpc_topology = get_codec(cfg.codec).topology == "mpc"
-    # The output intercept point is the softmax a server answers with; under secret sharing
-    # no party but the owner ever holds it, so that rung has nothing to attack there.
-    methods = [m for m in cfg.attacks
-               if not (mpc_topology and intercept_point(m) == "output")]
+    methods = [m for m in cfg.attacks if not (mpc_topology and intercept_point(m) == "output")]
     if not methods:
         raise ConfigError("--attack output needs a one-server protocol (plaintext, encrypted): "
                           "under secret sharing only the owner sees the outputs")
-    session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
-    cast = start_roles(backend, cfg, data, session)
-    owners, names = cast.owners, cast.parties
-    backend.connect()
-    # The trust registry: every party's public identity, pinned at every party (a no-op for
-    # codecs without keys). Private keys were made inside each role and never leave it.
+    return methods
+
+
+def pin_identities(backend: Backend, names: list[str]) -> None:
+    """The trust registry: every party's public identity, pinned at every party (a no-op for
+    codecs without keys). Private keys were made inside each role and never leave it."""
     registry: dict[str, bytes] = {}
     for found in backend.call_all([(n, "identities", ()) for n in names]):
         registry.update(found)
     backend.call_all([(n, "trust", (registry,)) for n in names])
 
-    losses, batches, restarts, steps = train(backend, cfg, cast, progress, on_checkpoint)
-    after_training = _snapshot(backend, cast)
-    if cast.dealer and cfg.reveal_model:
-        backend.call(SERVER0, "reveal_model")
-    after_reveal = _snapshot(backend, cast)
-    infer: dict[str, InferenceReport] = {
-        r.owner: r for rs in backend.call_all([(h, "each", ("infer",)) for h in cast.hosts])
-        for r in rs}
-    target_acc = sum(r.correct for r in infer.values()) / sum(r.examples for r in infer.values())
-    after_inference = _snapshot(backend, cast)
-    n_batches = sum(-(-r.examples // INFER_BATCH) for r in infer.values())
 
-    judge_model = judge()  # trained concurrently elsewhere; wait for it only now
-    # The private test images in the owners' order (what the reconstructions line up with).
-    order = np.concatenate(cast.test_shards)
-    x_all, y_all = data.test.x[order], data.test.y[order]
-    # What a guess that knows nothing scores: the mean training image for every test image.
-    mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
-    baseline = score(mean_guess, x_all, y_all, judge_model).to_dict()
-    # Every adversary attacks at once: they are different parties, each querying the oracle.
+@dataclass(frozen=True)
+class Truth:
+    """What only the lab knows: the private test images in the owners' order, the labels,
+    and the judge that scores reconstructions of them."""
+
+    x: np.ndarray
+    y: np.ndarray
+    judge: torch.nn.Module
+    baseline: dict[str, float]
+
+    @classmethod
+    def of(cls, data: TargetData, cast: Cast, judge: torch.nn.Module) -> Truth:
+        order = np.concatenate(cast.test_shards)
+        x, y = data.test.x[order], data.test.y[order]
+        # What a guess that knows nothing scores: the mean training image for every image.
+        mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
+        return cls(x, y, judge, score(mean_guess, x, y, judge).to_dict())
+
+
+def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
+                methods: list[str]) -> list[tuple[str, str, list[Reconstruction]]]:
+    """Every adversary the topology has runs every rung on what it holds: (adversary, rung,
+    one reconstruction per owner)."""
+    owners = cast.owners
     adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
     # White-box threat model: the adversary knows the first part's weights (He et al. 2019;
     # with several owners an eavesdropper reads them off the WEIGHTS frames anyway).
     weights = (backend.call(cast.host_of[owners[0]], "owner_call", owners[0],
                             "first_part_weights")
-               if any(needs_weights(m) for m in cfg.attacks) else None)
-    pairs = [(a, m) for m in methods for a in adversaries]
-    attacks: list[list[Reconstruction]] = []
-    # The owners' defences as parsed once: whether a budget is in force, and the epsilon.
-    shield = build_defences(parse_defence(t) for t in cfg.defences)
-    budgeted = shield.budget is not None
+               if any(needs_weights(m) for m in methods) else None)
+    budgeted = build_defences(cfg.defences).budget is not None
+    out: list[tuple[str, str, list[Reconstruction]]] = []
     points_done: set[str] = set()
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
         point = intercept_point(method)
@@ -374,43 +391,92 @@ def run_protocol(
                                (owners[0], "refund_queries", p)) for p in parties])
         points_done.add(point)
         calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
-                                         weights, tuple(cfg.defences))) for a in adversaries]
+                                         weights, cfg.defence_texts)) for a in adversaries]
         if point == "output":
             # One at a time: the owner's prediction API asks the server, which must not be
             # busy with an attack of its own (on Ray two such actors would wait on each other).
-            attacks += [backend.call(name, fn, *args) for name, fn, args in calls]
+            got = [backend.call(name, fn, *args) for name, fn, args in calls]
         else:
-            attacks += backend.call_all(calls)
+            got = backend.call_all(calls)
+        out += [(a, method, recons) for a, recons in zip(adversaries, got, strict=True)]
+    return out
+
+
+def _per_owner(cast: Cast, data: TargetData, recons: list[Reconstruction], adversary: str,
+               infer: dict[str, InferenceReport], judge: torch.nn.Module) -> list[dict[str, Any]]:
+    rows = []
+    for i, rec in enumerate(recons):
+        te = cast.test_shards[i]
+        x, y = data.test.x[te], data.test.y[te]
+        if rec.images.shape != x.shape:
+            raise RuntimeError(
+                f"{rec.owner}: {adversary} reconstructed {rec.images.shape} images, owner "
+                f"sent {x.shape}: frames were lost")
+        rows.append({
+            "owner": rec.owner, "target_accuracy": infer[rec.owner].accuracy,
+            "train_examples": len(cast.train_shards[i]), "test_examples": len(te),
+            "attack": score(rec.images, x, y, judge).to_dict() if len(te) else None})
+    return rows
+
+
+def run_protocol(
+    backend: Backend,
+    cfg: RunConfig,
+    data: TargetData,
+    aux: np.ndarray,
+    judge: Callable[[], torch.nn.Module],
+    progress: Any = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+    net: SplitNetwork | None = None,
+) -> list[RunResult]:
+    """Train ``net`` (default: the built-in ``mlp`` from ``cfg.seed``) with ``cfg.clients``
+    owners, infer the private test set, attack it, score it.
+
+    Training and inference happen once; each adversary in ``cfg.adversaries`` that the
+    protocol's topology has then attacks what it holds, giving one result per adversary.
+    """
+    t0 = time.perf_counter()
+    if net is None:
+        net = build_network(ModelSpec("mlp"), cfg.seed, data.input_shape, data.classes)
+    methods = attack_methods(cfg)
+    session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
+    cast = start_roles(backend, cfg, net, data, session)
+    backend.connect()
+    pin_identities(backend, cast.parties)
+
+    losses, batches, restarts, steps = train(backend, cfg, cast, net, progress, on_checkpoint)
+    after_training = _snapshot(backend, cast)
+    if cast.dealer and cfg.reveal_model:
+        backend.call(SERVER0, "reveal_model")
+    after_reveal = _snapshot(backend, cast)
+    infer: dict[str, InferenceReport] = {
+        r.owner: r for rs in backend.call_all([(h, "each", ("infer",)) for h in cast.hosts])
+        for r in rs}
+    target_acc = sum(r.correct for r in infer.values()) / sum(r.examples for r in infer.values())
+    after_inference = _snapshot(backend, cast)
+    n_batches = sum(-(-r.examples // INFER_BATCH) for r in infer.values())
+
+    truth = Truth.of(data, cast, judge())  # the judge trained concurrently; wait only now
+    attacks = run_attacks(backend, cfg, cast, aux, methods)
     seconds = time.perf_counter() - t0
+    epsilon = build_defences(cfg.defences).epsilon()
     results = []
-    epsilon = shield.epsilon()
-    for (adversary, method), recons in zip(pairs, attacks, strict=True):
-        per_owner, all_recon = [], []
-        for i, rec in enumerate(recons):
-            te = cast.test_shards[i]
-            x, y = data.test.x[te], data.test.y[te]
-            if rec.images.shape != x.shape:
-                raise RuntimeError(
-                    f"{rec.owner}: {adversary} reconstructed {rec.images.shape[0]} images, "
-                    f"owner sent {len(x)}: frames were lost")
-            per_owner.append({
-                "owner": rec.owner, "target_accuracy": infer[rec.owner].accuracy,
-                "train_examples": len(cast.train_shards[i]), "test_examples": len(te),
-                "attack": score(rec.images, x, y, judge_model).to_dict() if len(te) else None})
-            all_recon.append(rec.images)
-        recon = np.concatenate(all_recon)
+    for adversary, method, recons in attacks:
+        recon = np.concatenate([rec.images for rec in recons])
         results.append(RunResult(
             protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,
-            attack=score(recon, x_all, y_all, judge_model), wire=WireStats(),
-            seconds=seconds, per_owner=per_owner,
-            placement={}, reconstructions=recon, originals=x_all, labels=y_all,
-            epoch_losses=losses, queries_used=recons[0].queries_used, baseline=baseline,
-            attack_method=method, defences=list(cfg.defences), epsilon=epsilon,
+            attack=score(recon, truth.x, truth.y, truth.judge), wire=WireStats(),
+            seconds=seconds,
+            per_owner=_per_owner(cast, data, recons, adversary, infer, truth.judge),
+            placement={}, reconstructions=recon, originals=truth.x, labels=truth.y,
+            epoch_losses=losses, queries_used=recons[0].queries_used, baseline=truth.baseline,
+            attack_method=method, defences=cfg.defence_texts, epsilon=epsilon,
             batches=batches, restarts=restarts, schedule=cfg.schedule,
-            partition=cfg.partition, owner_actors=len(cast.hosts),
+            partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
+            cut=net.cut,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
-    stats = sum(backend.call_all([(n, "wire_stats", ()) for n in names]), WireStats())
+    stats = sum(backend.call_all([(n, "wire_stats", ()) for n in cast.parties]), WireStats())
     placement = backend.placement()
     mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, n_batches,
                       cfg)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from actors.adversary import Intercepted, InversionAttacker, stack
-from actors.model import CUT_DIM, HIDDEN_DIM, N_CLASSES
+from actors.nets.descriptor import SplitNetwork
 from actors.owner import DataOwner
 from actors.role import Role
 from actors.wire import Network
@@ -134,9 +134,10 @@ class ShareServer(Role, InversionAttacker):
     """
 
     def __init__(self, name: str, *, party: int, codec: str, session: int, network: Network,
-                 params: dict[str, np.ndarray], frac_bits: int, lr: float,
+                 net: SplitNetwork, params: dict[str, np.ndarray], frac_bits: int, lr: float,
                  momentum: float) -> None:
         super().__init__(name, codec, session, network)
+        self.net = net
         self.party = party
         self.peer = SERVER1 if party == 0 else SERVER0
         self.model = mpc.SharedModel(party, dict(params), frac_bits)
@@ -189,14 +190,15 @@ class ShareServer(Role, InversionAttacker):
         return super().on_message(msg)
 
     def _check_share(self, t: np.ndarray, kind: K) -> None:
-        width = N_CLASSES if kind == K.GRAD_SHARE else CUT_DIM
-        if t.dtype != np.uint64 or t.ndim != 2 or t.shape[1] != width or len(t) < 1:
-            raise ShapeError(f"{kind.name} must be uint64 (B, {width}), got {t.dtype} {t.shape}")
+        shape = (self.net.classes,) if kind == K.GRAD_SHARE else self.net.cut_shape
+        if t.dtype != np.uint64 or tuple(t.shape[1:]) != shape or len(t) < 1:
+            raise ShapeError(f"{kind.name} must be uint64 (B, {', '.join(map(str, shape))}), "
+                             f"got {t.dtype} {t.shape}")
 
     # --- server 0: leads each protocol -------------------------------------------------------
     def _lead(self, owner: str, kind: K, share: np.ndarray) -> list[bytes]:
         idx = owner_index(owner)
-        dims = (len(share), CUT_DIM, HIDDEN_DIM, N_CLASSES)
+        dims = (len(share), *self.model.dims)
         if kind == K.SHARE:
             store = self._triples(mpc.train_plan(*dims))
             logits, cache = self.drive(mpc.forward(self.model, store, share), Op.FORWARD, idx,
@@ -293,7 +295,7 @@ class ShareServer(Role, InversionAttacker):
             raise ShapeError(f"{self.name} refuses operation {op.name} from {sender}")
         if op == Op.COLLUDE:
             owner = f"owner:{int(code[1])}"
-            got = stack(owner, self.seen.get(owner, []))
+            got = stack(owner, self.seen.get(owner, []), self.net.cut_shape)
             return [self.reply(SERVER0, K.INFER_SHARE, _to_ring(got.acts))]
         self._start(op, f"owner:{int(code[1])}", int(code[2]))
         return []
@@ -386,7 +388,7 @@ class ShareServer(Role, InversionAttacker):
 
     # --- the curious server's view -----------------------------------------------------------
     def intercepted_activations(self, owner: str) -> Intercepted:
-        own = stack(owner, self.seen.get(owner, []))
+        own = stack(owner, self.seen.get(owner, []), self.net.cut_shape)
         if not self.colluding:  # one share alone, read as if it were the activations
             return Intercepted(owner, own.seqs, ring.decode(_to_ring(own.acts),
                                                              self.model.frac_bits))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from actors.faults import Crash
-from actors.model import INPUT_DIM, OwnerNet
-from actors.role import Role, check_batch
+from actors.nets.descriptor import SplitNetwork
+from actors.role import Role
 from actors.wire import Network
-from defences.spec import build_defences, parse_defence
+from defences.spec import DefenceSpec, build_defences
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
 from protocol.frame import MessageKind
@@ -65,9 +66,10 @@ class SharedWeights:
     one model instead of 1,000. Weak references: freed when no owner uses them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, net: SplitNetwork) -> None:
+        self.net = net
         self._recent: list[weakref.ref] = []
-        self._models: dict[int, tuple[weakref.ref, OwnerNet]] = {}
+        self._models: dict[int, tuple[weakref.ref, torch.nn.Module]] = {}
 
     def array(self, flat: np.ndarray) -> np.ndarray:
         for ref in self._recent:
@@ -79,14 +81,14 @@ class SharedWeights:
         self._recent = [r for r in self._recent if r() is not None][-3:] + [weakref.ref(own)]
         return own
 
-    def model(self, flat: np.ndarray) -> OwnerNet:
-        """A read-only (eval) first part with the parameters in ``flat`` (weights first)."""
+    def model(self, flat: np.ndarray) -> torch.nn.Module:
+        """A read-only (eval) first part with the state in ``flat`` (weights first)."""
         flat = self.array(flat)
         self._models = {k: v for k, v in self._models.items() if v[0]() is not None}
         found = self._models.get(id(flat))
         if found is not None and found[0]() is flat:
             return found[1]
-        model = first_part_from(flat).eval().requires_grad_(False)
+        model = self.net.owner_from(flat).eval().requires_grad_(False)
         self._models[id(flat)] = (weakref.ref(flat), model)
         return model
 
@@ -103,7 +105,7 @@ class InferenceReport:
 
 
 class DataOwner(Role):
-    """Runs ``OwnerNet`` on private data; only cut-layer tensors ever leave it.
+    """Runs the first part on private data; only cut-layer tensors ever leave it.
 
     The first part is not the owner's to keep: it arrives (from the previous owner, from the
     fed server, or from the lab's checkpoint), is trained for a turn, and is handed on. Between
@@ -119,29 +121,31 @@ class DataOwner(Role):
         name: str,
         *,
         server: str,
+        net: SplitNetwork,
         codec: str,
         session: int,
         network: Network,
         train: tuple[np.ndarray, np.ndarray],
         test: tuple[np.ndarray, np.ndarray],
         config: TrainConfig,
-        model: OwnerNet | None = None,
-        defences: tuple[str, ...] = (),
+        model: torch.nn.Module | None = None,
+        defences: tuple[DefenceSpec, ...] = (),
         shared: SharedWeights | None = None,
     ) -> None:
         super().__init__(name, codec, session, network)
         # Built here, inside the owner: noise generators and budgets are the owner's own.
-        self.defences = build_defences(parse_defence(text) for text in defences)
+        self.defences = build_defences(defences)
         self.server = server
+        self.net = net
         self.train_x, self.train_y = (torch.as_tensor(a) for a in train)
         self.test_x, self.test_y = (torch.as_tensor(a) for a in test)
         self.config = config
-        self.shared = shared or SharedWeights()
-        self.model: OwnerNet | None = None  # the first part being trained, or deployed
+        self.shared = shared or SharedWeights(net)
+        self.model: torch.nn.Module | None = None  # the first part being trained, or deployed
         self.opt: torch.optim.SGD | None = None
         self.inbox: np.ndarray | None = None  # the last first part handed to us (WEIGHTS)
         if model is not None:  # a stand-alone owner that starts with its own first part
-            self._begin(_flat_of(model, None))
+            self._begin(net.owner_layout.pack(model))
         self.queries_answered = 0
         self.chaos_step: int | None = None
         self.sent_step = -1  # the last training step id this owner sent
@@ -236,7 +240,7 @@ class DataOwner(Role):
         customer's query for the owner's private inference."""
         replies = self.request(self.server, [(MessageKind.API_ACTIVATIONS, h)])
         logits = self.expect(replies, MessageKind.API_PREDICTIONS, self.server).tensor
-        if logits.shape != (len(h), 10):
+        if logits.shape != (len(h), self.net.classes):
             raise ShapeError(f"API predictions shape {logits.shape} for {len(h)} queries")
         return logits
 
@@ -259,7 +263,7 @@ class DataOwner(Role):
         self.inbox, self.opt = None, None
         self.model = self.shared.model(flat)
 
-    def _deployed(self) -> OwnerNet:
+    def _deployed(self) -> torch.nn.Module:
         if self.model is None:
             raise ShapeError(f"{self.name} has no deployed first part yet")
         return self.model
@@ -272,37 +276,41 @@ class DataOwner(Role):
         for start in range(0, len(self.test_x), batch_size):
             x, y = self.test_x[start:start + batch_size], self.test_y[start:start + batch_size]
             logits = self.remote_logits(self.defences.apply(model(x)).numpy())
-            if logits.shape != (len(x), 10):
+            if logits.shape != (len(x), self.net.classes):
                 raise ShapeError(f"predictions shape {logits.shape} for a batch of {len(x)}")
             correct += int((logits.argmax(1) == y.numpy()).sum())
         self.network.flush()
         return InferenceReport(self.name, len(self.test_x), correct)
 
     # --- the public oracle and weight hand-off -----------------------------------------------
-    def on_message(self, msg: Message) -> list[bytes]:
-        if msg.kind in (MessageKind.QUERY, MessageKind.QUERY_OUTPUT):
-            check_batch(msg.tensor, INPUT_DIM, "query")
-            x = msg.tensor
-            if self.defences.budget is not None:  # answer the first queries up to the budget
-                x = x[: self.defences.budget.charge(msg.sender, len(x))]
-                if len(x) == 0:
-                    self.defences.budget.require(msg.sender, 1)  # raises: dropped, counted
-            model = self._deployed()
-            with torch.no_grad():
-                model.eval()
-                # the deployed service answers with what the owner would send: defended
-                out = self.defences.apply(model(torch.from_numpy(x.astype(np.float32))))
-                out = out.numpy()
-            if msg.kind == MessageKind.QUERY_OUTPUT:  # the whole model: ask the server
-                out = softmax(self.api_logits(out))
-            self.queries_answered += len(x)
-            return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
-        if msg.kind == MessageKind.WEIGHTS:
-            self.require_owner(msg)  # only the previous owner hands the first part on
-            self._check_flat(msg.tensor)
-            self.inbox = self.shared.array(msg.tensor)
-            return []
-        return super().on_message(msg)
+    def handlers(self) -> dict[MessageKind, Callable[[Message], list[bytes]]]:
+        return {MessageKind.QUERY: self._on_query, MessageKind.QUERY_OUTPUT: self._on_query,
+                MessageKind.WEIGHTS: self._on_weights}
+
+    def _on_query(self, msg: Message) -> list[bytes]:
+        """The deployed service: first-part outputs (QUERY) or the whole model's softmax
+        (QUERY_OUTPUT), for at most the budget's worth of inputs."""
+        self.net.check_images(msg.tensor, "query")
+        x = msg.tensor
+        if self.defences.budget is not None:  # answer the first queries up to the budget
+            x = x[: self.defences.budget.charge(msg.sender, len(x))]
+            if len(x) == 0:
+                self.defences.budget.require(msg.sender, 1)  # raises: dropped, counted
+        model = self._deployed()
+        with torch.no_grad():
+            model.eval()
+            # the deployed service answers with what the owner would send: defended
+            out = self.defences.apply(model(torch.from_numpy(x.astype(np.float32)))).numpy()
+        if msg.kind == MessageKind.QUERY_OUTPUT:  # the whole model: ask the server
+            out = softmax(self.api_logits(out))
+        self.queries_answered += len(x)
+        return [self.reply(msg.sender, MessageKind.QUERY_RESULT, out)]
+
+    def _on_weights(self, msg: Message) -> list[bytes]:
+        self.require_owner(msg)  # only the previous owner hands the first part on
+        self._check_flat(msg.tensor)
+        self.inbox = self.shared.array(msg.tensor)
+        return []
 
     def _pull(self, fed: str, round_: int) -> np.ndarray:
         replies = self.request(fed, [(MessageKind.MODEL_REQUEST, np.array([round_], np.int64))])
@@ -316,31 +324,27 @@ class DataOwner(Role):
             self.defences.budget.refund(party)
 
     def first_part_weights(self) -> np.ndarray:
-        """The first part's parameters alone (for a white-box attack's threat model)."""
-        return torch.nn.utils.parameters_to_vector(self._deployed().parameters()).detach().numpy()
+        """The first part's state dict alone, buffers included, no momentum (for a white-box
+        attack's threat model)."""
+        return self.net.owner_layout.pack(self._deployed())[:self.net.owner_layout.weights_size]
 
     def flat_weights(self) -> np.ndarray:
         """The first part and its SGD momentum, one vector: round-robin training then equals
         sequential training over the owners' data (momentum would otherwise go stale)."""
-        return _flat_of(self._deployed(), self.opt)
+        return self.net.owner_layout.pack(self._deployed(), self.opt)
 
-    @staticmethod
-    def _check_flat(flat: np.ndarray) -> None:
-        if flat.shape != (2 * FIRST_PART_SIZE,) or flat.dtype != np.float32:
-            raise ShapeError(f"weights must be float32 ({2 * FIRST_PART_SIZE},), "
-                             f"got {flat.dtype} {flat.shape}")
-        if not np.all(np.isfinite(flat)):
-            raise ShapeError("weights contain NaN/inf")
+    def _check_flat(self, flat: np.ndarray) -> None:
+        self.net.owner_layout.check(flat)
 
     def _begin(self, flat: np.ndarray) -> None:
         """Start training from ``flat``: a private model and optimiser with that momentum."""
         self._check_flat(flat)
-        model = first_part_from(flat)
-        params = list(model.parameters())
-        t = torch.from_numpy(np.array(flat[FIRST_PART_SIZE:], np.float32))
-        opt = torch.optim.SGD(params, lr=self.config.lr, momentum=self.config.momentum)
-        for p, m in zip(params, torch.split(t, [p.numel() for p in params]), strict=True):
-            opt.state[p]["momentum_buffer"] = m.view_as(p).clone()
+        model = self.net.owner_from(flat)
+        named = dict(model.named_parameters())
+        opt = torch.optim.SGD(list(named.values()), lr=self.config.lr,
+                              momentum=self.config.momentum)
+        for key, m in self.net.owner_layout.momentum(flat).items():
+            opt.state[named[key]]["momentum_buffer"] = m.clone()
         self.model, self.opt = model, opt
 
     def share_with(self, owners: list[str]) -> None:
@@ -363,32 +367,3 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.clip(np.asarray(logits, np.float64), -1e4, 1e4)
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-FIRST_PART_SIZE = sum(p.numel() for p in OwnerNet().parameters())
-
-
-def first_part_from(flat: np.ndarray) -> OwnerNet:
-    """A first part with the parameters at the head of ``flat`` (weights, then anything).
-    Built without a random initialisation: every parameter is overwritten at once."""
-    model = torch.nn.utils.skip_init(OwnerNet)
-    with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(
-            torch.from_numpy(np.array(flat[:FIRST_PART_SIZE], np.float32)), model.parameters())
-    return model
-
-
-def _flat_of(model: OwnerNet, opt: torch.optim.SGD | None) -> np.ndarray:
-    params = list(model.parameters())
-    state = opt.state if opt is not None else {}
-    momentum = [state.get(p, {}).get("momentum_buffer") for p in params]
-    momentum = [torch.zeros_like(p) if m is None else m for p, m in zip(params, momentum,
-                                                                        strict=True)]
-    vec = torch.cat([torch.nn.utils.parameters_to_vector(params),
-                     torch.nn.utils.parameters_to_vector(momentum)])
-    return vec.detach().numpy()
-
-
-def initial_state(model: OwnerNet) -> np.ndarray:
-    """The flat state a run starts from: ``model``'s weights and zero momentum."""
-    return _flat_of(model, None)

@@ -67,7 +67,7 @@ class OwnerHost:
     def __init__(self, name: str, *, network: Network, owners: list[OwnerSpec],
                  owner_cls: Callable[..., DataOwner] = DataOwner, **common: Any) -> None:
         self.name = name
-        self.shared = SharedWeights()
+        self.shared = SharedWeights(common["net"])
         self.dropped: Counter[str] = Counter()  # frames for no owner of this host
         transport = _HostTransport(network.transport, self)
         self.owners: dict[str, DataOwner] = {}

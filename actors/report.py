@@ -12,17 +12,28 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from actors.api import LabReport  # noqa: E402
 from actors.lab import RunResult  # noqa: E402
 
-SCHEMA_VERSION = 1
 
-
-def sample_indices(labels: np.ndarray, per_class: int = 1) -> list[int]:
-    """The first ``per_class`` test images of each digit, so every row shows 0..9."""
+def sample_indices(labels: np.ndarray, per_class: int = 1, most: int = 10) -> list[int]:
+    """The first ``per_class`` test images of each class (at most ``most`` classes), so every
+    row of the figure shows the same, distinct classes."""
     out: list[int] = []
-    for digit in range(10):
-        out.extend(int(i) for i in np.flatnonzero(labels == digit)[:per_class])
+    for label in np.unique(labels)[:most]:
+        out.extend(int(i) for i in np.flatnonzero(labels == label)[:per_class])
     return out
+
+
+def _show(ax: Any, image: np.ndarray) -> None:
+    """One (C, H, W) image: grayscale for one channel, in colour for three."""
+    img = np.clip(np.asarray(image, np.float32), 0, 1)
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.moveaxis(img[:3], 0, -1))
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def table(runs: list[RunResult]) -> str:
@@ -32,7 +43,8 @@ def table(runs: list[RunResult]) -> str:
     lines = [head, "-" * len(head)]
     for r in runs:
         lines.append(
-            f"{r.protocol:<14}{r.adversary:<19}{r.attack_method:<15}{r.aux:<15}{r.target_accuracy:>11.1%}"
+            f"{r.protocol:<14}{r.adversary:<19}{r.attack_method:<15}{r.aux:<15}"
+            f"{r.target_accuracy:>11.1%}"
             f"{r.attack.ssim:>8.3f}{r.attack.psnr:>9.2f}{r.attack.validator_accuracy:>11.1%}"
             f"{r.wire.frames:>9d}{r.wire.bytes / 1e6:>9.1f}{sum(r.wire.dropped.values()):>9d}"
             f"{r.seconds:>7.1f}"
@@ -40,9 +52,9 @@ def table(runs: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, config: dict[str, Any], runs: list[RunResult]) -> None:
-    doc = {"schema": SCHEMA_VERSION, "config": config, "runs": [r.to_json() for r in runs]}
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+def write_json(path: Path, lab: LabReport) -> None:
+    """``results.json``: the stable schema (fields may be added, none removed or renamed)."""
+    path.write_text(json.dumps(lab.to_json(), indent=2, sort_keys=False) + "\n")
 
 
 def write_figure(path: Path, runs: list[RunResult]) -> None:
@@ -52,7 +64,7 @@ def write_figure(path: Path, runs: list[RunResult]) -> None:
     rows = 1 + len(runs)
     fig, axes = plt.subplots(rows, len(idx), figsize=(len(idx) * 0.9, rows * 1.15 + 0.3),
                              squeeze=False)
-    captions = ["private test digits (never sent)"] + [
+    captions = ["private test images (never sent)"] + [
         f"{r.protocol} / {r.adversary} / {r.attack_method} / aux={r.aux}"
         f"{' / ' + ' '.join(r.defences) if r.defences else ''}: SSIM {r.attack.ssim:.2f}, "
         f"validator {r.attack.validator_accuracy:.0%}, target acc {r.target_accuracy:.1%}"
@@ -61,10 +73,7 @@ def write_figure(path: Path, runs: list[RunResult]) -> None:
     images = [originals] + [r.reconstructions for r in runs]
     for row, (imgs, caption) in enumerate(zip(images, captions, strict=True)):
         for col, i in enumerate(idx):
-            ax = axes[row][col]
-            ax.imshow(np.clip(imgs[i], 0, 1).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _show(axes[row][col], imgs[i])
         axes[row][0].set_title(caption, loc="left", fontsize=8, x=0.0)
     fig.suptitle("SplitWire: what the adversary rebuilds from the wire", fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / fig.get_figheight(),

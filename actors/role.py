@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from actors.nets import descriptor
 from actors.wire import Network
 from protocol.endpoint import Endpoint, Message, WireStats
 from protocol.errors import CodecError, ShapeError, SplitWireError
@@ -42,8 +43,19 @@ class Role:
         return replies
 
     def on_message(self, msg: Message) -> list[bytes]:
-        """Act on one valid message; return reply frames. Unexpected kinds are refused."""
-        raise ShapeError(f"{self.name} does not accept {msg.kind.name} from {msg.sender}")
+        """Act on one valid message through the role's handler table; return reply frames.
+
+        Kinds the table does not list are refused (dropped and counted by ``handle``).
+        """
+        handler = self.handlers().get(msg.kind)
+        if handler is None:
+            raise ShapeError(f"{self.name} does not accept {msg.kind.name} from {msg.sender}")
+        return handler(msg)
+
+    def handlers(self) -> dict[MessageKind, Callable[[Message], list[bytes]]]:
+        """The message kinds this role accepts, each with its handler (Flower's client-app
+        table): a new exchange is one entry here, not another branch."""
+        return {}
 
     @staticmethod
     def require_owner(msg: Message) -> None:
@@ -119,9 +131,6 @@ class Role:
         return self.endpoint.stats
 
 
-def check_batch(tensor: np.ndarray, width: int, what: str) -> None:
-    """A float batch of shape (B, width) with B >= 1: anything else is a ShapeError."""
-    if tensor.ndim != 2 or tensor.shape[1] != width or tensor.shape[0] < 1:
-        raise ShapeError(f"{what} must have shape (B, {width}), got {tensor.shape}")
-    if tensor.dtype.kind != "f":
-        raise ShapeError(f"{what} must be floating point, got {tensor.dtype}")
+def check_batch(tensor: np.ndarray, shape: int | tuple[int, ...], what: str) -> None:
+    """A float batch of shape (B, *shape) with B >= 1: anything else is a ShapeError."""
+    descriptor.check_batch(tensor, (shape,) if isinstance(shape, int) else shape, what)

