@@ -33,7 +33,8 @@ def main() -> int:
     from actors.backend import LocalBackend
     from actors.data import load_target
     from actors.lab import RunConfig, run_protocol, score
-    from actors.owner import TrainConfig, first_part_from
+    from actors.nets.zoo import ModelSpec, build_network
+    from actors.owner import TrainConfig
     from attack.auxiliary import load_aux
     from attack.validator import train_validator
     from attack.whitebox import WhiteBoxInversion
@@ -52,7 +53,8 @@ def main() -> int:
         (aware,) = run_protocol(backend, cfg, data, aux, lambda: judge)
         acts = backend.roles["eavesdropper"].intercepted_activations("owner:0").acts
         weights = backend.party("owner:0").first_part_weights()
-        part = first_part_from(np.asarray(weights)).eval()
+        net = build_network(ModelSpec("mlp"), args.seed, data.input_shape, data.classes)
+        part = net.owner_from(np.asarray(weights)).eval()
         naive = WhiteBoxInversion(part, seed=args.seed).reconstruct(acts)
         plain = score(naive, aware.originals, aware.labels, judge)
         print(f"| {spec} | {aware.target_accuracy:.1%} | {plain.ssim:.3f} / "

@@ -15,7 +15,7 @@ adversary run (the eavesdropper's tap is still on the wire, as in every lab run)
 2. Overhead. The same batches trained three ways, side by side: through the lab on Ray
    actors (``RayBackend``), through the lab with every role in this process
    (``LocalBackend``: frames still encoded, mirrored and decoded), and as a plain torch loop
-   over ``OwnerNet`` + ``ServerNet`` (SGD, cross-entropy) in the owners' turn order with each
+   over the ``mlp`` network's two parts (SGD, cross-entropy) in the owners' turn order with each
    owner's per-epoch permutation (as ``DataOwner.train_chunk`` draws it). Median seconds per
    round after the first, the ratios, and the epoch losses' agreement (a sanity check that
    the three trained the same batches). In-process runs use ``--threads`` torch threads (1
@@ -212,11 +212,13 @@ def run_lab(spec: Spec) -> dict[str, Any]:
         from actors.ray_backend import RayBackend, init_ray  # sets Ray's loopback env first
     from actors.backend import Backend, LocalBackend
     from actors.data import load_target
-    from actors.lab import RunConfig, start_roles, train
+    from actors.lab import RunConfig, pin_identities, start_roles, train
+    from actors.nets.zoo import ModelSpec, build_network
     from actors.owner import TrainConfig
     from actors.training import turns
 
     data = load_target(seed=spec.seed)
+    net = build_network(ModelSpec("mlp"), spec.seed, data.input_shape, data.classes)
     cfg = RunConfig(protocol="plaintext", epochs=spec.epochs, clients=spec.owners,
                     seed=spec.seed, train=TrainConfig(batch_size=spec.batch_size),
                     adversaries=(), turn_batches=spec.turn_batches)
@@ -228,15 +230,12 @@ def run_lab(spec: Spec) -> dict[str, Any]:
     else:
         backend = LocalBackend()
     t0 = time.perf_counter()
-    cast = start_roles(backend, cfg, data, session=1)
+    cast = start_roles(backend, cfg, net, data, session=1)
     backend.connect()
-    registry: dict[str, bytes] = {}
-    for found in backend.call_all([(n, "identities", ()) for n in cast.parties]):
-        registry.update(found)
-    backend.call_all([(n, "trust", (registry,)) for n in cast.parties])
+    pin_identities(backend, cast.parties)
     t1 = time.perf_counter()
     clock = EpochClock(f"{spec.backend} x{spec.owners}")
-    losses, batches, restarts, steps = train(backend, cfg, cast, progress=clock)
+    losses, batches, restarts, steps = train(backend, cfg, cast, net, progress=clock)
     t2 = time.perf_counter()
     backend.shutdown()
     if spec.backend == "ray":
@@ -264,14 +263,15 @@ def run_plain(spec: Spec) -> dict[str, Any]:
 
     from actors.data import load_target
     from actors.lab import owner_name
-    from actors.model import seeded_parts
+    from actors.nets.zoo import ModelSpec, build_network
     from actors.owner import TrainConfig
     from actors.partition import parse_partition, split_indices
     from actors.training import turns
 
     data = load_target(seed=spec.seed)
     cfg = TrainConfig(batch_size=spec.batch_size)
-    first, second = seeded_parts(spec.seed)
+    net = build_network(ModelSpec("mlp"), spec.seed, data.input_shape, data.classes)
+    first, second = net.owner_part(), net.server_part()
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.lr, momentum=cfg.momentum)
             for m in (first, second)]
     shards = split_indices(data.train.y, spec.owners, parse_partition("iid"), spec.seed)
