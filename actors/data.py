@@ -54,6 +54,12 @@ class DatasetSpec:
     name: str  # one of DATASETS, or "npz"
     path: Path | None = None  # the file, for npz only
 
+    def __post_init__(self) -> None:
+        if (self.name == "npz") != (self.path is not None) or (
+            self.name != "npz" and self.name not in DATASETS
+        ):
+            raise ConfigError(f"not a dataset: {self.name!r} with path {self.path}")
+
     def __str__(self) -> str:
         return f"{NPZ_PREFIX}{self.path}" if self.name == "npz" else self.name
 
@@ -151,7 +157,7 @@ def load_target(
         x, y = _mnist_small_raw()
         pool = (x.reshape(len(x), *_MNIST_SHAPE), y, 255.0, 10)
     else:
-        assert spec.path is not None  # parse_dataset gives npz a path
+        assert spec.path is not None  # __post_init__: npz always has a path
         images, labels = read_npz(spec.path)  # every label 0..max present: classes = max + 1
         pool = (images, labels, 1.0, int(labels.max()) + 1)
     return _cut_pool(str(spec), pool, rng, n_test, n_holdout, n_train, min_train)

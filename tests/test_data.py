@@ -137,6 +137,12 @@ def test_parse_dataset_names_aliases_and_npz(tmp_path: Path) -> None:
     assert parse_dataset("fashion-mnist").needs_data_dir and not MNIST_SMALL.needs_data_dir
     with pytest.raises(AttributeError):
         spec.name = "mnist"  # type: ignore[misc]  # frozen
+    with pytest.raises(ConfigError):
+        DatasetSpec("npz")  # no file
+    with pytest.raises(ConfigError):
+        DatasetSpec("mnist", tmp_path)  # a file for a built-in
+    with pytest.raises(ConfigError):
+        DatasetSpec("mnist-full")  # aliases are resolved by parse_dataset only
 
 
 @pytest.mark.parametrize("text", ["cifar100", "MNIST", "", "npz:", "mnist_small"])
