@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors.data import TargetData, load_target, parse_dataset
+from actors.data import DatasetSpec, TargetData, load_target, parse_dataset
 from actors.faults import ChaosSpec
 from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
 from actors.nets.descriptor import SplitNetwork
@@ -50,9 +50,10 @@ class LabOptions:
 
     model: str | SplitNetwork = "mlp"
     cut: str | None = None
-    dataset: str | TargetData = "mnist-small"
+    dataset: str | DatasetSpec | TargetData = "mnist-small"
     data_dir: str | None = None
     download: bool = False
+    train_size: int | None = None  # a seeded subset of the training split (None: all)
     protocols: tuple[str, ...] = ()  # empty: every registered protocol
     adversaries: tuple[str, ...] = ADVERSARIES
     attacks: tuple[str, ...] = ("mlp",)
@@ -133,8 +134,11 @@ class LabReport:
 def load_dataset(options: LabOptions) -> TargetData:
     if isinstance(options.dataset, TargetData):
         return options.dataset
-    return load_target(parse_dataset(options.dataset), seed=options.seed,
-                       data_dir=options.data_dir, download=options.download)
+    spec = (parse_dataset(options.dataset) if isinstance(options.dataset, str)
+            else options.dataset)
+    return load_target(spec, seed=options.seed, data_dir=options.data_dir,
+                       download=options.download, n_train=options.train_size,
+                       min_train=options.batch_size)
 
 
 def build(options: LabOptions, data: TargetData) -> SplitNetwork:
@@ -265,7 +269,8 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     return report
 
 
-def audit(model: str | SplitNetwork = "mlp", dataset: str | TargetData = "mnist-small",
+def audit(model: str | SplitNetwork = "mlp",
+          dataset: str | DatasetSpec | TargetData = "mnist-small",
           **options: Any) -> LabReport:
     """``run_lab`` with keyword options: ``audit("cnn", cut="conv1", backend="local")``."""
     return run_lab(replace(LabOptions(), model=model, dataset=dataset, **options))

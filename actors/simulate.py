@@ -67,6 +67,12 @@ def _partition(text: str) -> Any:
     return _spec(parse_partition)(text)
 
 
+def _dataset(text: str) -> Any:
+    from actors.data import parse_dataset
+
+    return _spec(parse_dataset)(text)
+
+
 def _chaos(text: str) -> Any:
     from actors.faults import parse_chaos
 
@@ -100,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--list-cuts shows them")
     p.add_argument("--list-cuts", action="store_true",
                    help="print the model's cut points, one per line with the cut's shape")
-    p.add_argument("--dataset", default="mnist-small",
+    p.add_argument("--dataset", default="mnist-small", type=_dataset,
                    help=f"target data: {', '.join(DATASETS)}, or npz:PATH (x, y arrays)")
+    p.add_argument("--train-size", type=_positive(int, "--train-size", 10**7), default=None,
+                   help="keep a seeded subset of this many training images (real datasets "
+                        "are large for 2 CPU cores); default: all")
     p.add_argument("--data-dir", default=None, help="where torchvision datasets live")
     p.add_argument("--download", action="store_true",
                    help="allow torchvision to download --dataset mnist-full / --aux emnist-letters")
@@ -233,7 +242,7 @@ def options_from(args: argparse.Namespace) -> Any:
 
     return LabOptions(
         model=args.model, cut=args.cut, dataset=args.dataset, data_dir=args.data_dir,
-        download=args.download,
+        download=args.download, train_size=args.train_size,
         protocols=() if args.protocol == "all" else (args.protocol,),
         adversaries=ADVERSARIES if args.adversary == "all" else (args.adversary,),
         attacks=tuple(ATTACKS) if args.attack == "all" else (args.attack,),
