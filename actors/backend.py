@@ -17,6 +17,14 @@ from actors.wire import LocalTransport, Network, Taps
 
 #: Builds a role given its name and the Network it must talk through.
 RoleFactory = Callable[..., Role]
+#: What the lab asks a role to run: the method itself (``ComputeServer.arm_chaos``), so a
+#: renamed or mistyped method fails at import and in the type checker, not in a remote call.
+#: Backends send only its name across processes; plain strings are still accepted.
+Method = Callable[..., Any] | str
+
+
+def method_name(method: Method) -> str:
+    return method if isinstance(method, str) else method.__name__
 
 
 class Backend(ABC):
@@ -31,15 +39,15 @@ class Backend(ABC):
         """Tell every started role how to reach every other (after all are started)."""
 
     @abstractmethod
-    def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, name: str, method: Method, *args: Any, **kwargs: Any) -> Any:
         """Run ``role.method(*args)`` and return its result; ``RoleDiedError`` if a role died
         on the way (this one, or one it was talking to)."""
 
-    def call_all(self, calls: Sequence[tuple[str, str, tuple]]) -> list[Any]:
+    def call_all(self, calls: Sequence[tuple[str, Method, tuple]]) -> list[Any]:
         """Run several calls, concurrently where the backend can; results in order."""
         return [self.call(name, method, *args) for name, method, args in calls]
 
-    def submit(self, name: str, method: str, *args: Any, returns: int = 1) -> Any:
+    def submit(self, name: str, method: Method, *args: Any, returns: int = 1) -> Any:
         """Start ``role.method(*args)``; ``fetch`` waits for it. With ``returns`` = 2 the
         method returns a pair and this gives two handles: the second result can stay where it
         is (Ray's object store) and be passed to later calls without reaching the lab."""
@@ -109,9 +117,9 @@ class LocalBackend(Backend):
         role = self.roles[self.host_of[name]]
         return role.owners[name] if hasattr(role, "owners") else role
 
-    def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, name: str, method: Method, *args: Any, **kwargs: Any) -> Any:
         try:
-            return getattr(self.roles[name], method)(*args, **kwargs)
+            return getattr(self.roles[name], method_name(method))(*args, **kwargs)
         except Crash as crash:
             dead = self.host_of.get(crash.role, crash.role)
             self.dead.add(dead)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from actors.adversary import Reconstruction
-from actors.backend import Backend
+from actors.backend import Backend, Method
 from actors.data import TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
@@ -29,6 +29,7 @@ from actors.nets.zoo import ModelSpec, build_network
 from actors.owner import DataOwner, InferenceReport, TrainConfig
 from actors.owner_host import OwnerHost, OwnerSpec
 from actors.partition import Partition, parse_partition, split_indices
+from actors.role import Role
 from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
 from actors.wire import Tap, link
@@ -184,7 +185,7 @@ class Cast:
 
     owners: list[str]
     parties: list[str]  # every started role (Ray actors): names to call
-    adversaries: dict[str, tuple[str, str]]  # adversary -> (role, method)
+    adversaries: dict[str, tuple[str, Method]]  # adversary -> (role, method)
     servers: list[str]
     host_of: dict[str, str]  # owner -> the pool actor hosting it
     train_shards: list[np.ndarray]  # indices into the training split, per owner
@@ -223,7 +224,8 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
         backend.start(SERVER, ComputeServer, taps, config=cfg.train, **common)
         owner_cls, owner_kw = DataOwner, {"server": SERVER}
         servers = [SERVER]
-        adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER, "attack")}
+        adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
+                       "server": (SERVER, ComputeServer.attack)}
     initial = net.initial_state()
     fed = None
     if cfg.schedule == "splitfed":
@@ -254,7 +256,7 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
 
 def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
                          taps: dict[str, Tap], common: dict[str, Any]
-                         ) -> tuple[list[str], dict[str, tuple[str, str]]]:
+                         ) -> tuple[list[str], dict[str, tuple[str, Method]]]:
     """Two servers holding fresh additive shares of the server part, and the dealer."""
     params = mpc_parameters(net.server, net.cut_shape)
     shares = {k: ring.share(ring.encode(v, cfg.frac_bits)) for k, v in params.items()}
@@ -264,8 +266,9 @@ def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
                       frac_bits=cfg.frac_bits, lr=cfg.train.lr,
                       momentum=cfg.train.momentum, **common)
     backend.start(DEALER, Dealer, taps, **{k: v for k, v in common.items() if k != "net"})
-    adversaries = {"eavesdropper": (EAVESDROPPER, "attack"), "server": (SERVER0, "attack"),
-                   "colluding-servers": (SERVER0, "attack_colluding")}
+    adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
+                   "server": (SERVER0, ShareServer.attack),
+                   "colluding-servers": (SERVER0, ShareServer.attack_colluding)}
     return [SERVER0, SERVER1], adversaries
 
 
@@ -307,10 +310,10 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
                       fingerprint=fingerprint, progress=progress, on_checkpoint=on_checkpoint)
     for spec in _check_chaos(cfg, mpc_topology, trainer.total_steps):
         if spec.role == SERVER:
-            backend.call(SERVER, "arm_chaos", spec.step)
+            backend.call(SERVER, ComputeServer.arm_chaos, spec.step)
         else:
-            backend.call(cast.host_of[spec.role], "owner_call", spec.role, "arm_chaos",
-                         spec.step)
+            backend.call(cast.host_of[spec.role], OwnerHost.owner_call, spec.role,
+                         DataOwner.arm_chaos, spec.step)
     if cfg.resume:
         trainer.resume(Path(cfg.resume))
         if progress is not None:
@@ -319,12 +322,13 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
     # Everyone deploys the final first part: the fed server's, or the last owner's, which it
     # hands to every other owner over the wire.
     if cast.fed_server is not None:
-        backend.call_all([(h, "each", ("deploy", cast.fed_server)) for h in cast.hosts])
+        backend.call_all([(h, OwnerHost.each, (DataOwner.deploy, cast.fed_server))
+                          for h in cast.hosts])
     else:
         last = trainer.holder
-        backend.call(cast.host_of[last], "owner_call", last, "share_with",
+        backend.call(cast.host_of[last], OwnerHost.owner_call, last, DataOwner.share_with,
                      [o for o in cast.owners if o != last])
-        backend.call_all([(h, "each", ("deploy",)) for h in cast.hosts])
+        backend.call_all([(h, OwnerHost.each, (DataOwner.deploy,)) for h in cast.hosts])
     return losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps
 
 
@@ -343,9 +347,9 @@ def pin_identities(backend: Backend, names: list[str]) -> None:
     """The trust registry: every party's public identity, pinned at every party (a no-op for
     codecs without keys). Private keys were made inside each role and never leave it."""
     registry: dict[str, bytes] = {}
-    for found in backend.call_all([(n, "identities", ()) for n in names]):
+    for found in backend.call_all([(n, Role.identities, ()) for n in names]):
         registry.update(found)
-    backend.call_all([(n, "trust", (registry,)) for n in names])
+    backend.call_all([(n, Role.trust, (registry,)) for n in names])
 
 
 @dataclass(frozen=True)
@@ -375,8 +379,8 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
     adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
     # White-box threat model: the adversary knows the first part's weights (He et al. 2019;
     # with several owners an eavesdropper reads them off the WEIGHTS frames anyway).
-    weights = (backend.call(cast.host_of[owners[0]], "owner_call", owners[0],
-                            "first_part_weights")
+    weights = (backend.call(cast.host_of[owners[0]], OwnerHost.owner_call, owners[0],
+                            DataOwner.first_part_weights)
                if any(needs_weights(m) for m in methods) else None)
     budgeted = build_defences(cfg.defences).budget is not None
     out: list[tuple[str, str, list[Reconstruction]]] = []
@@ -387,8 +391,8 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
             # Querying the first part (cut-layer rungs) and the prediction API (output rung)
             # are two ways to spend one budget; each is scored as if it had all of it.
             parties = [cast.adversaries[a][0] for a in adversaries]
-            backend.call_all([(cast.host_of[owners[0]], "owner_call",
-                               (owners[0], "refund_queries", p)) for p in parties])
+            backend.call_all([(cast.host_of[owners[0]], OwnerHost.owner_call,
+                               (owners[0], DataOwner.refund_queries, p)) for p in parties])
         points_done.add(point)
         calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
                                          weights, cfg.defence_texts)) for a in adversaries]
@@ -447,10 +451,11 @@ def run_protocol(
     losses, batches, restarts, steps = train(backend, cfg, cast, net, progress, on_checkpoint)
     after_training = _snapshot(backend, cast)
     if cast.dealer and cfg.reveal_model:
-        backend.call(SERVER0, "reveal_model")
+        backend.call(SERVER0, ShareServer.reveal_model)
     after_reveal = _snapshot(backend, cast)
     infer: dict[str, InferenceReport] = {
-        r.owner: r for rs in backend.call_all([(h, "each", ("infer",)) for h in cast.hosts])
+        r.owner: r for rs in backend.call_all([(h, OwnerHost.each, (DataOwner.infer,))
+                                               for h in cast.hosts])
         for r in rs}
     target_acc = sum(r.correct for r in infer.values()) / sum(r.examples for r in infer.values())
     after_inference = _snapshot(backend, cast)
@@ -476,12 +481,13 @@ def run_protocol(
             cut=net.cut,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
-    stats = sum(backend.call_all([(n, "wire_stats", ()) for n in cast.parties]), WireStats())
+    stats = sum(backend.call_all([(n, Role.wire_stats, ()) for n in cast.parties]),
+                WireStats())
     placement = backend.placement()
     mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, n_batches,
                       cfg)
     if mpc is not None:
-        mpc["server0_wait_seconds"] = backend.call(SERVER0, "wait_seconds")
+        mpc["server0_wait_seconds"] = backend.call(SERVER0, ShareServer.wait_seconds)
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results
@@ -498,10 +504,10 @@ def _snapshot(backend: Backend, cast: Cast) -> Snapshot:
     """Counters of the two-party computation so far (zero for a one-server topology)."""
     if cast.dealer is None:
         return Snapshot(0, 0, 0)
-    s0, s1, dealer = backend.call_all([(n, "wire_stats", ()) for n in (*cast.servers,
-                                                                       cast.dealer)])
+    s0, s1, dealer = backend.call_all([(n, Role.wire_stats, ())
+                                       for n in (*cast.servers, cast.dealer)])
     online = s0.bytes_sent[(SERVER0, SERVER1)] + s1.bytes_sent[(SERVER1, SERVER0)]
-    return Snapshot(backend.call(SERVER0, "wire_rounds"), online, dealer.bytes)
+    return Snapshot(backend.call(SERVER0, ShareServer.wire_rounds), online, dealer.bytes)
 
 
 def _mpc_report(cast: Cast, snapshots: tuple[Snapshot, Snapshot, Snapshot], steps: int,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.backend import Method, method_name
 from actors.owner import DataOwner, SharedWeights, TurnPlan, TurnReport
 from actors.wire import Network, TapRecord, Transport
 from protocol.endpoint import WireStats
@@ -97,8 +98,8 @@ class OwnerHost:
             replies.extend(owner.handle(batch))
         return replies
 
-    def owner_call(self, owner: str, method: str, *args: Any) -> Any:
-        return getattr(self.owners[owner], method)(*args)
+    def owner_call(self, owner: str, method: Method, *args: Any) -> Any:
+        return getattr(self.owners[owner], method_name(method))(*args)
 
     def run_turns(self, turns: list[tuple[str, TurnPlan]],
                   state: np.ndarray | None) -> tuple[list[TurnReport], np.ndarray | None]:
@@ -111,9 +112,10 @@ class OwnerHost:
             kept = out if out is not None else kept
         return reports, kept
 
-    def each(self, method: str, *args: Any) -> list[Any]:
+    def each(self, method: Method, *args: Any) -> list[Any]:
         """``method`` on every hosted owner, in order (identities, trust, stats, ...)."""
-        return [getattr(o, method)(*args) for o in self.owners.values()]
+        name = method_name(method)
+        return [getattr(o, name)(*args) for o in self.owners.values()]
 
     def wire_stats(self) -> WireStats:
         total = sum((o.wire_stats() for o in self.owners.values()), WireStats())
@@ -125,7 +127,7 @@ class OwnerHost:
         return {n: o.identity() for n, o in self.owners.items()}
 
     def trust(self, registry: Mapping[str, bytes]) -> None:
-        self.each("trust", dict(registry))
+        self.each(DataOwner.trust, dict(registry))
 
     def forget(self, peers: list[str]) -> None:
-        self.each("forget", peers)
+        self.each(DataOwner.forget, peers)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.backend import Backend, RoleFactory
+from actors.backend import Backend, Method, RoleFactory, method_name
 from actors.faults import Crash, RoleDiedError, RunLostError
 from actors.ray_env import prepare
 from actors.socket_plane import FrameClient, FrameServer, PeerGoneError
@@ -259,17 +259,17 @@ class RayBackend(Backend):
                 raise RoleDiedError(str(exc).splitlines()[0]) from None
             raise
 
-    def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._get(self.actors[name].call.remote(method, *args, **kwargs))
+    def call(self, name: str, method: Method, *args: Any, **kwargs: Any) -> Any:
+        return self._get(self.actors[name].call.remote(method_name(method), *args, **kwargs))
 
-    def call_all(self, calls: Sequence[tuple[str, str, tuple]]) -> list[Any]:
-        return self._get([self.actors[n].call.remote(m, *a) for n, m, a in calls])
+    def call_all(self, calls: Sequence[tuple[str, Method, tuple]]) -> list[Any]:
+        return self._get([self.actors[n].call.remote(method_name(m), *a) for n, m, a in calls])
 
-    def submit(self, name: str, method: str, *args: Any, returns: int = 1) -> Any:
+    def submit(self, name: str, method: Method, *args: Any, returns: int = 1) -> Any:
         actor = self.actors[name]
         if returns == 2:
-            return list(actor.call2.options(num_returns=2).remote(method, *args))
-        return actor.call.remote(method, *args)
+            return list(actor.call2.options(num_returns=2).remote(method_name(method), *args))
+        return actor.call.remote(method_name(method), *args)
 
     def fetch(self, handles: Any) -> Any:
         return self._get(handles)

@@ -23,9 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from actors.backend import Backend
+from actors.backend import Backend, Method
 from actors.faults import RoleDiedError, RunLostError
-from actors.owner import TurnPlan, TurnReport
+from actors.fedserver import FedServer
+from actors.owner import DataOwner, TurnPlan, TurnReport
+from actors.owner_host import OwnerHost
+from actors.role import Role
+from actors.server import ComputeServer
 from protocol.errors import ConfigError
 
 CHECKPOINT_FORMAT = "splitwire-checkpoint/1"
@@ -128,17 +132,18 @@ class Trainer:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    def _owner_call(self, i: int, method: str, *args: Any, returns: int = 1) -> Any:
+    def _owner_call(self, i: int, method: Method, *args: Any, returns: int = 1) -> Any:
         owner = self.setup.owners[i]
-        return self.backend.submit(self.setup.host_of[owner], "owner_call", owner, method,
-                                   *args, returns=returns)
+        return self.backend.submit(self.setup.host_of[owner], OwnerHost.owner_call, owner,
+                                   method, *args, returns=returns)
 
     def _server_state(self) -> Any:
         """Checkpoint the server now; a handle to its state (the lab waits only for the
         small counters, so no training frame of the next chunk can overtake it)."""
         if self.setup.server is None:
             return None
-        counters, state = self.backend.submit(self.setup.server, "checkpoint_pair", returns=2)
+        counters, state = self.backend.submit(self.setup.server, ComputeServer.checkpoint_pair,
+                                              returns=2)
         self.backend.fetch(counters)
         return self.backend.keep(state, self.setup.server)
 
@@ -195,7 +200,8 @@ class Trainer:
             items.append((self.setup.owners[owner], plan))
             nxt = after
         reports_h, state_h = self.backend.submit(
-            host, "run_turns", items, self.ckpt.first if self.pass_state else None, returns=2)
+            host, OwnerHost.run_turns, items, self.ckpt.first if self.pass_state else None,
+            returns=2)
         reports: list[TurnReport] = self.backend.fetch(reports_h)
         self.pass_state, self.failures = False, 0
         self.loss_sum += sum(r.loss_sum for r in reports)
@@ -214,14 +220,14 @@ class Trainer:
         """SplitFed: every owner trains its copy from the round's model; the fed server
         averages them. Owners on different pool actors train at once."""
         epoch, fed = self.ckpt.position.epoch, self.setup.fed_server
-        self.backend.call(fed, "begin_round", self.ckpt.first, epoch)
+        self.backend.call(fed, FedServer.begin_round, self.ckpt.first, epoch)
         handles = [
-            self._owner_call(i, "train_chunk",
+            self._owner_call(i, DataOwner.train_chunk,
                              TurnPlan(epoch, self.first_step(epoch, i), pull_from=fed,
                                       send_to=fed), None, returns=2)[0]
             for i in range(len(self.setup.owners))]
         reports: list[TurnReport] = self.backend.fetch(handles)
-        model = self.backend.keep(self.backend.submit(fed, "close_round"), fed)
+        model = self.backend.keep(self.backend.submit(fed, FedServer.close_round), fed)
         loss = sum(r.loss_sum for r in reports) / max(sum(r.batches for r in reports), 1)
         nxt = Position(epoch + 1, 0, 0, self.first_step(epoch + 1, 0))
         self.ledger.sent = max(self.ledger.sent, nxt.step)
@@ -264,29 +270,30 @@ class Trainer:
         reached = self._reached(revived)
         self.ledger.retried += max(0, reached - self.ckpt.position.step + 1)
         if self.setup.server in revived:
-            self.backend.call(self.setup.server, "restore", self.ckpt.server)
+            self.backend.call(self.setup.server, ComputeServer.restore, self.ckpt.server)
         self._rewind()
 
     def _retrust(self, revived: list[str]) -> None:
         """Re-pin every identity (restarted roles have new keys); live roles forget their
         links with the restarted ones (fresh handshakes, sequence numbers from 0)."""
-        calls = [(p, "identities", ()) for p in self.setup.parties]
+        calls = [(p, Role.identities, ()) for p in self.setup.parties]
         registry: dict[str, bytes] = {}
         for found in self.backend.call_all(calls):
             registry.update(found)
-        self.backend.call_all([(p, "trust", (registry,)) for p in self.setup.parties])
+        self.backend.call_all([(p, Role.trust, (registry,)) for p in self.setup.parties])
         gone = [name for name in registry
                 if name in revived or self.setup.host_of.get(name) in revived]
-        self.backend.call_all([(p, "forget", (gone,)) for p in self.setup.parties
+        self.backend.call_all([(p, Role.forget, (gone,)) for p in self.setup.parties
                                if p not in revived])
 
     def _reached(self, revived: list[str]) -> int:
         """The highest step id sent before the failure, from whoever still knows it."""
         last = [self.ckpt.position.step - 1]
         if self.setup.server and self.setup.server not in revived:
-            last.append(self.backend.call(self.setup.server, "last_step"))
+            last.append(self.backend.call(self.setup.server, ComputeServer.last_step))
         live = [h for h in dict.fromkeys(self.setup.host_of.values()) if h not in revived]
-        for steps in self.backend.call_all([(h, "each", ("last_step",)) for h in live]):
+        for steps in self.backend.call_all([(h, OwnerHost.each, (DataOwner.last_step,))
+                                            for h in live]):
             last.extend(steps)
         return max(last)
 
@@ -337,7 +344,7 @@ class Trainer:
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"--resume {path}: incomplete checkpoint ({exc})") from None
         if self.setup.server is not None:
-            self.backend.call(self.setup.server, "restore", server)
+            self.backend.call(self.setup.server, ComputeServer.restore, server)
         self.ledger = replace(Ledger(), **meta.get("ledger", {}))
         self.ckpt = Checkpoint(position, self.backend.put(first), self._server_state(), 0.0, 0,
                                list(meta.get("losses", [])))
@@ -345,6 +352,6 @@ class Trainer:
 
     def counters(self) -> dict[str, int]:
         """``batches``: sent, applied (by the server's model), retried."""
-        applied = (self.backend.call(self.setup.server, "counters")["applied"]
+        applied = (self.backend.call(self.setup.server, ComputeServer.counters)["applied"]
                    if self.setup.server else self.ledger.sent)
         return {"sent": self.ledger.sent, "applied": applied, "retried": self.ledger.retried}
