@@ -52,7 +52,7 @@ class Param:
             raise ValueError("a choice parameter needs choices, and only a choice has them")
 
 
-class OwnerDefence(ABC):  # noqa: B024 -- every hook is optional; the ABC marks the interface
+class OwnerDefence(ABC):  # every hook is optional: the ABC marks the interface
     """One defence the data owner applies; override the hooks it needs (defaults: no effect)."""
 
     #: The ``--defence`` name, lower case.
