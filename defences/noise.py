@@ -1,17 +1,21 @@
-"""Cut-layer noise: clip each activation row, then add Laplace or Gaussian noise.
+"""Cut-layer noise: clip each example's activation, then add Laplace or Gaussian noise.
 
-The data owner applies this to the cut-layer activations ``h`` (B, 500) before they go on the
-wire, so the server (and anyone reading the wire) only ever sees a noised, norm-bounded copy.
+The data owner applies this to the cut-layer activations ``h`` (N, *cut_shape), e.g. (N, 500)
+after a linear layer or (N, 8, 24, 24) after a convolution, before they go on the wire, so the
+server (and anyone reading the wire) only ever sees a noised, norm-bounded copy.
 
-Privacy accounting is per query and per input row. Clipping bounds every row to norm ``clip``
-(L1 for Laplace, L2 for Gaussian), so replacing one input changes its row by at most
-``sensitivity = 2 * clip`` in that norm and leaves the other rows alone:
+Privacy accounting is per query and per input example. Clipping bounds each example's whole
+activation (all its non-batch elements, flattened) to norm ``clip`` (L1 for Laplace, L2 for
+Gaussian), so replacing one input changes its activation by at most ``sensitivity = 2 * clip``
+in that norm and leaves the other examples alone:
 
-* Laplace (scale b per coordinate): pure DP with ``epsilon = sensitivity / b``, ``delta = 0``.
-* Gaussian (sigma per coordinate): ``epsilon`` from the analytic Gaussian mechanism of
+* Laplace (scale b per element): pure DP with ``epsilon = sensitivity / b``, ``delta = 0``.
+* Gaussian (sigma per element): ``epsilon`` from the analytic Gaussian mechanism of
   Balle & Wang (ICML 2018, Theorem 8), which is exact and valid for every epsilon. The classic
   Dwork & Roth bound (Theorem A.1), ``sigma = sqrt(2 ln(1.25/delta)) * sensitivity / epsilon``,
   is offered for comparison only: it is proven only for epsilon < 1 and is loose even there.
+
+The guarantee does not depend on the cut's shape: it holds for the flattened activation.
 
 Caveats worth knowing in a lab: the guarantee is per query (repeated queries compose), the
 default seed makes noise reproducible rather than secret, and floating-point noise sampling is
@@ -26,6 +30,7 @@ from typing import ClassVar
 import torch
 from scipy import special
 
+from defences.base import OwnerDefence, Param, check_seed, defence_generator
 from protocol.errors import ConfigError, ShapeError
 
 MECHANISMS = ("laplace", "gaussian")
@@ -95,24 +100,38 @@ def _positive(key: str, value: float) -> float:
 
 
 def clip_rows(h: torch.Tensor, clip: float, norm: int) -> torch.Tensor:
-    """Scale every row of ``h`` down (never up) so its L``norm`` norm is at most ``clip``.
+    """Scale each example ``h[i]`` down (never up) so its L``norm`` norm is at most ``clip``.
 
-    Differentiable: the owner trains through it. The floor on the norm keeps an all-zero row
-    from dividing by zero; the clamp at 1 then leaves it unchanged.
+    ``h`` is (N, ...): the norm is over all of an example's elements, flattened, whatever the
+    cut's shape. Differentiable: the owner trains through it. The floor on the norm keeps an
+    all-zero example from dividing by zero; the clamp at 1 then leaves it unchanged.
     """
+    if h.dim() < 2:
+        raise ShapeError(f"clipping expects a batch (N, *example_shape), got {tuple(h.shape)}")
     norms = torch.linalg.vector_norm(h.flatten(1), ord=norm, dim=1)
     factor = (clip / norms.clamp_min(1e-12)).clamp(max=1.0)
     return h * factor.view(-1, *([1] * (h.dim() - 1)))
 
 
-class CutLayerNoise(torch.nn.Module):
-    """Clip each row of the cut-layer activations, then add i.i.d. Laplace or Gaussian noise.
+class CutLayerNoise(OwnerDefence, torch.nn.Module):
+    """Clip each example's cut activation, then add i.i.d. Laplace or Gaussian noise.
 
     A module (not just a function) so it composes with the owner's model, but it ignores
     ``train()``/``eval()``: the server sees activations at inference too, so noise stays on.
     """
 
-    kind: ClassVar[str] = "noise"
+    name: ClassVar[str] = "noise"
+    params: ClassVar[dict[str, Param]] = {
+        "mechanism": Param("choice", required=True, choices=MECHANISMS),
+        "scale": Param("float", required=True),
+        "clip": Param("float", required=True),
+        "delta": Param("float"),
+        "seed": Param("int"),
+    }
+    # Last: what goes on the wire is exactly the mechanism's output, so its epsilon holds
+    # whatever ran before it (and no later step rescales the noise).
+    order: ClassVar[int] = 90
+    random: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -121,6 +140,8 @@ class CutLayerNoise(torch.nn.Module):
         clip: float,
         delta: float = 1e-5,
         seed: int = 0,
+        *,
+        stream: int | str = 0,
     ) -> None:
         super().__init__()
         if mechanism not in MECHANISMS:
@@ -134,11 +155,10 @@ class CutLayerNoise(torch.nn.Module):
         self.delta = _positive("delta", delta)
         if self.delta >= 1:
             raise ConfigError(f"{_FLAG}: delta must be < 1, got {delta}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ConfigError(f"{_FLAG}: seed must be an integer >= 0, got {seed!r}")
-        self.seed = seed
-        # CPU generator: seeded, reproducible and device independent; samples move to h's device.
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = check_seed(_FLAG, seed)
+        self.stream = stream
+        # This owner's own stream; samples move to h's device.
+        self.generator = defence_generator(seed, stream, self.name)
 
     @property
     def norm(self) -> int:
@@ -147,7 +167,7 @@ class CutLayerNoise(torch.nn.Module):
 
     @property
     def sensitivity(self) -> float:
-        """How far one replaced input can move its (clipped) row: ``2 * clip``."""
+        """How far one replaced input can move its (clipped) activation: ``2 * clip``."""
         return 2.0 * self.clip
 
     def epsilon(self) -> tuple[float, float]:
@@ -166,10 +186,11 @@ class CutLayerNoise(torch.nn.Module):
         e = -torch.log1p(-u)
         return (e[0] - e[1]) * self.scale
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """Clip each example of ``h`` (N, *cut_shape) and add fresh noise of its shape."""
         if h.dim() < 2 or not h.is_floating_point():
             raise ShapeError(
-                f"{_FLAG}: expects floating activations of shape (batch, features), "
+                f"{_FLAG}: expects floating activations of shape (batch, *cut_shape), "
                 f"got {tuple(h.shape)} {h.dtype}"
             )
         clipped = clip_rows(h, self.clip, self.norm)
@@ -177,6 +198,8 @@ class CutLayerNoise(torch.nn.Module):
             noise = self.sample(h.shape).to(device=h.device, dtype=h.dtype)
         # The noise is a constant to autograd: gradients flow through the clipped part only.
         return clipped + noise
+
+    forward = transform
 
     def extra_repr(self) -> str:
         return f"mechanism={self.mechanism}, scale={self.scale}, clip={self.clip}"

@@ -1,7 +1,8 @@
 """NoPeek: penalise the statistical dependence between raw inputs and cut-layer activations.
 
 Vepakomma et al. (2020) add ``weight * dCor(x, h)`` to the data owner's loss so the activations
-it sends carry less of the input's geometry, which is what inversion attacks exploit. Titcombe
+it sends carry less of the input's geometry, which is what inversion attacks exploit. Both sides
+are compared as flat vectors: inputs (N, C*H*W) against activations (N, prod(cut_shape)). Titcombe
 et al. (2021) report weights between 0.1 and 1 as a useful trade-off against accuracy.
 
 dCor is the sample distance correlation of Székely, Rizzo & Bakirov (2007): double-centred
@@ -19,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from defences.base import OwnerDefence, Param
 from protocol.errors import ConfigError, ShapeError
 
 # Inside every sqrt: keeps gradients finite at zero distance (the diagonal) and at dCor = 0.
@@ -36,6 +38,9 @@ def _centred_distances(v: torch.Tensor) -> torch.Tensor:
 
 def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Sample distance correlation between ``x`` (B, ...) and ``z`` (B, ...), in [0, 1].
+
+    Each example is flattened first, so images (B, C, H, W) compare with cut activations of
+    any shape.
 
     Differentiable with respect to ``z`` (and ``x`` if it requires grad). Computed in float64,
     whose cost is negligible next to the model (B x B matrices), because the float32 Gram form
@@ -58,10 +63,11 @@ def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(dcor2 + _EPS).clamp(max=1.0).to(z.dtype)
 
 
-class NoPeek:
+class NoPeek(OwnerDefence):
     """The NoPeek penalty ``weight * dCor(x, z)``, added by the owner to its training loss."""
 
-    kind: ClassVar[str] = "nopeek"
+    name: ClassVar[str] = "nopeek"
+    params: ClassVar[dict[str, Param]] = {"weight": Param("float", required=True)}
 
     def __init__(self, weight: float) -> None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
@@ -74,6 +80,7 @@ class NoPeek:
         """The penalty for inputs ``x`` and the activations ``z`` they produced."""
         return self.weight * distance_correlation(x, z)
 
+    penalty = loss
     __call__ = loss
 
     def __repr__(self) -> str:

@@ -11,19 +11,22 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar
 
-from protocol.errors import ConfigError, SplitWireError
+from defences.base import Param, QueryBudgetExceeded, QueryGate
+from protocol.errors import ConfigError
+
+__all__ = ["QueryBudget", "QueryBudgetExceeded"]
 
 _FLAG = "--defence query-budget"
 
 
-class QueryBudgetExceeded(SplitWireError):
-    """A party asked for queries after its budget was used up."""
+class QueryBudget(QueryGate):
+    """At most ``limit`` answered queries per party, counted over the life of the object.
 
+    Shape-free: it counts examples (the batch dimension), whatever an oracle query looks like.
+    """
 
-class QueryBudget:
-    """At most ``limit`` answered queries per party, counted over the life of the object."""
-
-    kind: ClassVar[str] = "query-budget"
+    name: ClassVar[str] = "query-budget"
+    params: ClassVar[dict[str, Param]] = {"limit": Param("int", required=True)}
 
     def __init__(self, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
@@ -46,15 +49,11 @@ class QueryBudget:
             self._refused[party] = self._refused.get(party, 0) + (n - granted)
         return granted
 
-    def require(self, party: str, n: int) -> int:
-        """Like :meth:`charge`, but raise :class:`QueryBudgetExceeded` if none is answered."""
-        granted = self.charge(party, n)
-        if n > 0 and granted == 0:
-            raise QueryBudgetExceeded(
-                f"party {party!r} has used its query budget of {self.limit} "
-                f"({_FLAG}:limit={self.limit}); {n} queries refused"
-            )
-        return granted
+    def refusal(self, party: str, n: int) -> str:
+        return (
+            f"party {party!r} has used its query budget of {self.limit} "
+            f"({_FLAG}:limit={self.limit}); {n} queries refused"
+        )
 
     def refund(self, party: str) -> None:
         """Give ``party`` its whole budget back (its refusals stay on record).

@@ -1,9 +1,10 @@
 """``--defence NAME:key=value,...``: parse, validate and combine the owner's defences.
 
-The flag is repeatable; each occurrence names one defence from :data:`DEFENCES` (a registry
-mapping names to classes, so adding a defence means one entry here and one in
-:data:`PARAMETERS`). Values are typed by the parameter table, not guessed, and every mistake
-is a one-line :class:`ConfigError` that names the flag, the key and what would be accepted.
+The flag is repeatable; each occurrence names one defence from the registry
+(:data:`defences.registry.DEFENCES`). Values are typed by the defence's parameter table, not
+guessed, and every mistake is a one-line :class:`ConfigError` that names the flag, the key and
+what would be accepted. A flag is parsed once into a :class:`DefenceSpec`, which is what
+travels; :func:`build_defences` turns specs into one owner's :class:`Defences`.
 
     --defence noise:mechanism=laplace,scale=0.5,clip=5
     --defence nopeek:weight=0.5 --defence dropout:rate=0.2,seed=7
@@ -13,62 +14,37 @@ is a one-line :class:`ConfigError` that names the flag, the key and what would b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from defences.base import OwnerDefence, Param, QueryGate, check_stream
 from defences.dropout import CutLayerDropout
-from defences.noise import MECHANISMS, CutLayerNoise
+from defences.noise import CutLayerNoise
 from defences.nopeek import NoPeek
-from defences.query_budget import QueryBudget
+from defences.registry import DEFENCES, PARAMETERS, defence_class
 from protocol.errors import ConfigError
 
+__all__ = ["DEFENCES", "PARAMETERS", "DefenceSpec", "Defences", "build_defences", "parse_defence"]
+
 _FLAG = "--defence"
-#: Registry names that are not Python identifiers -> the ``Defences`` field that holds them.
-_FIELD = {"query-budget": "budget"}
-
-#: Registry: ``--defence`` name -> class built from its parameters.
-DEFENCES: dict[str, type] = {
-    "noise": CutLayerNoise,
-    "nopeek": NoPeek,
-    "dropout": CutLayerDropout,
-    "query-budget": QueryBudget,
-}
-
-
-@dataclass(frozen=True)
-class _Param:
-    """How one ``key=value`` is typed; ranges beyond "finite, >= 0" are the class's to check."""
-
-    kind: str  # "float", "int" or "choice"
-    required: bool = False
-    choices: tuple[str, ...] = ()
-
-
-#: Accepted keys per defence. Optional keys take the class's defaults when absent.
-PARAMETERS: dict[str, dict[str, _Param]] = {
-    "noise": {
-        "mechanism": _Param("choice", required=True, choices=MECHANISMS),
-        "scale": _Param("float", required=True),
-        "clip": _Param("float", required=True),
-        "delta": _Param("float"),
-        "seed": _Param("int"),
-    },
-    "nopeek": {"weight": _Param("float", required=True)},
-    "dropout": {"rate": _Param("float", required=True), "seed": _Param("int")},
-    "query-budget": {"limit": _Param("int", required=True)},
-}
 
 
 @dataclass(frozen=True)
 class DefenceSpec:
-    """One parsed ``--defence``: its name and typed parameters (only the keys given)."""
+    """One parsed ``--defence``: its name and typed parameters (only the keys given).
+
+    ``kind`` is the class it was parsed against. It travels with the spec (pickled by
+    reference), so a process where that class was never registered can still build it;
+    a hand-made spec without one is looked up in the registry when built.
+    """
 
     name: str
     # Not hashed (a dict cannot be); equal specs still hash equal because names are equal.
     params: dict[str, Any] = field(default_factory=dict, hash=False)
+    kind: type[OwnerDefence] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         """The canonical flag text; ``parse_defence(str(spec)) == spec``."""
@@ -81,12 +57,16 @@ class DefenceSpec:
         )
         return f"{self.name}:{items}"
 
+    def defence_class(self) -> type[OwnerDefence]:
+        """The class this spec builds."""
+        return self.kind if self.kind is not None else defence_class(self.name, _FLAG)
 
-def _accepted(name: str) -> str:
-    return ", ".join(sorted(PARAMETERS[name]))
+
+def _accepted(cls: type[OwnerDefence]) -> str:
+    return ", ".join(sorted(cls.params))
 
 
-def _typed(name: str, key: str, text: str, param: _Param) -> Any:
+def _typed(name: str, key: str, text: str, param: Param) -> Any:
     where = f"{_FLAG} {name}: {key}"
     if param.kind == "choice":
         if text not in param.choices:
@@ -113,22 +93,19 @@ def parse_defence(text: str) -> DefenceSpec:
     """Parse one ``--defence`` value, e.g. ``"noise:mechanism=laplace,scale=0.5,clip=5"``."""
     name, _, rest = text.strip().partition(":")
     name = name.strip().lower()
-    if name not in DEFENCES:
-        raise ConfigError(
-            f"{_FLAG}: unknown defence {name!r}; choices: {', '.join(sorted(DEFENCES))}"
-        )
-    schema = PARAMETERS[name]
+    cls = defence_class(name, _FLAG)
+    schema = cls.params
     params: dict[str, Any] = {}
     for item in rest.split(",") if rest.strip() else []:
         key, eq, value = (part.strip() for part in item.partition("="))
         if not eq or not key or not value:
             raise ConfigError(
                 f"{_FLAG} {name}: expected key=value, got {item.strip()!r}; "
-                f"accepted keys: {_accepted(name)}"
+                f"accepted keys: {_accepted(cls)}"
             )
         if key not in schema:
             raise ConfigError(
-                f"{_FLAG} {name}: unknown key {key!r}; accepted keys: {_accepted(name)}"
+                f"{_FLAG} {name}: unknown key {key!r}; accepted keys: {_accepted(cls)}"
             )
         if key in params:
             raise ConfigError(f"{_FLAG} {name}: key {key!r} given twice")
@@ -136,53 +113,91 @@ def parse_defence(text: str) -> DefenceSpec:
     for key, param in schema.items():
         if param.required and key not in params:
             raise ConfigError(
-                f"{_FLAG} {name}: missing key {key!r}; accepted keys: {_accepted(name)}"
+                f"{_FLAG} {name}: missing key {key!r}; accepted keys: {_accepted(cls)}"
             )
-    return DefenceSpec(name, params)
+    return DefenceSpec(name, params, cls)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Defences:
-    """The owner's combined defences; any of them may be absent (``None``).
+    """One owner's defences, composed; each member an :class:`~defences.base.OwnerDefence`.
 
-    Order on the way out is dropout, then clipping and noise, so what goes on the wire is
-    exactly the noise mechanism's output and its epsilon holds whatever dropout did (noise last
-    also keeps the noise from being rescaled by the dropout mask).
+    ``members`` are in transform order (ascending ``order``, then name). With the built-ins
+    that is dropout, then clipping and noise, so what goes on the wire is exactly the noise
+    mechanism's output and its epsilon holds whatever dropout did (noise last also keeps the
+    noise from being rescaled by the dropout mask).
     """
 
-    noise: CutLayerNoise | None = None
-    nopeek: NoPeek | None = None
-    dropout: CutLayerDropout | None = None
-    budget: QueryBudget | None = None
+    members: tuple[OwnerDefence, ...] = ()
     specs: tuple[DefenceSpec, ...] = ()
 
     def apply(self, h: torch.Tensor) -> torch.Tensor:
-        """Transform cut-layer activations before they are sent (training and inference)."""
-        if self.dropout is not None:
-            h = self.dropout(h)
-        if self.noise is not None:
-            h = self.noise(h)
+        """Transform cut activations (N, *cut_shape) before they are sent (training and
+        inference): every member's ``transform``, in order."""
+        for member in self.members:
+            h = member.transform(h)
         return h
 
     def penalty(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Extra owner loss: NoPeek on inputs and the *clean* activations, else zero.
+        """Extra owner loss: the members' penalties on inputs and *clean* activations, summed.
 
         The clean ``h`` (before :meth:`apply`) is the one the owner's weights shape; noise
-        would only add variance to the gradient.
+        would only add variance to the gradient. Zero when no member has a penalty.
         """
-        if self.nopeek is None:
-            return h.new_zeros(())
-        return self.nopeek.loss(x, h)
+        total: torch.Tensor | None = None
+        for member in self.members:
+            term = member.penalty(x, h)
+            if term is not None:
+                total = term if total is None else total + term
+        return h.new_zeros(()) if total is None else total
 
     def epsilon(self) -> tuple[float, float] | None:
-        """Per-query ``(epsilon, delta)`` from the noise defence, or ``None`` without one."""
-        return None if self.noise is None else self.noise.epsilon()
+        """Per-query ``(epsilon, delta)``, or ``None`` when no member guarantees one.
+
+        A member's guarantee holds for whatever reaches it (the noise defence clips first), and
+        everything after it is post-processing, so every member's pair holds for what is sent:
+        the one with the smallest epsilon is reported.
+        """
+        pairs = [e for e in (member.epsilon() for member in self.members) if e is not None]
+        return min(pairs) if pairs else None
+
+    def get(self, name: str) -> OwnerDefence | None:
+        """The member named ``name``, or ``None``."""
+        return next((m for m in self.members if m.name == name), None)
+
+    def __contains__(self, name: object) -> bool:
+        return any(m.name == name for m in self.members)
+
+    def __iter__(self) -> Iterator[OwnerDefence]:
+        return iter(self.members)
+
+    # The built-ins by name, for callers that adapt to them (the white-box attack reads the
+    # noise's clip and mechanism and the dropout rate).
+    @property
+    def noise(self) -> CutLayerNoise | None:
+        member = self.get("noise")
+        return member if isinstance(member, CutLayerNoise) else None
+
+    @property
+    def dropout(self) -> CutLayerDropout | None:
+        member = self.get("dropout")
+        return member if isinstance(member, CutLayerDropout) else None
+
+    @property
+    def nopeek(self) -> NoPeek | None:
+        member = self.get("nopeek")
+        return member if isinstance(member, NoPeek) else None
+
+    @property
+    def budget(self) -> QueryGate | None:
+        """The query gate (``query-budget`` or a registered one), or ``None``: at most one."""
+        return next((m for m in self.members if isinstance(m, QueryGate)), None)
 
     def __bool__(self) -> bool:
-        return any(d is not None for d in (self.noise, self.nopeek, self.dropout, self.budget))
+        return bool(self.members)
 
     def describe(self) -> str:
-        """One line for logs: the flags in canonical form, and epsilon when noise is on."""
+        """One line for logs: the flags in canonical form, and epsilon when one holds."""
         if not self:
             return "no defences"
         text = " ".join(f"{_FLAG} {spec}" for spec in self.specs)
@@ -192,22 +207,36 @@ class Defences:
         return text
 
 
-def build_defences(specs: Iterable[DefenceSpec]) -> Defences:
-    """Instantiate parsed specs; at most one of each kind."""
-    built: dict[str, Any] = {}
+def _build_one(spec: DefenceSpec, stream: int | str) -> OwnerDefence:
+    cls = spec.defence_class()
+    kwargs = dict(spec.params)
+    if cls.random:
+        kwargs["stream"] = stream
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a hand-built spec with a key the class does not take
+        raise ConfigError(f"{_FLAG} {spec.name}: {exc}; accepted keys: {_accepted(cls)}") from None
+
+
+def build_defences(specs: Iterable[DefenceSpec], stream: int | str = 0) -> Defences:
+    """One owner's defences from parsed specs; at most one of each kind, one query gate.
+
+    ``stream`` names the owner (its index, or its name): each random defence draws from a
+    generator derived from (its ``seed``, ``stream``), so owners built from the same specs draw
+    different noise and dropout masks, and a run stays reproducible per seed. Stream ``0`` (the
+    default) draws what a generator seeded with ``seed`` alone draws: a one-owner run's numbers
+    are those of the single-stream design.
+    """
+    stream = check_stream(stream)
+    built: list[OwnerDefence] = []
     kept: list[DefenceSpec] = []
     for spec in specs:
-        if spec.name not in DEFENCES:
-            raise ConfigError(
-                f"{_FLAG}: unknown defence {spec.name!r}; choices: {', '.join(sorted(DEFENCES))}"
-            )
-        if _FIELD.get(spec.name, spec.name) in built:
+        if any(spec.name == s.name for s in kept):
             raise ConfigError(f"{_FLAG} {spec.name} given twice; at most one of each kind")
-        try:
-            built[_FIELD.get(spec.name, spec.name)] = DEFENCES[spec.name](**spec.params)
-        except TypeError as exc:  # a hand-built spec with a key the class does not take
-            raise ConfigError(
-                f"{_FLAG} {spec.name}: {exc}; accepted keys: {_accepted(spec.name)}"
-            ) from None
+        member = _build_one(spec, stream)
+        if isinstance(member, QueryGate) and any(isinstance(m, QueryGate) for m in built):
+            raise ConfigError(f"{_FLAG} {spec.name}: at most one query gate per owner")
+        built.append(member)
         kept.append(spec)
-    return Defences(specs=tuple(kept), **built)
+    built.sort(key=lambda m: (m.order, m.name))
+    return Defences(members=tuple(built), specs=tuple(kept))

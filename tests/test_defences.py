@@ -1,4 +1,5 @@
-"""Defences: privacy accounting, clipping and noise, NoPeek, dropout, query budgets, the flag."""
+"""Defences: privacy accounting, clipping and noise, NoPeek, dropout, query budgets, the flag,
+cuts of any shape, per-owner streams and the plug-in interface."""
 
 from __future__ import annotations
 
@@ -12,17 +13,25 @@ from scipy import stats
 
 from defences import (
     DEFENCES,
+    PARAMETERS,
     CutLayerDropout,
     CutLayerNoise,
     DefenceSpec,
     NoPeek,
+    OwnerDefence,
+    Param,
     QueryBudget,
     QueryBudgetExceeded,
+    QueryGate,
     analytic_gaussian_epsilon,
     build_defences,
     classic_gaussian_epsilon,
+    clip_rows,
+    defence_generator,
     distance_correlation,
     parse_defence,
+    register_defence,
+    unregister_defence,
 )
 from protocol.errors import ConfigError, ShapeError, SplitWireError
 
@@ -100,18 +109,24 @@ def test_no_noise_needed_when_delta_covers_everything() -> None:
 # ---------------------------------------------------------------------------- noise
 
 
+@pytest.mark.parametrize("cut_shape", [(500,), (8, 12, 12)])
 @pytest.mark.parametrize(("mechanism", "order"), [("laplace", 1), ("gaussian", 2)])
-def test_clipping_bounds_row_norms(mechanism: str, order: int) -> None:
+def test_clipping_bounds_each_examples_norm(
+    mechanism: str, order: int, cut_shape: tuple[int, ...]
+) -> None:
     torch.manual_seed(0)
-    h = torch.randn(64, 500) * torch.logspace(-3, 2, 64)[:, None]
-    # A scale too small to matter shows the clipped rows themselves.
+    scales = torch.logspace(-3, 2, 64).view(-1, *([1] * len(cut_shape)))
+    h = torch.randn(64, *cut_shape) * scales
+    # A scale too small to matter shows the clipped examples themselves.
     noise = CutLayerNoise(mechanism, scale=1e-12, clip=5.0)
     out = noise(h)
-    norms = torch.linalg.vector_norm(out, ord=order, dim=1)
+    assert out.shape == h.shape
+    # The norm is over all of an example's elements (for a conv cut: channels x H x W).
+    norms = torch.linalg.vector_norm(out.flatten(1), ord=order, dim=1)
     assert float(norms.max()) <= 5.0 * (1 + 1e-5)
-    small = torch.linalg.vector_norm(h, ord=order, dim=1) < 5.0
+    small = torch.linalg.vector_norm(h.flatten(1), ord=order, dim=1) < 5.0
     assert small.any() and (~small).any()
-    torch.testing.assert_close(out[small], h[small])  # rows inside the ball are left alone
+    torch.testing.assert_close(out[small], h[small])  # examples inside the ball: left alone
     torch.testing.assert_close(norms[~small], torch.full_like(norms[~small], 5.0))
 
 
@@ -417,3 +432,244 @@ def test_no_defences_is_a_no_op() -> None:
     assert torch.equal(defences.apply(h), h)
     assert float(defences.penalty(torch.randn(4, 784), h)) == 0.0
     assert defences.describe() == "no defences"
+
+
+# ---------------------------------------------------------------------------- any cut shape
+
+CONV_CUT = (8, 12, 12)  # e.g. the cnn at pool1
+
+
+def test_clip_rows_clips_each_example_over_all_its_elements() -> None:
+    torch.manual_seed(5)
+    h = torch.randn(6, *CONV_CUT) * torch.tensor([0.01, 0.1, 1, 3, 10, 30]).view(-1, 1, 1, 1)
+    for norm in (1, 2):
+        out = clip_rows(h, 4.0, norm)
+        # The same as clipping the flattened (N, 1152) rows: one norm per example, not per
+        # channel or per pixel row.
+        torch.testing.assert_close(out, clip_rows(h.flatten(1), 4.0, norm).view_as(h))
+        norms = torch.linalg.vector_norm(out.flatten(1), ord=norm, dim=1)
+        before = torch.linalg.vector_norm(h.flatten(1), ord=norm, dim=1)
+        torch.testing.assert_close(norms, before.clamp(max=4.0))
+        # Each example is scaled as a whole: its direction is unchanged.
+        ratio = out.flatten(1) / h.flatten(1)
+        torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+    # One example's clip does not depend on the others in the batch.
+    torch.testing.assert_close(clip_rows(h[3:4], 4.0, 2), clip_rows(h, 4.0, 2)[3:4])
+    with pytest.raises(ShapeError):
+        clip_rows(torch.ones(5), 1.0, 2)
+
+
+def test_every_defence_acts_on_a_rank_4_cut() -> None:
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(32, 1, 28, 28, generator=gen)
+    h = torch.relu(torch.randn(32, *CONV_CUT, generator=gen)) * 3
+    texts = ("dropout:rate=0.25,seed=1", "noise:mechanism=laplace,scale=0.05,clip=50",
+             "nopeek:weight=0.5", "query-budget:limit=40")
+    defences = build_defences(parse_defence(t) for t in texts)
+    out = defences.apply(h)
+    assert out.shape == h.shape and out.dtype == h.dtype
+    # Dropout per element, then clipping over the whole example, then noise of the cut's shape.
+    dropped = CutLayerDropout(0.25, seed=1)(h)
+    assert 0.2 < float((dropped == 0).float().mean() - (h == 0).float().mean()) / float(
+        (h != 0).float().mean()) < 0.3
+    expected = clip_rows(dropped, 50.0, 1)
+    assert float((out - expected).abs().mean()) == pytest.approx(0.05, rel=0.1)  # Laplace mean |X|
+    # NoPeek compares flat images (N, 784) with flat activations (N, 1152).
+    penalty = defences.penalty(x, h)
+    assert float(penalty) == pytest.approx(
+        0.5 * float(distance_correlation(x.flatten(1), h.flatten(1))), rel=1e-6)
+    assert 0.0 < float(penalty) < 0.5
+    # The budget counts examples, whatever an example's shape.
+    assert defences.budget is not None and defences.budget.charge("eve", len(x)) == 32
+    assert defences.budget.charge("eve", len(x)) == 8
+
+
+def test_noise_and_dropout_gradients_on_a_conv_cut() -> None:
+    h = (torch.randn(4, *CONV_CUT) * 5).requires_grad_()
+    out = build_defences([parse_defence("dropout:rate=0.5"),
+                          parse_defence("noise:mechanism=gaussian,scale=1,clip=3")]).apply(h)
+    out.sum().backward()
+    assert h.grad is not None and h.grad.shape == h.shape and torch.isfinite(h.grad).all()
+    assert float((h.grad == 0).float().mean()) == pytest.approx(0.5, abs=0.05)  # dropped: no grad
+
+
+# ---------------------------------------------------------------------------- streams
+
+
+NOISY = ("noise:mechanism=gaussian,scale=1.0,clip=10,seed=3", "dropout:rate=0.5,seed=3")
+
+
+def _draws(stream: int | str, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One owner's noise (on zeros, so only the noise shows) and dropout mask."""
+    defences = build_defences((parse_defence(t) for t in NOISY), stream=stream)
+    assert defences.noise is not None and defences.dropout is not None
+    return defences.noise(torch.zeros_like(h)), defences.dropout(torch.ones_like(h)) != 0
+
+
+def test_two_owners_with_the_same_spec_draw_different_noise_and_masks() -> None:
+    h = torch.zeros(16, *CONV_CUT)
+    noise_a, mask_a = _draws(0, h)
+    for other in (1, "owner:1", "1"):
+        noise_b, mask_b = _draws(other, h)
+        assert not torch.equal(noise_a, noise_b)
+        assert not torch.equal(mask_a, mask_b)
+        # Not a shifted or partly shared stream: the two owners' noise is uncorrelated.
+        assert abs(float(torch.corrcoef(torch.stack([noise_a.flatten(), noise_b.flatten()]))[0, 1])
+                   ) < 0.05
+        assert float((mask_a == mask_b).float().mean()) == pytest.approx(0.5, abs=0.05)
+    assert not torch.equal(_draws(1, h)[0], _draws("1", h)[0])  # 1 and "1" are two owners
+
+
+def test_the_same_owner_and_seed_draws_the_same_in_every_build() -> None:
+    h = torch.zeros(16, 500)
+    for stream in (0, 2, "owner:2"):
+        first, second = _draws(stream, h), _draws(stream, h)
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    # A different seed in the spec is a different stream for the same owner.
+    other = build_defences([parse_defence("noise:mechanism=gaussian,scale=1.0,clip=10,seed=4")],
+                           stream=2)
+    assert not torch.equal(_draws(2, h)[0], other.apply(h))
+
+
+def test_default_stream_draws_what_the_seed_alone_draws() -> None:
+    # Stream 0 (the default) keeps a one-owner run's numbers: the generator is seeded with the
+    # spec's seed exactly, as a hand-made CutLayerNoise or CutLayerDropout is.
+    h = torch.randn(8, 500)
+    noise = build_defences([parse_defence("noise:mechanism=gaussian,scale=0.5,clip=2,seed=7")])
+    plain = torch.Generator().manual_seed(7)
+    expected = clip_rows(h, 2.0, 2) + (
+        torch.randn(h.shape, generator=plain, dtype=torch.float64) * 0.5).float()
+    torch.testing.assert_close(noise.apply(h), expected, rtol=0, atol=0)
+    drop = build_defences([parse_defence("dropout:rate=0.3")], stream=0)
+    keep = torch.rand(h.shape, generator=torch.Generator().manual_seed(0)) >= 0.3
+    torch.testing.assert_close(drop.apply(h), h * (keep.float() / 0.7), rtol=0, atol=0)
+
+
+def test_within_one_owner_noise_and_dropout_streams_differ() -> None:
+    # Off the default stream the defence's name is hashed in too: same seed, unrelated draws.
+    a = torch.rand(1000, generator=defence_generator(3, 1, "noise"))
+    b = torch.rand(1000, generator=defence_generator(3, 1, "dropout"))
+    assert abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.1
+
+
+@pytest.mark.parametrize("stream", [-1, True, "", 1.5, None])
+def test_bad_streams_are_refused(stream: object) -> None:
+    with pytest.raises(ConfigError, match="stream"):
+        build_defences([parse_defence("dropout:rate=0.1")], stream=stream)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- plug-ins
+
+
+class ToyShift(OwnerDefence):
+    """A toy defence, registered from this module only: a seeded offset per example."""
+
+    name = "toy-shift"
+    params = {"amount": Param("float", required=True), "seed": Param("int")}
+    order = 95  # after the noise
+    random = True
+
+    def __init__(self, amount: float, seed: int = 0, *, stream: int | str = 0) -> None:
+        self.amount = amount
+        self.generator = defence_generator(seed, stream, self.name)
+
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        offset = torch.rand(len(h), generator=self.generator) * self.amount
+        return h + offset.view(-1, *([1] * (h.dim() - 1)))
+
+    def penalty(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.amount * h.pow(2).mean()
+
+    def epsilon(self) -> tuple[float, float]:
+        return (1e6, 0.0)  # a loose claim: the composed epsilon must take the tighter one
+
+
+class ToyGate(QueryGate):
+    """A toy query gate: answers at most ``per_call`` queries each time it is asked."""
+
+    name = "toy-gate"
+    params = {"per_call": Param("int", required=True)}
+
+    def __init__(self, per_call: int) -> None:
+        self.per_call = per_call
+
+    def charge(self, party: str, n: int) -> int:
+        return min(n, self.per_call)
+
+
+@pytest.fixture
+def toys():
+    for cls in (ToyShift, ToyGate):
+        register_defence(cls)
+    yield
+    for cls in (ToyShift, ToyGate):
+        unregister_defence(cls.name)
+
+
+def test_a_registered_toy_defence_is_parsed_built_and_applied(toys) -> None:
+    spec = parse_defence("toy-shift:amount=2,seed=3")
+    assert spec == DefenceSpec("toy-shift", {"amount": 2.0, "seed": 3}) and spec.kind is ToyShift
+    assert "seed" in PARAMETERS["toy-shift"] and parse_defence(str(spec)) == spec
+    texts = ("toy-shift:amount=2,seed=3", "nopeek:weight=0.5",
+             "noise:mechanism=laplace,scale=0.1,clip=5", "toy-gate:per_call=3")
+    defences = build_defences((parse_defence(t) for t in texts), stream="owner:1")
+    # Transform order: default 50 (nopeek, toy-gate: no transform), noise 90, toy 95.
+    assert [m.name for m in defences] == ["nopeek", "toy-gate", "noise", "toy-shift"]
+    x, h = torch.rand(8, 1, 28, 28), torch.randn(8, *CONV_CUT)
+    # Applied in order, noise then the toy, each with this owner's own stream.
+    noise = CutLayerNoise("laplace", scale=0.1, clip=5.0, stream="owner:1")
+    toy = ToyShift(2.0, seed=3, stream="owner:1")
+    torch.testing.assert_close(defences.apply(h), toy.transform(noise.transform(h)))
+    torch.testing.assert_close(
+        defences.penalty(x, h), NoPeek(0.5).loss(x, h) + 2.0 * h.pow(2).mean())
+    assert defences.epsilon() == noise.epsilon()  # (20, 0) beats the toy's loose claim
+    assert "--defence toy-shift:amount=2.0,seed=3" in defences.describe()
+    gate = defences.budget
+    assert isinstance(gate, ToyGate) and gate.require("eve", 10) == 3
+    # A different owner draws a different offset from the same spec.
+    other = build_defences([parse_defence("toy-shift:amount=2,seed=3")], stream="owner:2")
+    alone = build_defences([parse_defence("toy-shift:amount=2,seed=3")], stream="owner:1")
+    assert not torch.equal(other.apply(h), alone.apply(h))
+
+
+def test_a_spec_carries_its_class_to_where_it_is_not_registered(toys) -> None:
+    # A spec pickled to a worker (a Ray actor) builds there even if the worker never ran the
+    # registration: the class travels by reference.
+    spec = pickle.loads(pickle.dumps(parse_defence("toy-shift:amount=1")))
+    unregister_defence("toy-shift")
+    assert "toy-shift" not in DEFENCES
+    assert spec.kind is ToyShift and isinstance(build_defences([spec]).get("toy-shift"), ToyShift)
+    with pytest.raises(ConfigError, match="unknown defence 'toy-shift'"):
+        parse_defence("toy-shift:amount=1")
+    with pytest.raises(ConfigError, match="unknown defence 'toy-shift'"):
+        build_defences([DefenceSpec("toy-shift", {"amount": 1.0})])
+    register_defence(ToyShift)  # for the fixture's clean-up
+
+
+def test_at_most_one_query_gate(toys) -> None:
+    with pytest.raises(ConfigError, match="query gate"):
+        build_defences([parse_defence("query-budget:limit=5"),
+                        parse_defence("toy-gate:per_call=1")])
+
+
+def test_registry_refuses_malformed_defences(toys) -> None:
+    def make(**attrs: object) -> type:
+        return type("Bad", (OwnerDefence,), {"name": "bad", "params": {}, **attrs})
+
+    cases = [
+        (make(name="Bad Name"), "name"),
+        (make(name=None), "name"),
+        (make(params={"x": "float"}), "Param"),
+        (make(params={"stream": Param("int")}), "'stream'"),
+        (make(random=True), "'seed'"),
+        (type("NotOne", (), {"name": "nope", "params": {}}), "OwnerDefence"),
+    ]
+    for cls, needle in cases:
+        with pytest.raises(ConfigError, match=needle):
+            register_defence(cls)
+    with pytest.raises(ConfigError, match="already registered"):
+        register_defence(type("Other", (ToyShift,), {}))  # same name, another class
+    register_defence(ToyShift)  # registering the same class again is harmless
+    with pytest.raises(ConfigError, match="built-in"):
+        unregister_defence("noise")
+    assert "bad" not in DEFENCES and "noise" in DEFENCES

@@ -1,0 +1,140 @@
+"""What a defence is: one ordered step around what the data owner sends.
+
+Like Flower's client *mods* (``flwr.client.mod.LocalDpMod`` wraps what a client sends), each
+defence is a small object with up to four hooks, all optional:
+
+* :meth:`OwnerDefence.transform` ``(h) -> h`` -- rewrite the cut activations (N, *cut_shape)
+  before they leave the owner, in training and at inference. The composed
+  :class:`defences.spec.Defences` applies the transforms in ascending :attr:`~OwnerDefence.order`
+  (ties: by name), so the built-ins run dropout (10) before clipping and noise (90) and what goes
+  on the wire is exactly the noise mechanism's output;
+* :meth:`OwnerDefence.penalty` ``(x, h) -> loss`` -- an extra term on the owner's training loss,
+  given the inputs and the *clean* activations (before any transform); the terms are summed;
+* :meth:`OwnerDefence.epsilon` -- the per-query ``(epsilon, delta)`` the defence guarantees for
+  whatever reaches it;
+* a query gate (subclass :class:`QueryGate`) -- how many of a party's oracle queries to answer.
+
+A defence declares its ``--defence`` name and its parameter table (:class:`Param` per key) as
+class attributes; the parser types each ``key=value`` from that table and the class checks the
+ranges in its constructor. A defence that draws randomness sets ``random = True``, declares an
+``int`` key ``seed`` and takes a keyword ``stream``: :func:`defence_generator` then gives each
+owner its own generator (see there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from protocol.errors import ConfigError, SplitWireError
+
+#: Position in the outgoing chain when a defence does not say (between dropout and noise).
+DEFAULT_ORDER = 50
+
+
+@dataclass(frozen=True)
+class Param:
+    """How one ``key=value`` is typed; ranges beyond "finite, >= 0" are the class's to check."""
+
+    kind: str  # "float", "int" or "choice"
+    required: bool = False
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("float", "int", "choice"):
+            raise ValueError(f"parameter kind must be float, int or choice, got {self.kind!r}")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError("a choice parameter needs choices, and only a choice has them")
+
+
+class OwnerDefence(ABC):  # every hook is optional: the ABC marks the interface
+    """One defence the data owner applies; override the hooks it needs (defaults: no effect)."""
+
+    #: The ``--defence`` name, lower case.
+    name: ClassVar[str]
+    #: Accepted ``key=value`` keys; optional keys take the constructor's defaults when absent.
+    params: ClassVar[Mapping[str, Param]]
+    #: Where :meth:`transform` runs in the outgoing chain; lower runs first.
+    order: ClassVar[int] = DEFAULT_ORDER
+    #: True if the defence draws randomness: it then takes ``seed`` and ``stream``.
+    random: ClassVar[bool] = False
+
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """What to send instead of the activations ``h`` (N, *cut_shape); default: ``h``."""
+        return h
+
+    def penalty(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        """Extra owner loss for inputs ``x`` (N, C, H, W) and clean ``h``; default: none."""
+        return None
+
+    def epsilon(self) -> tuple[float, float] | None:
+        """Per-query ``(epsilon, delta)`` for one input, if the defence guarantees one."""
+        return None
+
+
+class QueryBudgetExceeded(SplitWireError):
+    """A party asked for queries after its budget was used up."""
+
+
+class QueryGate(OwnerDefence):
+    """A defence that decides how many of a party's oracle queries the owner answers."""
+
+    def charge(self, party: str, n: int) -> int:
+        """Spend up to ``n`` of ``party``'s queries; return how many are answered (0..n)."""
+        raise NotImplementedError
+
+    def refund(self, party: str) -> None:
+        """Forget what ``party`` has spent (the lab scores alternative strategies this way)."""
+
+    def refusal(self, party: str, n: int) -> str:
+        """The one-line reason :meth:`require` gives when nothing is answered."""
+        return f"party {party!r} was refused {n} queries by --defence {self.name}"
+
+    def require(self, party: str, n: int) -> int:
+        """Like :meth:`charge`, but raise :class:`QueryBudgetExceeded` if none is answered."""
+        granted = self.charge(party, n)
+        if n > 0 and granted == 0:
+            raise QueryBudgetExceeded(self.refusal(party, n))
+        return granted
+
+
+def check_seed(flag: str, seed: object) -> int:
+    """``seed`` as given, refused unless it is an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{flag}: seed must be an integer >= 0, got {seed!r}")
+    return seed
+
+
+def check_stream(stream: object) -> int | str:
+    """An owner's stream: an integer >= 0 or a non-empty string (e.g. the owner's name)."""
+    if isinstance(stream, bool) or not isinstance(stream, (int, str)):
+        raise ConfigError(f"defence stream must be an integer or a name, got {stream!r}")
+    if (isinstance(stream, int) and stream < 0) or stream == "":
+        raise ConfigError(f"defence stream must be an integer >= 0 or a name, got {stream!r}")
+    return stream
+
+
+def derive_seed(seed: int, stream: int | str, name: str) -> int:
+    """The generator seed for defence ``name`` with spec ``seed`` in owner ``stream``.
+
+    Stream ``0`` is the seed itself, so the first owner (and any caller that gives no stream)
+    draws exactly what ``torch.Generator().manual_seed(seed)`` draws. Any other stream hashes
+    (name, seed, stream) into 63 bits: distinct owners get unrelated generators, and the same
+    owner with the same seed gets the same draws in every run. The type is hashed with the value
+    so stream ``1`` and stream ``"1"`` differ.
+    """
+    if stream == 0 and not isinstance(stream, str):
+        return seed
+    text = f"splitwire-defence\0{name}\0{seed}\0{type(stream).__name__}:{stream}"
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def defence_generator(seed: int, stream: int | str, name: str) -> torch.Generator:
+    """A CPU generator for one owner's draws: seeded, reproducible and device independent."""
+    return torch.Generator().manual_seed(derive_seed(seed, check_stream(stream), name))
