@@ -134,7 +134,9 @@ class DataOwner(Role):
     ) -> None:
         super().__init__(name, codec, session, network)
         # Built here, inside the owner: noise generators and budgets are the owner's own.
-        self.defences = build_defences(defences)
+        # Each owner draws its own noise and dropout (stream: its index; owner 0 keeps the
+        # spec's seed as it is, so a one-owner run draws what it always drew).
+        self.defences = build_defences(defences, stream=_owner_index(name))
         self.server = server
         self.net = net
         self.train_x, self.train_y = (torch.as_tensor(a) for a in train)
@@ -360,6 +362,11 @@ class DataOwner(Role):
         if examples is not None and not to.startswith("owner:"):
             items.insert(0, (MessageKind.CONTROL, np.array([examples], np.int64)))
         self.request(to, items)
+
+
+def _owner_index(name: str) -> int | str:
+    head, _, index = name.partition(":")
+    return int(index) if head == "owner" and index.isdigit() else name
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
