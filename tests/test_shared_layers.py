@@ -297,13 +297,15 @@ def test_todays_mlp_through_the_library_equals_protocol_mpc():
     new = [SharedNet(i, layers, [{"weight": sh["w1"][i], "bias": sh["b1"][i]}, {},
                                  {"weight": sh["w2"][i], "bias": sh["b2"][i]}]) for i in (0, 1)]
     batch = 6
-    assert infer_plan(layers, (batch, 12), False) == mpc.forward_plan(batch, 12, 9, 4)
+    fplan = mpc.forward_plan(batch, 12, 9, 4)
+    assert train_plan(layers, (batch, 12))[:len(fplan)] == fplan
+    # Inference opens the weights ahead: the same triples, the matrix ones first.
+    assert sorted(map(repr, infer_plan(layers, (batch, 12), False))) == sorted(map(repr, fplan))
     assert infer_plan(layers, (batch, 12), True) == mpc.infer_plan(batch, 12, 9, 4, True)
     rng = np.random.default_rng(6)
     h0, h1 = ring.share(ring.encode(rng.normal(size=(batch, 12))))
     g0, g1 = ring.share(ring.encode(rng.normal(size=(batch, 4))))
     # Same dealt forward triples -> bit-identical logit shares.
-    fplan = mpc.forward_plan(batch, 12, 9, 4)
     dealt = beaver.deal(fplan)
     results = []
     for fwd in (mpc.forward, lambda m, s, h: m.forward(s, h)):
@@ -348,8 +350,19 @@ def test_public_weight_inference_needs_rounds_only_for_comparisons():
         z0, z1 = mpc.run_locally(n0.infer(s0, x0, public and public[0]),
                                  n1.infer(s1, x1, public and public[1]), stats)
         assert np.abs(ring.decode(ring.reveal(z0, z1)) - want).max() < 1e-3
-        # 3 ReLUs and 2 max-pool levels at 9 rounds each, plus 4 openings for shared weights.
-        assert stats.rounds == 5 * 9 + (0 if public else 4)
+        # 3 ReLUs and 2 max-pool levels at 9 rounds each; shared weights: one round opening
+        # the weights' masks ahead, then one opening per linear layer's input.
+        assert stats.rounds == 5 * 9 + (0 if public else 1 + 4)
+    # The preparation run ahead, apart from the input: the same result, 4 fewer rounds online.
+    s0, s1 = stores(infer_plan(layers, x.shape, False))
+    prep = mpc.run_locally(n0.prepare(s0, x.shape), n1.prepare(s1, x.shape))
+    stats = mpc.RoundStats()
+    z0, z1 = mpc.run_locally(n0.infer(s0, x0, prepared=prep[0]),
+                             n1.infer(s1, x1, prepared=prep[1]), stats)
+    assert np.abs(ring.decode(ring.reveal(z0, z1)) - want).max() < 1e-3
+    assert stats.rounds == 5 * 9 + 4 and s0.exhausted
+    with pytest.raises(ShapeError, match="one preparation serves one batch"):
+        run_on_zeros(n0.infer(s0, x0, prepared=prep[0]))  # its masks are spent
 
 
 class Functional(nn.Module):

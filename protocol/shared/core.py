@@ -9,6 +9,7 @@ a dict, so the same layer list serves both parties and the dealer.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,9 @@ class Ctx:
     store: Any  # protocol.beaver.TripleStore or PlanRecorder
     frac_bits: int = ring.DEFAULT_FRAC_BITS
     public_weights: bool = False
+    #: Inference with weights opened ahead (SharedNet.prepare): each matrix layer takes the
+    #: next entry, in layer order.
+    prepared: deque | None = None
 
     def trunc(self, x: np.ndarray) -> np.ndarray:
         return ring.truncate(x, self.party, self.frac_bits)
@@ -193,6 +197,11 @@ class Layer:
 
     def param_shapes(self, in_shape: Shape) -> dict[str, Shape]:
         return {}
+
+    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> object | None:
+        """Input-independent work of an inference pass that opens values (the weights' masks),
+        done ahead of the input; None for layers without any."""
+        return None
 
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol import beaver, ring
-from protocol.beaver import TripleSpec
+from protocol.beaver import Triple, TripleSpec
 from protocol.errors import ShapeError
+from protocol.mpc import Open
 from protocol.shared import windows as win
 from protocol.shared.core import Ctx, Factor, Layer, Params, Proto, Shape, check_rank, products
 
@@ -27,10 +28,41 @@ class MatCache:
     index: int  # the forward triple's plan index
 
 
+@dataclass
+class PendingMatmul:
+    """An inference product whose weight side is opened ahead of the input: W - B goes out in
+    the preparation round, then c + A (W - B) (and B + (W - B) for party 0) are computed
+    before the input arrives, so the online pass opens only x - A and does one ring product."""
+
+    triple: Triple
+    masked: np.ndarray  # this party's W - B
+    pre: np.ndarray | None = None
+    b: np.ndarray | None = None
+
+    def finish(self, ctx: Ctx, f: np.ndarray) -> PendingMatmul:
+        t = self.triple
+        self.pre = t.c + ring.matmul(t.a, f)
+        self.b = t.b + f if ctx.party == 0 else t.b
+        return self
+
+
+def matmul_prepare(ctx: Ctx, m: int, w: np.ndarray) -> PendingMatmul:
+    _, t = ctx.take(beaver.matmul(m, w.shape[0], w.shape[1]))
+    return PendingMatmul(t, w - t.b)
+
+
 def matmul_forward(ctx: Ctx, x: np.ndarray, w: np.ndarray) -> Proto:
     """Shares of x @ w (truncated) and the cache its backward pass needs."""
     if ctx.public_weights:
         return ctx.trunc(ring.matmul(x, w)), None
+    if ctx.prepared is not None:
+        if not ctx.prepared:
+            raise ShapeError("no prepared weights left: one preparation serves one batch")
+        prep = ctx.prepared.popleft()  # consumed: reusing a mask A for two inputs would leak
+        if prep.triple.a.shape != x.shape:
+            raise ShapeError(f"weights prepared for {prep.triple.a.shape}, input is {x.shape}")
+        (e,) = yield Open([x - prep.triple.a], [False])
+        return ctx.trunc(prep.pre + ring.matmul(e, prep.b)), None
     spec = beaver.matmul(x.shape[0], x.shape[1], w.shape[1])
     (p,) = yield from products(ctx, [(spec, Factor(x), Factor(w))])
     return ctx.trunc(p.z), MatCache(p.e, p.f, p.index)
@@ -74,6 +106,9 @@ class Linear(Layer):
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}) got {in_shape}")
         return (in_shape[0], self.out_features)
 
+    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingMatmul | None:
+        return matmul_prepare(ctx, in_shape[0], params["weight"])
+
     def forward(self, ctx: Ctx, params: Params, x: np.ndarray) -> Proto:
         self.out_shape(x.shape)
         z, cache = yield from matmul_forward(ctx, x, params["weight"])
@@ -113,6 +148,10 @@ class Conv2d(Layer):
             raise ShapeError(f"Conv2d({self.in_channels}, {self.out_channels}, "
                              f"{self.kernel}) cannot take {in_shape}")
         return (b, self.out_channels, oh, ow)
+
+    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingMatmul | None:
+        b, _, oh, ow = self.out_shape(in_shape)
+        return matmul_prepare(ctx, b * oh * ow, params["weight"])
 
     def forward(self, ctx: Ctx, params: Params, x: np.ndarray) -> Proto:
         b, _, oh, ow = self.out_shape(x.shape)

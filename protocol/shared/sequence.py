@@ -16,6 +16,7 @@ opened in the forward pass is multiplied again (x and W in dW and dx, ReLU and m
 from __future__ import annotations
 
 import functools
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,10 +94,28 @@ class SharedNet:
             layer.update(ctx, params, velocity, grad, lr / grad_scale, momentum)
         return g
 
-    def infer(self, store: object, x: np.ndarray,
-              public: list[Params] | None = None) -> Proto:
-        """Logits only; ``public``: revealed weights (encoded), so linear layers are local."""
+    def prepare(self, store: object, in_shape: Shape) -> Proto:
+        """The input-independent part of a shared-weight inference pass on a batch of
+        ``in_shape``: one round opening every weight's masked value, then each layer's
+        precomputation. Run it ahead (when the triples arrive) and hand the result to
+        ``infer``, or let ``infer`` run it first; the plan is the same."""
+        ctx, pending, shape = self.ctx(store), [], tuple(in_shape)
+        for layer, params in zip(self.layers, self.params, strict=True):
+            p = layer.prepare(ctx, params, shape)
+            if p is not None:
+                pending.append(p)
+            shape = layer.out_shape(shape)
+        opened = yield Open([p.masked for p in pending], [False] * len(pending))
+        return deque(p.finish(ctx, f) for p, f in zip(pending, opened, strict=True))
+
+    def infer(self, store: object, x: np.ndarray, public: list[Params] | None = None,
+              prepared: deque | None = None) -> Proto:
+        """Logits only. ``public``: revealed weights (encoded), so linear layers are local;
+        otherwise ``prepared`` (from ``prepare``), run here first if not given."""
+        if public is None and prepared is None:
+            prepared = yield from self.prepare(store, x.shape)
         ctx = self.ctx(store, public_weights=public is not None)
+        ctx.prepared = None if public is not None else prepared
         for layer, params in zip(self.layers, public or self.params, strict=True):
             x, _ = yield from layer.forward(ctx, params, x)
         return x
