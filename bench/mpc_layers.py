@@ -1,6 +1,6 @@
 """The CNN server part on shares (protocol.shared) against plaintext float32, in one run.
 
-    python bench/mpc_layers.py [--batch 64] [--repeats 5]
+    python bench/mpc_layers.py [--net cnn|mlp] [--batch 64] [--repeats 5] [--clock cpu|wall]
 
 The server part is the contract's ``cnn`` after pool1, on an (B, 8, 12, 12) cut: conv2 5x5
 8->16, ReLU, MaxPool 2, Flatten, Linear 256->120, ReLU, Linear 120->84, ReLU, Linear 84->10.
@@ -43,8 +43,17 @@ from protocol.beaver import TripleStore
 from protocol.shared import SharedNet, from_torch, infer_plan, train_plan
 
 CUT_SHAPE = (8, 12, 12)
+MLP_CUT = (500,)
 CRYPTEN = ("CrypTen 2PC (published, CPU): small feed-forward network inference ~115x "
            "plaintext, training ~25x per epoch; conv2d 58x; ReLU ~5,400x")
+
+
+def mlp_server_part() -> nn.Module:
+    """Today's server part (actors.model.ServerNet), through the same library."""
+    from actors.model import ServerNet
+
+    torch.manual_seed(0)
+    return ServerNet()
 
 
 def cnn_server_part() -> nn.Module:
@@ -170,6 +179,8 @@ def plaintext_times(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--net", choices=("cnn", "mlp"), default="cnn",
+                   help="cnn: the contract's cnn after pool1; mlp: today's ServerNet")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
@@ -177,19 +188,21 @@ def main() -> int:
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
-    net = cnn_server_part().eval()
+    net = (cnn_server_part() if args.net == "cnn" else mlp_server_part()).eval()
+    cut_shape = CUT_SHAPE if args.net == "cnn" else MLP_CUT
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, size=(args.batch, *CUT_SHAPE)).astype(np.float32)
+    x = rng.uniform(0, 1, size=(args.batch, *cut_shape)).astype(np.float32)
     y = torch.from_numpy(rng.integers(0, 10, args.batch))
     t_infer, t_train, want = plaintext_times(net, torch.from_numpy(x), y, args.repeats)
-    layers, (p0, p1) = from_torch(net, input_shape=CUT_SHAPE)
+    layers, (p0, p1) = from_torch(net, input_shape=cut_shape)
     nets = (SharedNet(0, layers, p0), SharedNet(1, layers, p1))
     x_shares = ring.share(ring.encode(x))
     public = mpc.run_locally(nets[0].reveal(), nets[1].reveal())
-    shape = (args.batch, *CUT_SHAPE)
+    shape = (args.batch, *cut_shape)
 
     print(f"# {platform.machine()}, Python {platform.python_version()}, torch "
-          f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; batch {args.batch}, "
+          f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; {args.net} server part, "
+          f"batch {args.batch}, "
           f"medians of {args.repeats}; {args.clock} time; ring products with torch int64 kernel")
     print(f"plaintext float32: inference {1e3 * t_infer:.2f} ms, training step "
           f"{1e3 * t_train:.2f} ms")
