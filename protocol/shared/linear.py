@@ -69,7 +69,9 @@ def matmul_forward(ctx: Ctx, x: np.ndarray, w: np.ndarray) -> Proto:
 
 
 def matmul_backward(ctx: Ctx, cache: MatCache, dz: np.ndarray) -> Proto:
-    """(dx, dw) for z = x @ w, one round: only dz's mask is opened."""
+    """(dx, dw) for z = x @ w, one round: only dz's mask is opened. dx is returned before
+    truncation (2f fractional bits): Conv2d sums up to kh * kw entries of it per input
+    position first, so the sum is truncated once (error 2 units, not 2 kh kw)."""
     (m, k), n = cache.e.shape, cache.f.shape[1]
     dw_spec = TripleSpec("matmul", (k, m), (m, n), a_ref=(cache.index, "a", True))
     e_t = np.ascontiguousarray(cache.e.T)
@@ -78,7 +80,7 @@ def matmul_backward(ctx: Ctx, cache: MatCache, dz: np.ndarray) -> Proto:
     dx_spec = TripleSpec("matmul", (m, n), (n, k), a_ref=(dw_index, "b", False),
                          b_ref=(cache.index, "b", True))
     dw, dx = yield from _backward_products(ctx, dw_spec, dx_spec, e_t, f_t, dz)
-    return ctx.trunc(dx), ctx.trunc(dw)
+    return dx, ctx.trunc(dw)
 
 
 def _backward_products(ctx: Ctx, dw_spec: TripleSpec, dx_spec: TripleSpec, e_t: np.ndarray,
@@ -116,6 +118,7 @@ class Linear(Layer):
 
     def backward(self, ctx: Ctx, params: Params, cache: MatCache, dy: np.ndarray) -> Proto:
         dx, dw = yield from matmul_backward(ctx, cache, dy)
+        dx = ctx.trunc(dx)
         grads = {"weight": dw}
         if self.bias:
             grads["bias"] = dy.sum(0, dtype=np.uint64)
@@ -171,7 +174,7 @@ class Conv2d(Layer):
         dcols, dw = yield from matmul_backward(ctx, mat, dz)
         dcols = dcols.reshape(b, oh, ow, self.in_channels, *self.kernel).transpose(0, 3, 1, 2,
                                                                                     4, 5)
-        dx = win.unwindows(dcols, in_shape, self.stride, self.padding)
+        dx = ctx.trunc(win.unwindows(dcols, in_shape, self.stride, self.padding))
         grads = {"weight": dw}
         if self.bias:
             grads["bias"] = dy.sum((0, 2, 3), dtype=np.uint64)

@@ -63,9 +63,9 @@ class AvgPool2d(Layer):
         yield  # a program, with no rounds
 
     def backward(self, ctx: Ctx, params: Params, cache: Shape, dy: np.ndarray) -> Proto:
-        g = ctx.trunc(dy * ctx.encode(self.scale))
+        g = dy * ctx.encode(self.scale)  # truncated once, after the windows are summed
         spread = np.broadcast_to(g[..., None, None], (*g.shape, *self.kernel))
-        return win.unwindows(spread, cache, self.stride, self.padding), {}
+        return ctx.trunc(win.unwindows(spread, cache, self.stride, self.padding)), {}
         yield
 
 
