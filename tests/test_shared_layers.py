@@ -116,8 +116,7 @@ def test_conv2d_forward_and_backward_within_fixed_point_bound(c_in, c_out, k, st
     y, dx, grads = on_shares(module, x, dy)
     y_ref, dx_ref, m = in_float(module, x, dy)
     assert np.abs(y - y_ref).max() <= 2 * ULP
-    # dx adds up to k*k truncated window gradients per input position.
-    assert np.abs(dx - dx_ref).max() <= 2 * k * k * ULP
+    assert np.abs(dx - dx_ref).max() <= 2 * ULP  # window sums are truncated once
     w_grad = m.weight.grad.numpy().reshape(c_out, -1).T
     assert np.abs(grads["weight"] - w_grad).max() <= 2 * ULP
     if bias:
@@ -138,7 +137,7 @@ def test_avgpool_forward_and_backward_within_fixed_point_bound(k, stride, pad, s
     # One truncation, plus the public 1/k^2 rounded to the grid (half a unit, times the sum).
     window_sum = 2.0 * k * k * np.abs(x).max()
     assert np.abs(y - y_ref).max() <= 2 * ULP + window_sum * ULP
-    assert np.abs(dx - dx_ref).max() <= k * k * (2 * ULP + np.abs(dy).max() * ULP)
+    assert np.abs(dx - dx_ref).max() <= 2 * ULP + k * k * np.abs(dy).max() * ULP
 
 
 @FAST
@@ -213,18 +212,26 @@ def test_cnn_training_steps_on_shares_match_torch_sgd_with_momentum():
         out = model(ht)
         F.cross_entropy(out, y).backward()
         opt.step()
-        assert np.abs(logits.detach().numpy() - out.detach().numpy()).max() < 2e-3
+        assert np.abs(logits.detach().numpy() - out.detach().numpy()).max() < 5e-4
         dh = ring.decode(ring.reveal(dh0, dh1)) / batch
-        assert np.abs(dh - ht.grad.numpy()).max() < 2e-4
-    # Tolerance: the learning rate lr / batch is itself rounded to the 2^-16 grid (0.2%).
+        want = ht.grad.numpy()
+        # The cut gradient is ~1e-4 here, ~50 units of 2^-16 on the summed-loss scale: a few
+        # percent is the fixed point's resolution (and a ReLU input within units of 0 may
+        # take the other side); a wrong layer would be off by ~100%.
+        assert np.linalg.norm(dh - want) / np.linalg.norm(want) < 0.1
+        assert np.abs(dh - want).max() < 5e-4
+    # Weights after two steps: within a few units, and each layer's update (momentum
+    # included: without it the second step is ~50% off) within 15%.
     got = reveal_params(n0, n1)
+    before = reveal_params(*shared_nets(ref)[1:])
     for i, m in enumerate(model):
         if isinstance(m, nn.Conv2d | nn.Linear):
             want = m.weight.detach().numpy().reshape(m.weight.shape[0], -1).T
-            assert np.abs(got[i]["weight"] - want).max() < 1e-3, m
-            assert np.abs(got[i]["bias"] - m.bias.detach().numpy()).max() < 1e-3, m
-    conv_before = ref[0].weight.detach().numpy().reshape(16, -1).T
-    assert np.abs(got[0]["weight"] - conv_before).max() > 1e-3  # it did learn
+            assert np.abs(got[i]["weight"] - want).max() < 5e-4, m
+            update = want - before[i]["weight"]
+            assert np.linalg.norm(got[i]["weight"] - want) / np.linalg.norm(update) < 0.15, m
+            assert np.abs(got[i]["bias"] - m.bias.detach().numpy()).max() < 5e-4, m
+    assert np.abs(got[0]["weight"] - before[0]["weight"]).max() > 1e-3  # it did learn
 
 
 class RecordingStore:
