@@ -438,6 +438,17 @@ def test_from_torch_refuses_what_it_cannot_compute_in_one_line(module, message):
     assert "\n" not in str(err.value)
 
 
-def test_from_torch_checks_the_cut_shape():
+def test_from_torch_checks_the_cut_shape_and_shares_must_fit_the_layers():
     with pytest.raises(ShapeError, match="Linear"):
         from_torch(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), input_shape=(3, 3))
+    layers, (p0, _) = from_torch(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(ShapeError, match="needs parameters"):
+        SharedNet(0, layers, [{"weight": p0[0]["weight"].T, "bias": p0[0]["bias"]}])
+
+
+def test_todays_server_net_translates_with_its_functional_relu():
+    from actors.model import ServerNet
+
+    layers, plain = translate(ServerNet())
+    assert [type(layer).__name__ for layer in layers] == ["Linear", "ReLU", "Linear"]
+    assert plain[0]["weight"].shape == (500, 500) and plain[2]["weight"].shape == (500, 10)

@@ -196,6 +196,7 @@ class Layer:
     """
 
     def param_shapes(self, in_shape: Shape) -> dict[str, Shape]:
+        """Parameter name -> shape (the layers here need no input shape for it)."""
         return {}
 
     def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> object | None:

@@ -68,6 +68,12 @@ class SharedNet:
         self.layers = tuple(self.layers)
         if len(self.params) != len(self.layers):
             raise ShapeError(f"{len(self.layers)} layers but {len(self.params)} parameter sets")
+        for i, (layer, params) in enumerate(zip(self.layers, self.params, strict=True)):
+            want = layer.param_shapes(())
+            got = {n: tuple(np.shape(v)) for n, v in params.items()}
+            if got != want:
+                raise ShapeError(f"layer {i} ({type(layer).__name__}) needs parameters {want}, "
+                                 f"got {got}")
         if not self.velocity:
             self.velocity = [{} for _ in self.layers]
 
