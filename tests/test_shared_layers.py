@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from actors.mpc_roles import decode_plan, encode_plan
 from protocol import beaver, mpc, ring
 from protocol.beaver import TripleStore
 from protocol.errors import ConfigError, ShapeError
@@ -275,6 +276,7 @@ def test_traced_plans_equal_what_the_programs_consume():
     # the derivative bit of each ReLU and each max-pool level.
     reused = [s for s in plan if s.a_ref or s.b_ref]
     assert len(reused) == 2 * 4 + 2 + 2
+    assert decode_plan(encode_plan(plan, 7)) == (7, plan)  # the dealer's wire format holds it
     for public in (False, True):
         iplan = infer_plan(layers, shape, public)
         r0, r1 = (RecordingStore(s) for s in stores(iplan))
