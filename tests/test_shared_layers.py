@@ -448,9 +448,18 @@ def test_from_torch_checks_the_cut_shape_and_shares_must_fit_the_layers():
         SharedNet(0, layers, [{"weight": p0[0]["weight"].T, "bias": p0[0]["bias"]}])
 
 
-def test_todays_server_net_translates_with_its_functional_relu():
-    from actors.model import ServerNet
+class ServerNet(nn.Module):
+    """The old actors.model.ServerNet: named children, ReLU written in forward."""
 
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(500, 500), nn.Linear(500, 10)
+
+    def forward(self, h):
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def test_a_module_of_children_with_a_functional_relu_translates():
     layers, plain = translate(ServerNet())
     assert [type(layer).__name__ for layer in layers] == ["Linear", "ReLU", "Linear"]
     assert plain[0]["weight"].shape == (500, 500) and plain[2]["weight"].shape == (500, 10)
