@@ -118,7 +118,7 @@ class SpatialInverse(_Decoder):
         self.in_shape, self.out_shape = cut, shape
         colours, height, width = shape
         # x2 steps to the power of two nearest the scale (conv1's 24x24 under 28x28: none,
-        # pool1's 12x12: one, pool2's 4x4: three), then a bilinear resize to exactly (H, W).
+        # pool1's 12x12: one, pool2's 4x4: three), then a resize to exactly (H, W).
         ratio = max(height / cut[1], width / cut[2])
         doublings = max(0, round(math.log2(ratio)))
         layers: list[nn.Module] = [nn.Conv2d(cut[0], chans[0], 3, padding=1),
@@ -129,13 +129,35 @@ class SpatialInverse(_Decoder):
             layers += _up(width_now, nxt)
             width_now = nxt
         scale = 2 ** doublings
-        if (cut[1] * scale, cut[2] * scale) != (height, width):
-            layers.append(nn.Upsample(size=(height, width), mode="bilinear",
-                                      align_corners=False))
+        layers += _resize((cut[1] * scale, cut[2] * scale), (height, width), width_now)
         # The full-resolution stages are the costly ones, so they run at the narrowest width.
         layers += [nn.Conv2d(width_now, chans[2], 3, padding=1), nn.BatchNorm2d(chans[2]),
                    nn.ReLU(), nn.Conv2d(chans[2], colours, 3, padding=1), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+
+
+#: Largest side difference bridged by a learnt stride-1 (transposed) convolution.
+MAX_LEARNT_RESIZE = 8
+
+
+def _resize(size: tuple[int, int], target: tuple[int, int], width: int) -> list[nn.Module]:
+    """Layers taking a (width, *size) map to (width, *target).
+
+    A few pixels' difference is what a valid convolution takes off (conv1's 5x5: 28 -> 24),
+    so a transposed convolution with that kernel puts them back with the geometry aligned
+    (output pixel (i, j) sits over the input's window); a bilinear stretch would smear every
+    stroke by up to two pixels. Larger or mixed differences are resized bilinearly.
+    """
+    grow = (target[0] - size[0], target[1] - size[1])
+    if grow == (0, 0):
+        return []
+    if all(0 <= g <= MAX_LEARNT_RESIZE for g in grow):
+        conv: nn.Module = nn.ConvTranspose2d(width, width, (grow[0] + 1, grow[1] + 1))
+    elif all(-MAX_LEARNT_RESIZE <= g <= 0 for g in grow):
+        conv = nn.Conv2d(width, width, (1 - grow[0], 1 - grow[1]))
+    else:
+        return [nn.Upsample(size=target, mode="bilinear", align_corners=False)]
+    return [conv, nn.BatchNorm2d(width), nn.ReLU()]
 
 
 def build_decoder(cut_shape: tuple[int, ...], out_shape: tuple[int, int, int],
