@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from actors.model import SplitNN, seeded_parts
 from attack.conv import ConvInverse, ConvInversion
 from attack.inversion import BlackBoxInversion
 from attack.ladder import (
@@ -51,13 +50,16 @@ def digits() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def parts() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The default mlp's (untrained) parts; the owner's takes (B, 1, 28, 28) images."""
-    owner, server = seeded_parts(0)
-    return nn.Sequential(nn.Flatten(), owner), server
+    """The default mlp's parts, untrained, seeded 0 as the lab seeds them (same init order):
+    owner Flatten + Linear 784->500 + ReLU on (B, 1, 28, 28); server 500->500->10."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        fc, fc1, fc2 = nn.Linear(784, 500), nn.Linear(500, 500), nn.Linear(500, 10)
+    return nn.Sequential(nn.Flatten(), fc, nn.ReLU()), nn.Sequential(fc1, nn.ReLU(), fc2)
 
 
 def _whole(parts) -> nn.Module:
-    return nn.Sequential(nn.Flatten(), SplitNN(parts[0][1], parts[1]))
+    return nn.Sequential(*parts)
 
 
 def _through(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
