@@ -5,17 +5,22 @@ demo) trains an inverse network on (auxiliary image, smashed activation) pairs, 
 auxiliary set decides how well the attack transfers to the private target data. The choices
 span the range from a lower to an upper bound:
 
-``noise``          uniform noise: the lower bound, nothing image-like.
+``noise``          uniform noise: the lower bound, nothing image-like; any image shape.
+``holdout``        a disjoint slice of the target dataset (the same-distribution upper bound), any
+                   image shape; passed in as ``holdout=`` (the lab's ``target.holdout.x``).
+                   ``mnist-holdout`` is its old name.
 ``letters``        synthetic handwritten-style letters (default): the offline stand-in for the
                    EMNIST letters the original attack used; same "pen strokes on black" domain as
                    MNIST, but no digit ever appears.
 ``emnist-letters`` the real EMNIST letters (needs the optional ``vision`` extra and a download).
 ``digits-uci``     scikit-learn's 1,797 8x8 UCI digits upscaled to MNIST style: same classes,
                    very different acquisition.
-``mnist-holdout``  a disjoint MNIST slice: the same-distribution upper bound.
 
-Every set comes back as float32 ``(n, 784)`` in ``[0, 1]``, preprocessed the MNIST way by
-:func:`mnist_center` so the attack never learns "this is not MNIST" from framing alone.
+Every set comes back as float32 ``(n, C, H, W)`` in ``[0, 1]`` for the target's ``input_shape``.
+``letters``, ``emnist-letters`` and ``digits-uci`` are MNIST-format sets, (1, 28, 28) grayscale
+preprocessed the MNIST way by :func:`mnist_center` so the attack never learns "this is not
+MNIST" from framing alone; asking for one against any other target shape is a ConfigError,
+never a silent resize.
 """
 
 from __future__ import annotations
@@ -34,11 +39,14 @@ from scipy import ndimage
 
 from protocol.errors import ConfigError, DataUnavailableError, ShapeError
 
-AUX_CHOICES = ("letters", "digits-uci", "mnist-holdout", "noise", "emnist-letters")
+AUX_CHOICES = ("letters", "digits-uci", "holdout", "mnist-holdout", "noise", "emnist-letters")
+#: Sets that are images in MNIST's own format, and that format.
+MNIST_STYLE = frozenset({"letters", "digits-uci", "emnist-letters"})
+MNIST_SHAPE = (1, 28, 28)
 
 Box = tuple[int, int, int, int]  # PIL bounding box: left, top, right, bottom
 
-_SIDE = 28  # MNIST image side
+_SIDE = MNIST_SHAPE[1]  # MNIST image side, what mnist_center produces
 _BOX = 20  # MNIST fits each digit's bounding box into 20x20 before centring
 # MNIST puts the centre of mass at pixel (14, 14), not at the geometric centre 13.5: the
 # mean COM over MNIST training digits is (13.98, 13.99) in scipy's index coordinates.
@@ -93,16 +101,24 @@ def load_aux(
     name: str,
     n: int,
     seed: int,
+    input_shape: tuple[int, int, int],
+    *,
     holdout: NDArray[np.float32] | None = None,
     data_dir: str | Path | None = None,
     download: bool = False,
+    emnist: np.ndarray | None = None,
 ) -> NDArray[np.float32]:
-    """Return the auxiliary set ``name`` as float32 ``(n', 784)`` in ``[0, 1]``.
+    """Return the auxiliary set ``name`` as float32 ``(n', C, H, W)`` in ``[0, 1]``.
 
-    ``n' == n`` for every set except ``mnist-holdout``, which returns ``holdout`` whole and
-    ignores ``n``. ``digits-uci`` also returns exactly ``n``: beyond the 1,797 originals it
-    adds randomly jittered copies (see :func:`_digits_uci`). Deterministic for a ``seed``.
-    ``data_dir``/``download`` are only used by ``emnist-letters``.
+    ``input_shape`` is the target's (C, H, W); an MNIST-format set against any other shape is
+    a ConfigError naming both. ``n' == n`` for every set except ``holdout``, which returns
+    ``holdout`` (N, C, H, W) whole and ignores ``n``. ``digits-uci`` also returns exactly
+    ``n``: beyond the 1,797 originals it adds randomly jittered copies (see
+    :func:`_digits_uci`). Deterministic for a ``seed``.
+
+    ``emnist-letters``: ``emnist`` is the EMNIST letters images already read by the caller,
+    (M, 28, 28) or (M, 1, 28, 28), upright (MNIST orientation), uint8 0-255 or float 0-1;
+    without it they are read through torchvision from ``data_dir`` (``download`` to fetch).
     """
     if name not in AUX_CHOICES:
         raise ConfigError(
@@ -110,16 +126,35 @@ def load_aux(
         )
     if n < 1:
         raise ConfigError(f"--aux-size must be at least 1, got {n}")
+    shape = _check_shape(input_shape)
+    if name in MNIST_STYLE and shape != MNIST_SHAPE:
+        raise ConfigError(
+            f"--aux {name} is {_fmt(MNIST_SHAPE)} grayscale, the target's images are "
+            f"{_fmt(shape)}: use --aux holdout or noise"
+        )
     rng = np.random.default_rng(seed)
     if name == "letters":
         return render_letters(n, seed)
     if name == "digits-uci":
         return _digits_uci(n, rng)
-    if name == "mnist-holdout":
-        return _mnist_holdout(holdout)
+    if name in ("holdout", "mnist-holdout"):
+        return _holdout(name, holdout, shape)
     if name == "noise":
-        return rng.random((n, _SIDE * _SIDE), dtype=np.float32)
+        return rng.random((n, *shape), dtype=np.float32)
+    if emnist is not None:
+        return _emnist_from_array(emnist, n, rng)
     return _emnist_letters(n, rng, data_dir, download)
+
+
+def _check_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"auxiliary data needs a (C, H, W) input shape, got {input_shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
 
 
 # --- MNIST-style preprocessing -----------------------------------------------------------------
@@ -192,7 +227,7 @@ def _paste_by_mass(box: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def render_letters(n: int, seed: int) -> NDArray[np.float32]:
-    """Render ``n`` handwritten-style letters a-z / A-Z as float32 ``(n, 784)`` in ``[0, 1]``.
+    """Render ``n`` handwritten-style letters a-z / A-Z as float32 ``(n, 1, 28, 28)`` in [0, 1].
 
     Each sample draws a font (matplotlib's bundled text fonts), a letter, a target stroke
     thickness (thick like MNIST pen strokes), a rotation, shear, scale/aspect jitter and an
@@ -205,7 +240,7 @@ def render_letters(n: int, seed: int) -> NDArray[np.float32]:
     font_idx = rng.integers(len(fonts), size=n)
     letter_idx = rng.integers(len(_LETTERS), size=n)
     stroke = rng.uniform(*_STROKE_RANGE, size=n)
-    out = np.empty((n, _SIDE * _SIDE), np.float32)
+    out = np.empty((n, *MNIST_SHAPE), np.float32)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         glyphs = np.stack(
@@ -216,7 +251,7 @@ def render_letters(n: int, seed: int) -> NDArray[np.float32]:
         )
         warped = _distort(glyphs, rng)
         for j, img in enumerate(warped):
-            out[start + j] = mnist_center(img).ravel()
+            out[start + j, 0] = mnist_center(img)
     return out
 
 
@@ -497,18 +532,34 @@ def _upscale_uci(images: NDArray[np.float64]) -> NDArray[np.float32]:
 
 
 def _uci_to_mnist(images: NDArray[np.float32]) -> NDArray[np.float32]:
-    return np.stack([mnist_center(img).ravel() for img in images]).astype(np.float32)
+    return np.stack([mnist_center(img)[None] for img in images]).astype(np.float32)
 
 
-def _mnist_holdout(holdout: NDArray[np.float32] | None) -> NDArray[np.float32]:
+def _holdout(name: str, holdout: np.ndarray | None,
+             shape: tuple[int, int, int]) -> NDArray[np.float32]:
     if holdout is None:
         raise ConfigError(
-            "--aux mnist-holdout needs the target's holdout split: pass holdout=target.holdout.x"
+            f"--aux {name} needs the target's holdout split: pass holdout=target.holdout.x"
         )
     arr = np.asarray(holdout, dtype=np.float32)
-    if arr.ndim != 2 or arr.shape[1] != _SIDE * _SIDE:
-        raise ShapeError(f"--aux mnist-holdout needs holdout of shape (N, 784), got {arr.shape}")
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != shape:
+        raise ShapeError(f"--aux {name} needs holdout images (N, {', '.join(map(str, shape))}), "
+                         f"got {arr.shape}")
     return arr
+
+
+def _emnist_from_array(images: np.ndarray, n: int,
+                       rng: np.random.Generator) -> NDArray[np.float32]:
+    """``n`` of the caller's upright EMNIST letters, picked as from the torchvision set."""
+    arr = np.asarray(images)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3 or arr.shape[1:] != MNIST_SHAPE[1:]:
+        raise ShapeError(f"--aux emnist-letters needs (M, 28, 28) letters, got {images.shape}")
+    if n > len(arr):
+        raise ConfigError(f"--aux-size {n} exceeds the {len(arr)} EMNIST letters available")
+    picked = arr[rng.choice(len(arr), size=n, replace=False)]
+    return _as_unit_float(picked)[:, None]
 
 
 def _emnist_letters(
@@ -529,7 +580,7 @@ def _emnist_letters(
     picked = raw[rng.choice(len(raw), size=n, replace=False)]
     # EMNIST stores images transposed relative to MNIST (column-major from the NIST source).
     upright = np.ascontiguousarray(picked.transpose(0, 2, 1))
-    return upright.reshape(n, _SIDE * _SIDE).astype(np.float32) / np.float32(255.0)
+    return (upright.astype(np.float32) / np.float32(255.0))[:, None]
 
 
 def _torchvision_datasets() -> ModuleType:

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from defences.spec import PARAMETERS, build_defences, parse_defence
+from attack.base import check_images
+from defences.spec import PARAMETERS, Defences, build_defences, parse_defence
 
 #: Added to the run's seed for the adversary's own noise and dropout draws: it must not share
 #: the owner's stream (the owner's default seed is public, so a real owner should change it).
@@ -24,7 +25,12 @@ ADVERSARY_SEED_OFFSET = 7919
 
 def local_answers(part: nn.Module, defences: tuple[str, ...] | list[str], aux: np.ndarray,
                   seed: int, batch: int = 500) -> np.ndarray:
-    """What the owner's defended oracle would answer on ``aux`` (N, 784): (N, k) float32."""
+    """What the owner's defended oracle would answer on ``aux`` (N, C, H, W): (N, *cut) float32.
+
+    The defences see one flat row per image (per-image clipping norms, i.i.d. noise and
+    dropout per coordinate do not care about the cut's rank), reshaped back afterwards.
+    """
+    aux = check_images(aux, "auxiliary images")
     specs = []
     for spec in (parse_defence(t) for t in defences):
         if "seed" in PARAMETERS[spec.name]:
@@ -39,12 +45,16 @@ def local_answers(part: nn.Module, defences: tuple[str, ...] | list[str], aux: n
     part.eval()
     try:
         with torch.no_grad():
-            out = [shield.apply(part(torch.from_numpy(aux[i:i + batch].astype(np.float32))))
+            out = [_defended(shield, part(torch.from_numpy(aux[i:i + batch])))
                    for i in range(0, len(aux), batch)]
     finally:
         part.train(was_training)
     if not out:
         with torch.no_grad():
-            width = part(torch.zeros(1, aux.shape[1])).shape[1]
-        return np.zeros((0, width), np.float32)
+            cut = part(torch.zeros(1, *aux.shape[1:])).shape[1:]
+        return np.zeros((0, *cut), np.float32)
     return torch.cat(out).numpy().astype(np.float32)
+
+
+def _defended(shield: Defences, h: torch.Tensor) -> torch.Tensor:
+    return shield.apply(h.reshape(len(h), -1)).reshape(h.shape)

@@ -1,4 +1,9 @@
-"""How good is a reconstruction? MSE, PSNR and SSIM (scikit-image), and validator accuracy."""
+"""How good is a reconstruction? MSE, PSNR and SSIM (scikit-image), and validator accuracy.
+
+Images are (N, C, H, W) in [0, 1]. One channel is compared as a grayscale image (the numbers
+the lab always reported for (N, 784) digits); several channels go to scikit-image with
+``channel_axis``, whose SSIM is the mean of the per-channel SSIMs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from protocol.errors import ShapeError
 
-SIDE = 28
+#: scikit-image's default SSIM window: images need at least this many pixels a side.
+SSIM_WINDOW = 7
 
 
 @dataclass(frozen=True)
@@ -25,10 +31,8 @@ class AttackMetrics:
 
 def _as_images(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 2 and x.shape[1] == SIDE * SIDE:
-        x = x.reshape(-1, SIDE, SIDE)
-    if x.ndim != 3:
-        raise ShapeError(f"images must be (N, 784) or (N, 28, 28), got {x.shape}")
+    if x.ndim != 4:
+        raise ShapeError(f"images must be (N, C, H, W), got {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ShapeError("images contain NaN/inf")
     return np.clip(x, 0.0, 1.0)
@@ -59,7 +63,17 @@ def psnr(recon: np.ndarray, original: np.ndarray) -> float:
 
 
 def ssim(recon: np.ndarray, original: np.ndarray) -> float:
-    """Mean per-image SSIM (scikit-image, 7x7 Gaussian-free window, data range 1)."""
+    """Mean per-image SSIM (scikit-image, 7x7 uniform window, data range 1).
+
+    Colour images: the mean over channels of each channel's SSIM (``channel_axis``).
+    """
     r, o = _pair(recon, original)
+    if min(r.shape[2:]) < SSIM_WINDOW:
+        raise ShapeError(f"SSIM needs images at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
+                         f"got {r.shape[2]}x{r.shape[3]}")
+    if r.shape[1] == 1:
+        pairs = zip(r[:, 0], o[:, 0], strict=True)
+        return float(np.mean([structural_similarity(b, a, data_range=1.0) for a, b in pairs]))
     pairs = zip(r, o, strict=True)
-    return float(np.mean([structural_similarity(b, a, data_range=1.0) for a, b in pairs]))
+    return float(np.mean([structural_similarity(b, a, data_range=1.0, channel_axis=0)
+                          for a, b in pairs]))

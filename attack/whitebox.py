@@ -4,13 +4,16 @@ Here the adversary knows the first part's weights (a curious server that was han
 or one that trained it). Instead of learning an inverse it solves, for every intercepted
 activation h, the optimisation problem
 
-    x* = argmin_{x in [0,1]^784}  ||f(x) - h||^2 / ||h||^2  +  lambda_tv * TV(x)
+    x* = argmin_{x in [0,1]^(C x H x W)}  ||f(x) - h||^2 / ||h||^2  +  lambda_tv * TV(x)
 
-by gradient descent through f. TV (total variation on the 28x28 image) is the "natural image"
-prior that picks, out of the many inputs f maps close to h, the one with smooth strokes.
+by gradient descent through f. TV (total variation of each channel of the image, summed) is
+the "natural image" prior that picks, out of the many inputs f maps close to h, the one with
+smooth strokes.
 
-``f`` is any torch module mapping (N, 784) -> (N, k): the owner's first part for the cut layer,
-or the whole network (first part then server part) when the attacker intercepts the 10-d output.
+``f`` is any torch module mapping (N, C, H, W) -> (N, *cut_shape): the owner's first part for
+the cut layer, or the whole network (first part then server part) when the attacker
+intercepts the (N, classes) output. ``input_shape`` (C, H, W) is required: this rung never sees
+an image to take it from.
 
 Defences at the cut layer are public (Kerckhoffs); their random draws are not. The attack adapts
 to what it is told (:meth:`WhiteBoxInversion.knowing`): it clips ``f(x)`` as the owner clips
@@ -22,34 +25,40 @@ nothing (dropped, or a ReLU that did not fire), a survivor is an exact equation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from attack.base import Rung, check_input_shape
 from defences.noise import clip_rows
 from defences.spec import build_defences, parse_defence
 from protocol.errors import ConfigError, ShapeError
 
-SIDE = 28
-PIXELS = SIDE * SIDE
 
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV of each image in a (N, C, H, W) batch: (N,) sums of |neighbour diffs|.
 
-def total_variation(x: torch.Tensor, side: int = SIDE) -> torch.Tensor:
-    """Anisotropic TV of each image in a (N, side*side) batch: (N,) sums of |neighbour diffs|."""
-    img = x.view(-1, side, side)
-    dx = (img[:, :, 1:] - img[:, :, :-1]).abs().sum(dim=(1, 2))
-    dy = (img[:, 1:, :] - img[:, :-1, :]).abs().sum(dim=(1, 2))
+    Per channel, summed over channels: colour edges are priced like grey ones, and a
+    (N, 1, H, W) batch gets exactly the grayscale TV.
+    """
+    if x.dim() != 4:
+        raise ShapeError(f"total_variation needs (N, C, H, W) images, got {tuple(x.shape)}")
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().sum(dim=(1, 2, 3))
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().sum(dim=(1, 2, 3))
     return dx + dy
 
 
 @dataclass
-class WhiteBoxInversion:
+class WhiteBoxInversion(Rung):
     """rMLE: optimise each input so the known first part maps it onto the intercepted output."""
 
     #: The module the activations came out of; its weights are known and never changed here.
     part: nn.Module | None = None
+    #: The images' (C, H, W): required, the part's input.
+    input_shape: tuple[int, int, int] | None = None
     steps: int = 500
     #: Adam's step in logit space (x = sigmoid(u)): 0.2 moves a pixel from 0.1 to ~0.9 in a
     #: few dozen steps; 0.1 leaves some strokes half drawn after 500 (SSIM 0.84 vs 0.89).
@@ -75,7 +84,7 @@ class WhiteBoxInversion:
     dropout_rate: float = 0.0
 
     @classmethod
-    def knowing(cls, defences: tuple[str, ...] | list[str], **params: object
+    def knowing(cls, defences: Sequence[str], **params: object  # type: ignore[override]
                 ) -> WhiteBoxInversion:
         """The attack adapted to the owner's ``--defence`` specs (canonical text).
 
@@ -92,6 +101,9 @@ class WhiteBoxInversion:
         return cls(**{**known, **params})  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
+        self.input_shape = check_input_shape(self.input_shape, "white-box inversion")
+        if self.input_shape is None:
+            raise ConfigError("white-box inversion needs input_shape=(C, H, W), the part's input")
         if self.steps < 1 or self.lr <= 0 or self.lambda_tv < 0 or self.batch_size < 1:
             raise ConfigError(
                 "white-box inversion needs steps >= 1, lr > 0, lambda_tv >= 0, batch_size >= 1; "
@@ -109,15 +121,15 @@ class WhiteBoxInversion:
             raise ConfigError(f"white-box dropout_rate must be in [0, 1), got {self.dropout_rate}")
 
     def reconstruct(self, acts: np.ndarray) -> np.ndarray:
-        """Invert every row of ``acts`` (N, k): float32 (N, 784) in [0, 1]."""
+        """Invert every row of ``acts`` (N, *cut): float32 (N, C, H, W) in [0, 1]."""
         part = self.part
         if part is None:
             raise RuntimeError("white-box inversion needs the first part: pass part=<module>")
         acts = np.asarray(acts)
-        if acts.ndim != 2:
-            raise ShapeError(f"activations must be (N, k), got {acts.shape}")
+        if acts.ndim < 2:
+            raise ShapeError(f"activations must be (N, *cut_shape), got {acts.shape}")
         if len(acts) == 0:
-            return np.zeros((0, PIXELS), np.float32)
+            return self.empty()
         was_training = part.training
         flags = [p.requires_grad for p in part.parameters()]
         # eval(): dropout or batch norm in the part must behave as at inference. Frozen weights:
@@ -129,9 +141,10 @@ class WhiteBoxInversion:
         try:
             # Garbage on the wire (ciphertext read as floats, NaN) must not blow up the
             # optimiser: clip to what the part can plausibly emit for inputs in [0, 1].
-            bound = _output_bound(part, self.seed)
-            safe = np.clip(np.nan_to_num(acts.astype(np.float32), nan=0.0, posinf=bound,
-                                         neginf=-bound), -bound, bound)
+            bound = _output_bound(part, self.shape, self.seed)
+            flat = acts.reshape(len(acts), -1).astype(np.float32)
+            safe = np.clip(np.nan_to_num(flat, nan=0.0, posinf=bound, neginf=-bound),
+                           -bound, bound)
             gen = torch.Generator().manual_seed(self.seed)
             out = [self._invert(part, torch.from_numpy(safe[i:i + self.batch_size]), gen)
                    for i in range(0, len(safe), self.batch_size)]
@@ -141,11 +154,24 @@ class WhiteBoxInversion:
             part.train(was_training)
         return np.concatenate(out)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        assert self.input_shape is not None  # __post_init__ refuses None
+        return self.input_shape
+
+    def fit(self, acts: np.ndarray, images: np.ndarray) -> None:
+        """Nothing to train: the known weights are the whole model of the inverse."""
+        del acts, images
+
+    def run(self, oracle: object, aux: np.ndarray) -> None:
+        """Nothing to query either: the adversary has the weights."""
+        del oracle, aux
+
     def _invert(self, part: nn.Module, h: torch.Tensor, gen: torch.Generator) -> np.ndarray:
         # x = sigmoid(u): the box constraint holds by construction and Adam sees no walls.
         # A little seeded jitter breaks the symmetry between pixels the part treats alike.
         logit = float(np.log(self.init / (1.0 - self.init)))
-        u = (logit + 0.1 * torch.randn(len(h), PIXELS, generator=gen)).requires_grad_()
+        u = (logit + 0.1 * torch.randn(len(h), *self.shape, generator=gen)).requires_grad_()
         opt = torch.optim.Adam([u], lr=self.lr)
         # Which activations constrain x: all of them, or under dropout only the survivors,
         # rescaled back to what the first part emitted.
@@ -164,7 +190,7 @@ class WhiteBoxInversion:
         for _ in range(self.steps):
             opt.zero_grad()
             x = torch.sigmoid(u)
-            out = part(x)
+            out = part(x).reshape(len(h), -1)  # rows: one per image, whatever the cut's rank
             if self.clip is not None:
                 out = clip_rows(out, self.clip, self.clip_norm)
             resid = (out - h) * weight
@@ -178,9 +204,9 @@ class WhiteBoxInversion:
 
 
 @torch.no_grad()
-def _output_bound(part: nn.Module, seed: int) -> float:
+def _output_bound(part: nn.Module, shape: tuple[int, int, int], seed: int) -> float:
     """A generous bound on |f(x)| for x in [0, 1]: probe black, white and random inputs, x4."""
     gen = torch.Generator().manual_seed(seed)
-    probe = torch.cat([torch.zeros(1, PIXELS), torch.ones(1, PIXELS),
-                       torch.rand(62, PIXELS, generator=gen)])
+    probe = torch.cat([torch.zeros(1, *shape), torch.ones(1, *shape),
+                       torch.rand(62, *shape, generator=gen)])
     return 4.0 * max(float(part(probe).abs().max()), 1.0)
