@@ -95,15 +95,18 @@ class InversionAttacker(ABC):
             part = self.net.owner_from(np.asarray(weights)).eval()
             used = 0
             if trains_locally(method):  # a decoder on its own outputs of the known part
-                inversion = make_attack(method, epochs=epochs, seed=seed)
+                inversion = make_attack(method, epochs=epochs, seed=seed,
+                                        input_shape=self.net.input_shape)
                 if len(aux) >= MIN_FIT:
                     inversion.fit(local_answers(part, defences, aux, seed), aux)
                     trained = True
             else:
-                inversion = make_adapted_attack(method, defences, part=part, seed=seed)
+                inversion = make_adapted_attack(method, defences, part=part, seed=seed,
+                                                input_shape=self.net.input_shape)
                 trained = True
         else:
-            inversion = make_attack(method, epochs=epochs, seed=seed)
+            inversion = make_attack(method, epochs=epochs, seed=seed,
+                                    input_shape=self.net.input_shape)
             acts, images = self.collect(owners[0], aux, inversion.query_batch, point)
             used = len(images)
             if used >= MIN_FIT:

@@ -40,8 +40,8 @@ def main() -> int:
     from attack.whitebox import WhiteBoxInversion
 
     data = load_target(seed=args.seed)
-    aux = load_aux("letters", 6000, args.seed, holdout=data.holdout.x)
-    judge = train_validator(data.train.x, data.train.y, seed=args.seed)
+    aux = load_aux("letters", 6000, args.seed, data.input_shape, holdout=data.holdout.x)
+    judge = train_validator(data.train.x, data.train.y, data.classes, seed=args.seed)
     print(f"# {platform.machine()} {platform.processor() or ''}, "
           f"{time.strftime('%Y-%m-%d')}, seed {args.seed}")
     print("| defence | target acc | plain rMLE SSIM / validator | aware `whitebox` SSIM / "
@@ -55,7 +55,7 @@ def main() -> int:
         weights = backend.party("owner:0").first_part_weights()
         net = build_network(ModelSpec("mlp"), args.seed, data.input_shape, data.classes)
         part = net.owner_from(np.asarray(weights)).eval()
-        naive = WhiteBoxInversion(part, seed=args.seed).reconstruct(acts)
+        naive = WhiteBoxInversion(part, data.input_shape, seed=args.seed).reconstruct(acts)
         plain = score(naive, aware.originals, aware.labels, judge)
         print(f"| {spec} | {aware.target_accuracy:.1%} | {plain.ssim:.3f} / "
               f"{plain.validator_accuracy:.1%} | {aware.attack.ssim:.3f} / "

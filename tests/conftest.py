@@ -31,6 +31,6 @@ def lab_setting():
     from attack.validator import train_validator
 
     data = load_target(seed=0)
-    aux = load_aux("letters", 2500, 0)
-    judge = train_validator(data.train.x, data.train.y, seed=0, epochs=2)
+    aux = load_aux("letters", 2500, 0, data.input_shape)
+    judge = train_validator(data.train.x, data.train.y, data.classes, seed=0, epochs=2)
     return data, aux, lambda: judge

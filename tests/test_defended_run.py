@@ -16,8 +16,9 @@ from attack.validator import train_validator
 @pytest.fixture(scope="module")
 def setting():
     data = load_target(seed=0)
-    aux = load_aux("letters", 1200, 0)
-    judge = train_validator(data.train.x[:1000], data.train.y[:1000], seed=0, epochs=1)
+    aux = load_aux("letters", 1200, 0, data.input_shape)
+    judge = train_validator(data.train.x[:1000], data.train.y[:1000], data.classes, seed=0,
+                            epochs=1)
     return data, aux, lambda: judge
 
 
