@@ -27,7 +27,6 @@ from protocol.frame import (
     tensor_view,
 )
 
-
 #: Replay windows a role keeps at most. Windows are made only for senders whose frame passed
 #: every check, so on an authenticated link they are bounded by the trust registry; on a
 #: plaintext link anyone can name a new sender, so this caps the memory such a flood costs

@@ -6,6 +6,7 @@ protocol has crosses the wire (handshakes, training, inference, the oracle), in 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from actors.lab import EAVESDROPPER, RunConfig, run_protocol
 from protocol.capture import Record, write_capture
 
 
-def small_setting(n_train: int = 192, n_test: int = 250):
+@functools.cache
+def small_setting(n_train: int = 128, n_test: int = 250):
     data = load_target(seed=0)
 
     def cut(split: Split, start: int, n: int) -> Split:
