@@ -102,7 +102,8 @@ def _check_record(index: int, t: float, wire_len: int, kept: int, last: float) -
 
 
 def write_capture(path: str | Path, records: Iterable[Record]) -> int:
-    """Write records (in interception order) to ``path`` as pcapng; returns how many.
+    """Write records (in interception order) to ``path`` as pcapng; returns how many were
+    written (every record but empty messages, which carry no frame).
 
     The file appears only once it is complete: a failure leaves no half-written capture.
     """
@@ -123,9 +124,11 @@ def _write_pcapng(f: IO[bytes], records: Iterable[Record]) -> int:
     writer = FileWriter(f, shb)
     interfaces: dict[str, int] = {}
     last, n = 0.0, 0
-    for n, (t, wire_len, frame) in enumerate(records, start=1):  # noqa: B007 - n is the count
-        _check_record(n - 1, t, wire_len, len(frame), last)
+    for index, (t, wire_len, frame) in enumerate(records):
+        _check_record(index, t, wire_len, len(frame), last)
         last = t
+        if not wire_len:
+            continue  # an empty message carries no frame, and pcapng writers refuse it
         name = link_of(frame)
         if name not in interfaces:  # an IDB may come anywhere before its first packet
             idb = shb.new_member(
@@ -139,6 +142,7 @@ def _write_pcapng(f: IO[bytes], records: Iterable[Record]) -> int:
             blocks.EnhancedPacket, interface_id=interfaces[name], timestamp_high=ns >> 32,
             timestamp_low=ns & 0xFFFFFFFF, packet_data=bytes(frame[:MAX_CAPLEN]),
             packet_len=wire_len))
+        n += 1
     return n
 
 

@@ -4,6 +4,7 @@ python-pcapng's own reader. Also checks docs/wire-format.md against what crossed
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -166,6 +167,21 @@ def test_tshark_names_every_kind_and_marks_malformed_frames(tmp_path):
     verdicts = [describe(i, p)["malformed"] is not None for i, p in enumerate(read_packets(path))]
     assert verdicts.count(True) == 16 and not any(verdicts[:len(MessageKind)])
     assert assert_tshark_agrees(path) == len(records)
+
+
+def test_tshark_and_inspect_agree_on_mutated_frames(tmp_path):
+    """The fuzzer's mutants, an empty packet and a lone byte: the dissector refuses exactly
+    what the decoder refuses, and decodes the rest the same."""
+    from tests.test_fuzz_wire import mutate, sample_frames
+
+    rng = random.Random(5)
+    seeds = [*sample_frames(), *odd_frames()[:5]]
+    mutants = [b"S", b"SPWF"] + [mutate(rng, rng.choice(seeds)) for _ in range(1500)]
+    mutants = [m for m in mutants if m]
+    path = tmp_path / "mutants.pcapng"
+    records = [(1.8e9 + i / 1e4, len(m), m) for i, m in enumerate([b"", *mutants])]
+    assert write_capture(path, records) == len(mutants)  # an empty message is not a packet
+    assert assert_tshark_agrees(path) == len(mutants)
 
 
 def test_the_library_reads_the_capture(captures):

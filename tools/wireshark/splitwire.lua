@@ -142,10 +142,6 @@ function proto.dissector(tvb, pinfo, tree)
   end
   local shape = #dims > 0 and table.concat(dims, "x") or "scalar"
   root:add(f.shape, shape):set_generated()
-  local off = FIXED + 4 * ndim
-  local sender, receiver = tvb:range(off, slen):string(), tvb:range(off + slen, rlen):string()
-  root:add(f.sender, tvb:range(off, slen))
-  root:add(f.receiver, tvb:range(off + slen, rlen))
   local kind = KINDS[tvb:range(6, 1):uint()]
   local dtype = DTYPES[tvb:range(7, 1):uint()]
   root:add(f.kind_name, kind):set_generated()
@@ -154,10 +150,15 @@ function proto.dissector(tvb, pinfo, tree)
   if product > MAX_PAYLOAD then
     return mark(tree, pinfo, root, "shape is larger than any payload a link accepts")
   end
+  -- Names are checked before they are shown: a bad one may hold tabs or newlines.
+  local off = FIXED + 4 * ndim
+  local sender, receiver = tvb:range(off, slen):string(), tvb:range(off + slen, rlen):string()
   if not valid_name(sender) then return mark(tree, pinfo, root, "sender name is not [a-z0-9:_.-]") end
   if not valid_name(receiver) then
     return mark(tree, pinfo, root, "receiver name is not [a-z0-9:_.-]")
   end
+  root:add(f.sender, tvb:range(off, slen))
+  root:add(f.receiver, tvb:range(off + slen, rlen))
   local payload_len = tvb:range(28, 4):le_uint()
   if header_len + payload_len ~= wire_len then
     local what = header_len + payload_len > wire_len and "truncated" or "trailing bytes after"
