@@ -20,6 +20,7 @@ from actors.owner import softmax
 from actors.role import Role
 from actors.wire import Network, TapRecord
 from protocol import ring
+from protocol.capture import order_records
 from protocol.errors import FrameError, ShapeError
 from protocol.frame import DType, Frame, MessageKind, decode_frame, numpy_dtype
 
@@ -51,16 +52,22 @@ class Eavesdropper(Role, InversionAttacker):
         self.net = net  # shapes only: the architecture is public, the frames say it anyway
         self.frac_bits = frac_bits  # a public parameter of the secret-shared protocol
         self.records: list[TapRecord] = []
+        self.in_order = True  # records sorted by capture time (mirrors arrive out of order)
         self.unparseable = 0
 
     # --- the tap -------------------------------------------------------------------------
     def intercept(self, records: list[TapRecord]) -> int:
         # Own copies: a transport may hand over views of shared buffers it wants back.
         self.records.extend((t, n, bytes(frame)) for t, n, frame in records)
+        self.in_order = False
         return len(self.records)
 
     def capture(self, start: int = 0, count: int | None = None) -> list[TapRecord]:
-        """Intercepted records in arrival order (a slice, so big captures move in chunks)."""
+        """Intercepted records in interception order (by capture time; a slice, so big captures
+        move in chunks)."""
+        if not self.in_order:
+            order_records(self.records)
+            self.in_order = True
         end = len(self.records) if count is None else start + count
         return self.records[start:end]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from protocol.errors import CodecError, FrameError
-from protocol.frame import Frame, FrameHeader, MessageKind
+from protocol.frame import Frame, FrameHeader, MessageKind, register_codec_id
 
 
 class Codec(ABC):
@@ -89,6 +89,7 @@ def register_codec(cls: type[Codec]) -> type[Codec]:
         if other.codec_id == cls.codec_id and other is not cls:
             raise ValueError(f"codec id {cls.codec_id} is taken by {other.name!r}")
     _REGISTRY[cls.name] = cls
+    register_codec_id(cls.codec_id)  # the frame decoder refuses ids nobody registered
     return cls
 
 

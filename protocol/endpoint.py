@@ -27,10 +27,19 @@ from protocol.frame import (
     tensor_view,
 )
 
+#: Replay windows a role keeps at most. Windows are made only for senders whose frame passed
+#: every check, so on an authenticated link they are bounded by the trust registry; on a
+#: plaintext link anyone can name a new sender, so this caps the memory such a flood costs
+#: (about 200 bytes a window). Above --clients' limit of 10,000 owners plus the other roles.
+MAX_PEERS = 16_384
+
 
 class ReplayWindow:
-    """Anti-replay window (as in IPsec/DTLS): accept each sequence number at most once, and
-    tolerate reordering by up to ``size`` frames; anything older is refused."""
+    """Anti-replay window (as in IPsec/DTLS, RFC 4303 3.4.3): accept each sequence number at
+    most once, and tolerate reordering within a window of ``size`` sequence numbers: the newest
+    accepted one and the ``size - 1`` before it. A frame ``size`` or more behind is refused."""
+
+    __slots__ = ("size", "top", "seen")
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
@@ -43,7 +52,7 @@ class ReplayWindow:
         age = self.top - seq
         if age >= self.size:
             raise FrameError(f"sequence number {seq} from {sender} is outside the replay window "
-                             f"(newest {self.top}, window {self.size})")
+                             f"(newest {self.top}, at most {self.size - 1} behind)")
         if self.seen >> age & 1:
             raise FrameError(f"replayed sequence number {seq} from {sender}")
 
@@ -111,12 +120,14 @@ class Endpoint:
     """Encode outgoing tensors into frames and strictly validate incoming ones."""
 
     def __init__(
-        self, name: str, codec: str | Codec, session: int, max_payload: int = MAX_PAYLOAD
+        self, name: str, codec: str | Codec, session: int, max_payload: int = MAX_PAYLOAD,
+        max_peers: int = MAX_PEERS,
     ) -> None:
         self.name = name
         self.codec = get_codec(codec)(name, session) if isinstance(codec, str) else codec
         self.session = session
         self.max_payload = max_payload
+        self.max_peers = max_peers
         self.stats = WireStats()
         self._next_seq: Counter = Counter()  # receiver -> next sequence number to send
         self._windows: dict[str, ReplayWindow] = {}  # sender -> anti-replay window
@@ -153,8 +164,14 @@ class Endpoint:
             raise FrameError(f"frame uses codec id {h.codec}, this link speaks {self.codec.name}")
         if h.session != self.session:
             raise FrameError(f"frame from session {h.session:#x}, this is {self.session:#x}")
-        window = self._windows.setdefault(h.sender, ReplayWindow())
-        window.check(h.seq, h.sender)
+        # No window is made here: a sender gets one only once a frame of its passed every check
+        # (authentication included), so forged sender names cost a keyed link no memory.
+        window = self._windows.get(h.sender)
+        if window is not None:
+            window.check(h.seq, h.sender)
+        elif len(self._windows) >= self.max_peers:
+            raise FrameError(f"{self.name} already keeps replay windows for {self.max_peers} "
+                             f"peers; refusing a new sender {h.sender!r}")
         if h.payload_len != self.codec.payload_len(h.kind, h.tensor_nbytes):
             # Checked before allocating: a forged shape must not make us reserve gigabytes.
             raise CodecError(f"{self.codec.name} payload of {h.payload_len} bytes cannot carry a "
@@ -163,7 +180,9 @@ class Endpoint:
         self.codec.open_into(frame, memoryview(tensor.reshape(-1).view(np.uint8)))
         if tensor.dtype.kind == "f" and not np.all(np.isfinite(tensor)):
             raise FrameError(f"{h.kind.name} tensor from {h.sender} contains NaN/inf")
-        # Only a frame that passed every check (authentication included) moves the window.
+        # Only a frame that passed every check (authentication included) makes or moves a window.
+        if window is None:
+            window = self._windows[h.sender] = ReplayWindow()
         window.update(h.seq)
         self.stats.frames_received += 1
         return Message(h.sender, h.receiver, h.kind, h.session, h.seq, tensor)
@@ -208,4 +227,5 @@ class Endpoint:
             return None
 
 
-__all__ = ["DType", "Endpoint", "Message", "MessageKind", "WireStats"]
+__all__ = ["MAX_PEERS", "DType", "Endpoint", "Message", "MessageKind", "ReplayWindow",
+           "WireStats"]

@@ -16,7 +16,7 @@ Layout (all integers little-endian; the authoritative description is docs/wire-f
     20     8     sequence number  u64, per (sender, receiver, session)
     28     4     payload length   u32
     32     4*nd  shape            u32 each
-    ..     s+r   sender, receiver ASCII names ([a-z0-9:_.-])
+    ..     s+r   sender, receiver ASCII names ([a-z0-9:_.-], matched in full: no newline)
     ..     n     payload          codec output (for plaintext: raw little-endian tensor bytes)
 
 The header (everything before the payload) is what an authenticated codec binds as associated
@@ -44,7 +44,26 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 
 _FIXED = struct.Struct("<4sBBBBBBBBQQI")
 FIXED_HEADER_SIZE = _FIXED.size  # 32
-_NAME_RE = re.compile(rb"^[a-z0-9:_.\-]+$")
+#: The longest header: eight shape words and two names of MAX_NAME bytes.
+MAX_HEADER_SIZE = FIXED_HEADER_SIZE + 4 * MAX_NDIM + 2 * MAX_NAME  # 128
+#: The longest frame a decoder with the default limit accepts; captures refuse longer records.
+MAX_FRAME_SIZE = MAX_HEADER_SIZE + MAX_PAYLOAD
+# Always used with fullmatch: a "$" anchor would also match before a final newline, letting
+# "owner:0\n" pass as a name of its own (with its own replay window).
+_NAME_RE = re.compile(rb"[a-z0-9:_.\-]+")
+#: Codec ids the decoder accepts; protocol.codecs.register_codec adds each codec's id. The
+#: package's __init__ imports every built-in codec, so this is full before any frame is decoded.
+_CODEC_IDS: set[int] = set()
+
+
+def register_codec_id(codec_id: int) -> None:
+    if not 0 <= codec_id <= 255:
+        raise ValueError(f"codec id {codec_id} does not fit in a byte")
+    _CODEC_IDS.add(codec_id)
+
+
+def known_codec_ids() -> frozenset[int]:
+    return frozenset(_CODEC_IDS)
 
 
 class MessageKind(enum.IntEnum):
@@ -144,7 +163,7 @@ class Frame:
 
 def _check_name(name: str, role: str) -> bytes:
     raw = name.encode("ascii", errors="replace")
-    if not 1 <= len(raw) <= MAX_NAME or not _NAME_RE.match(raw):
+    if not 1 <= len(raw) <= MAX_NAME or not _NAME_RE.fullmatch(raw):
         raise FrameError(f"{role} name {name!r} must be 1-{MAX_NAME} chars of [a-z0-9:_.-]")
     return raw
 
@@ -162,8 +181,8 @@ def encode_header(header: FrameHeader, max_payload: int = MAX_PAYLOAD) -> bytes:
         )
     if not (0 <= header.session < 2**64 and 0 <= header.seq < 2**64):
         raise FrameError("session and sequence number must fit in 64 bits")
-    if not 0 <= header.codec <= 255:
-        raise FrameError(f"codec id {header.codec} does not fit in a byte")
+    if header.codec not in _CODEC_IDS:
+        raise FrameError(f"unknown codec id {header.codec}")
     s, r = _check_name(header.sender, "sender"), _check_name(header.receiver, "receiver")
     fixed = _FIXED.pack(
         MAGIC, header.version, header.codec, int(header.kind), int(header.dtype), len(shape),
@@ -175,8 +194,9 @@ def encode_header(header: FrameHeader, max_payload: int = MAX_PAYLOAD) -> bytes:
 def decode_frame(data: bytes | bytearray | memoryview, max_payload: int = MAX_PAYLOAD) -> Frame:
     """Strictly parse one frame; raise FrameError on anything malformed.
 
-    The decoder checks magic, version, enum values, reserved bits, name syntax and that the
-    payload length field matches the bytes that are actually there (no truncation, no trailer).
+    The decoder checks magic, version, codec id, enum values, reserved bits, name syntax and
+    that the payload length field matches the bytes that are actually there (no truncation, no
+    trailer).
     It does not check the payload against the shape: that is the codec's job, because an
     encrypted payload is longer than the tensor it carries.
     """
@@ -206,6 +226,8 @@ def _parse_header(data: memoryview, max_payload: int) -> tuple[FrameHeader, int]
         raise FrameError(f"bad magic {magic!r}: not a SplitWire frame")
     if version != VERSION:
         raise FrameError(f"unsupported frame version {version} (this build speaks {VERSION})")
+    if codec not in _CODEC_IDS:
+        raise FrameError(f"unknown codec id {codec}")
     if flags != 0:
         raise FrameError(f"reserved flags byte is {flags:#04x}, must be 0")
     try:
@@ -232,7 +254,7 @@ def _parse_header(data: memoryview, max_payload: int) -> tuple[FrameHeader, int]
     off = FIXED_HEADER_SIZE + 4 * ndim
     sender, receiver = bytes(data[off:off + slen]), bytes(data[off + slen:header_len])
     for raw, role in ((sender, "sender"), (receiver, "receiver")):
-        if not _NAME_RE.match(raw):
+        if not _NAME_RE.fullmatch(raw):
             raise FrameError(f"{role} name {raw!r} is not [a-z0-9:_.-]")
     header = FrameHeader(
         codec=codec, kind=kind_e, dtype=dtype_e, shape=tuple(shape), sender=sender.decode(),

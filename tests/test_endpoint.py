@@ -81,3 +81,61 @@ def test_server_drops_bad_content_and_keeps_training():
     kinds = [owner.decode(r).kind for r in replies]
     assert kinds == [MessageKind.GRADIENTS, MessageKind.CONTROL]
     assert server.steps == 1
+
+
+def test_a_replay_renamed_with_a_trailing_newline_is_refused():
+    """On a plaintext link nothing but the replay window stops a replay; a name with a final
+    newline used to pass as a new sender, with a fresh window of its own (defect 1)."""
+    a, b = pair()
+    good = a.encode("server", MessageKind.ACTIVATIONS, np.ones((1, 500), np.float32))
+    assert b.accept(good) is not None
+    raw = bytearray(good.replace(b"owner:0", b"owner:0\n", 1))
+    raw[9] += 1  # the sender name's length
+    assert b.accept(bytes(raw)) is None and b.stats.dropped["FrameError"] == 1
+    assert list(b._windows) == ["owner:0"]
+
+
+def _doc_replay_boundary() -> int:
+    """How far behind the newest frame docs/wire-format.md says a frame may still arrive."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "wire-format.md").read_text()
+    found = re.search(r"frames may arrive up to (\d+)\s+behind the newest accepted one", doc)
+    assert found, "the spec must state the replay window's boundary"
+    return int(found.group(1))
+
+
+def test_replay_window_boundary_is_the_specs():
+    """Exactly as far behind as the spec says is accepted, one further is refused (defect 4)."""
+    limit = _doc_replay_boundary()
+    a, b = pair()
+    t = np.ones((1, 500), np.float32)
+    sent = [a.encode("server", MessageKind.ACTIVATIONS, t) for _ in range(limit + 3)]
+    newest = limit + 2
+    assert b.accept(sent[newest]) is not None
+    assert b.accept(sent[newest - limit]) is not None  # `limit` behind: inside the window
+    with pytest.raises(FrameError, match="outside the replay window"):
+        b.decode(sent[newest - limit - 1])  # one further: refused
+    with pytest.raises(FrameError, match="replayed"):
+        b.decode(sent[newest - limit])
+
+
+def test_plaintext_peers_are_bounded():
+    """A plaintext link authenticates nobody, so the windows a role keeps are capped."""
+    b = Endpoint("server", "plaintext", 1, max_peers=8)
+    t = np.ones((1, 3), np.float32)
+    for i in range(8):
+        assert b.accept(Endpoint(f"owner:{i}", "plaintext", 1).encode("server", ACTS, t))
+    stranger = Endpoint("owner:99", "plaintext", 1).encode("server", ACTS, t)
+    with pytest.raises(FrameError, match="refusing a new sender"):
+        b.decode(stranger)
+    assert len(b._windows) == 8
+    # known peers keep working
+    assert b.accept(Endpoint("owner:0", "plaintext", 1).encode("server", ACTS, t)) is None  # replay
+    again = Endpoint("owner:0", "plaintext", 1)
+    again.encode("server", ACTS, t)
+    assert b.accept(again.encode("server", ACTS, t)) is not None
+
+
+ACTS = MessageKind.ACTIVATIONS

@@ -136,3 +136,43 @@ def test_random_bytes_never_crash_the_decoder(junk):
         decode_frame(junk)
     except FrameError:
         pass
+
+
+def _rename(frame: bytes, old: bytes, new: bytes) -> bytes:
+    """The frame with a name replaced, its length byte fixed: what a forger writes by hand."""
+    raw = bytearray(frame.replace(old, new, 1))
+    role = 9 if frame.index(old) == FIXED_HEADER_SIZE + 4 * frame[8] else 10
+    raw[role] += len(new) - len(old)
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("name", ["owner:0\n", "server\n", "\nserver"])
+def test_names_with_a_newline_are_refused(name):
+    """Names are matched in full: a "$" anchor let a final newline through (defect 1)."""
+    with pytest.raises(FrameError, match="name"):
+        make_frame(np.ones(1, np.float32), sender=name)
+    good = make_frame(np.ones(1, np.float32), sender="owner:0", receiver="server")
+    for old in (b"owner:0", b"server"):
+        new = name.encode() if name.strip() == old.decode() else old + b"\n"
+        with pytest.raises(FrameError, match="name"):
+            decode_frame(_rename(good, old, new))
+
+
+def test_decoder_refuses_unknown_codec_ids():
+    """The decoder itself checks the codec id, as the spec says (defect 3)."""
+    from protocol.codecs import codec_by_id
+    from protocol.frame import known_codec_ids
+
+    assert known_codec_ids() == {0, 1, 2, 3}
+    data = bytearray(make_frame(np.ones(2, np.float32)))
+    for codec in range(256):
+        data[5] = codec
+        if codec in known_codec_ids():
+            assert decode_frame(bytes(data)).header.codec == codec_by_id(codec).codec_id
+        else:
+            with pytest.raises(FrameError, match="codec id"):
+                decode_frame(bytes(data))
+    with pytest.raises(FrameError, match="codec id"):
+        encode_header(FrameHeader(codec=9, kind=MessageKind.CONTROL, dtype=DType.FLOAT32,
+                                  shape=(1,), sender="a", receiver="b", session=0, seq=0,
+                                  payload_len=4))

@@ -116,3 +116,36 @@ def test_endpoint_counts_unexpected_failures_instead_of_raising():
     struct.pack_into("<I", raw, 28, 2**32 - 1)
     assert ep.accept(bytes(raw)) is None
     assert sum(ep.stats.dropped.values()) == 1
+
+
+def test_forged_senders_cost_an_encrypted_link_no_memory():
+    """Replay windows are made only after a frame authenticates: 5,000 frames from forged
+    sender names leave none behind, and the heap does not grow with them (defect 2)."""
+    import tracemalloc
+
+    from tests.test_encrypted import handshake
+
+    eps = parties("owner:0", "server")
+    a, b = eps["owner:0"], eps["server"]
+    handshake(a, b)
+    good = a.encode("server", MessageKind.ACTIVATIONS, np.ones((1, 4), np.float32))
+    assert b.accept(good) is not None
+    windows = dict(b._windows)
+    name_at = good.index(b"owner:0")
+
+    def forge(i: int) -> bytes:
+        name = f"x{i:06d}".encode()  # same length as "owner:0": no other byte moves
+        return good[:name_at] + name + good[name_at + 7:]
+
+    for i in range(500):  # warm up allocator caches before measuring
+        b.accept(forge(i))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(500, 5_500):
+        assert b.accept(forge(i)) is None
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert b._windows.keys() == windows.keys()
+    # the old code kept a window (about 180 bytes) per forged name: 900 KB here
+    assert grown < 100_000, f"heap grew {grown} bytes for 5,000 forged frames"
+    assert b.stats.dropped["CodecError"] == 5_500
