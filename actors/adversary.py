@@ -14,6 +14,7 @@ import numpy as np
 
 from actors.nets.descriptor import Shape, SplitNetwork
 from attack.ladder import (
+    attack_params,
     intercept_point,
     make_adapted_attack,
     make_attack,
@@ -95,18 +96,16 @@ class InversionAttacker(ABC):
             part = self.net.owner_from(np.asarray(weights)).eval()
             used = 0
             if trains_locally(method):  # a decoder on its own outputs of the known part
-                inversion = make_attack(method, epochs=epochs, seed=seed,
-                                        input_shape=self.net.input_shape)
+                inversion = make_attack(method, **self._params(method, epochs, seed))
                 if len(aux) >= MIN_FIT:
                     inversion.fit(local_answers(part, defences, aux, seed), aux)
                     trained = True
             else:
-                inversion = make_adapted_attack(method, defences, part=part, seed=seed,
-                                                input_shape=self.net.input_shape)
+                inversion = make_adapted_attack(method, defences, part=part,
+                                                **self._params(method, None, seed))
                 trained = True
         else:
-            inversion = make_attack(method, epochs=epochs, seed=seed,
-                                    input_shape=self.net.input_shape)
+            inversion = make_attack(method, **self._params(method, epochs, seed))
             acts, images = self.collect(owners[0], aux, inversion.query_batch, point)
             used = len(images)
             if used >= MIN_FIT:
@@ -125,6 +124,13 @@ class InversionAttacker(ABC):
                 images = np.repeat(aux.mean(0, keepdims=True), len(got), axis=0)
             out.append(Reconstruction(owner, images.astype(np.float32), used))
         return out
+
+    def _params(self, method: str, epochs: int | None, seed: int) -> dict[str, object]:
+        """The settings the lab gives a rung, those it takes (a plug-in rung need not take
+        ``input_shape`` or ``epochs``)."""
+        offered = {"seed": seed, "epochs": epochs, "input_shape": self.net.input_shape}
+        takes = attack_params(method)
+        return {k: v for k, v in offered.items() if k in takes and v is not None}
 
     def collect(self, owner: str, aux: np.ndarray, batch: int,
                 point: str = "cut") -> tuple[np.ndarray, np.ndarray]:
