@@ -9,6 +9,8 @@ the wire like everything else. The running sum keeps memory at one model, whatev
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from actors.role import Role
@@ -31,26 +33,32 @@ class FedServer(Role):
         self._counts: dict[str, int] = {}
         self.uploads = 0
 
-    def on_message(self, msg: Message) -> list[bytes]:
-        if msg.kind == MessageKind.MODEL_REQUEST:
-            return [self.reply(msg.sender, MessageKind.WEIGHTS, self.model)]
+    def handlers(self) -> dict[MessageKind, Callable[[Message], list[bytes]]]:
+        return {MessageKind.MODEL_REQUEST: self._on_request, MessageKind.CONTROL: self._on_count,
+                MessageKind.WEIGHTS: self._on_upload}
+
+    def _on_request(self, msg: Message) -> list[bytes]:
+        return [self.reply(msg.sender, MessageKind.WEIGHTS, self.model)]
+
+    def _on_count(self, msg: Message) -> list[bytes]:
         self.require_owner(msg)
-        if msg.kind == MessageKind.CONTROL:
-            n = msg.tensor
-            if n.shape != (1,) or n.dtype != np.int64 or not 0 < n[0] < 2**31:
-                raise ShapeError(f"an example count is int64 (1,) > 0, got {n.dtype} {n.shape}")
-            self._counts[msg.sender] = int(n[0])
-            return []
-        if msg.kind == MessageKind.WEIGHTS:
-            n = self._counts.pop(msg.sender, None)
-            if n is None or msg.tensor.shape != self.model.shape or msg.tensor.dtype != np.float32:
-                raise ShapeError(f"weights from {msg.sender} without a count or of shape "
-                                 f"{msg.tensor.shape}")
-            self._sum += n * msg.tensor.astype(np.float64)
-            self._examples += n
-            self.uploads += 1
-            return []
-        return super().on_message(msg)
+        n = msg.tensor
+        if n.shape != (1,) or n.dtype != np.int64 or not 0 < n[0] < 2**31:
+            raise ShapeError(f"an example count is int64 (1,) > 0, got {n.dtype} {n.shape}")
+        self._counts[msg.sender] = int(n[0])
+        return []
+
+    def _on_upload(self, msg: Message) -> list[bytes]:
+        """A state vector (weights, buffers, momentum): averaged as it is, buffers included."""
+        self.require_owner(msg)
+        n = self._counts.pop(msg.sender, None)
+        if n is None or msg.tensor.shape != self.model.shape or msg.tensor.dtype != np.float32:
+            raise ShapeError(f"weights from {msg.sender} without a count or of shape "
+                             f"{msg.tensor.shape}")
+        self._sum += n * msg.tensor.astype(np.float64)
+        self._examples += n
+        self.uploads += 1
+        return []
 
     def begin_round(self, model: np.ndarray, round_: int) -> None:
         """Start round ``round_`` from ``model`` (also how the lab rolls a failed round back)."""

@@ -112,10 +112,13 @@ def split_indices(
 
 
 def label_counts(
-    labels: np.ndarray, parts: list[np.ndarray], classes: int = 10
+    labels: np.ndarray, parts: list[np.ndarray], classes: int | None = None
 ) -> NDArray[np.int64]:
-    """The owners x classes matrix of label counts, for reporting how skewed a split is."""
+    """The owners x classes matrix of label counts, for reporting how skewed a split is
+    (``classes``: the dataset's; by default the largest label + 1)."""
     labels = np.asarray(labels)
+    if classes is None:
+        classes = int(labels.max()) + 1 if labels.size else 1
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
         raise ShapeError(f"labels must lie in 0..{classes - 1}")
     counts = np.zeros((len(parts), classes), dtype=np.int64)

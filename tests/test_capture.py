@@ -23,6 +23,7 @@ from protocol.capture import (
 from protocol.errors import CaptureFileError
 from protocol.frame import MAX_FRAME_SIZE, MessageKind
 from protocol.inspect import main as inspect_main
+from tests.helpers import mlp_net
 from tests.test_frame import make_frame
 
 
@@ -245,7 +246,7 @@ def test_the_eavesdroppers_capture_is_in_interception_order(tmp_path):
     """a -> b is sent first, but b's own exchange with c finishes (and is mirrored) before it:
     the capture must still list a -> b first, and no timestamp may go backwards."""
     transport = LocalTransport()
-    spy = Eavesdropper("eavesdropper", codec="plaintext", session=1,
+    spy = Eavesdropper("eavesdropper", codec="plaintext", session=1, net=mlp_net(0),
                        network=Network("eavesdropper", transport))
     transport.add_tap("eavesdropper", spy.intercept)
     taps = ["eavesdropper"]

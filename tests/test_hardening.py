@@ -100,7 +100,7 @@ def test_crossed_handshake_offers_end_with_one_key():
 def test_forged_inference_shapes_do_not_break_the_eavesdropper():
     from actors.eavesdropper import Eavesdropper
 
-    spy = Eavesdropper("eavesdropper", codec="plaintext", session=1,
+    spy = Eavesdropper("eavesdropper", codec="plaintext", session=1, net=mlp_net(0),
                        network=Network("eavesdropper", LocalTransport()))
     good = Endpoint("owner:0", "plaintext", 1).encode(
         "server", MessageKind.INFER_ACTIVATIONS, np.ones((2, 500), np.float32))

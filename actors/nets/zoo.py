@@ -76,6 +76,14 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
+def register_network(name: str, builtin: Builtin) -> None:
+    """Add a built-in network (``--model NAME``): a new network is one function returning
+    its named layers, in a file of its own if you like, plus this one call."""
+    if name in BUILTINS or ":" in name:
+        raise ConfigError(f"network {name!r} is already registered or not a plain name")
+    BUILTINS[name] = builtin
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """``--model`` and ``--cut`` parsed once: a built-in name or ``module:function``."""
