@@ -374,9 +374,9 @@ def _baseline_line(records: list[dict[str, Any]]) -> str | None:
     reid = lo["reid"]
     feature = ("" if reid.get("feature_top1") is None
                else f", feature {_pct(reid['feature_top1'])}")
-    return (f"re-id@1: share of the n={n} private test images whose reconstruction is nearest "
-            f"its own (pixel or feature space; chance {_pct(1 / n)})\nlabel-only baseline "
-            f"(class-mean image): SSIM {lo['ssim']:.3f}, validator "
+    return (f"re-id@1: share of the n={n} private test images that are the nearest of all n "
+            f"to their reconstruction (pixel or feature space; chance {_pct(1 / n)})\n"
+            f"label-only baseline (class-mean image): SSIM {lo['ssim']:.3f}, validator "
             f"{_pct(lo['validator_accuracy'])}, re-id@1 pixel {_pct(reid['pixel_top1'])}"
             f"{feature}; +re-id@1 (points) and +SSIM are the excess over it")
 

@@ -28,8 +28,9 @@ PANELS = (("validator_accuracy", "validator accuracy, strongest rung by it (chan
           ("ssim", "SSIM, strongest rung by SSIM"),
           ("reid_excess", "top-1 re-identification beyond label-only,\nstrongest rung by it"))
 MARKERS = "osD^vPX<>hp*"
-#: Label offsets tried, in points: close rings first, eight directions each.
-_RINGS = (7, 12, 18, 26, 36, 48)
+#: Label offsets tried, in points: close rings first, twelve directions each.
+_RINGS = (7, 12, 18, 26, 36, 48, 64, 84)
+_DIRECTIONS = 12
 
 
 def _numbering(records: list[dict[str, Any]], order: list[str] | None) -> dict[str, int]:
@@ -70,19 +71,23 @@ def place_labels(ax: Any, points: list[tuple[float, float, str]], renderer: Any)
 
     points = _merge_coincident(ax, points)
     marks = [ax.transData.transform((x, y)) for x, y, _ in points]
-    taken = [Bbox.from_extents(px - 4, py - 4, px + 4, py + 4) for px, py in marks]
+    taken = [Bbox.from_extents(px - 6, py - 6, px + 6, py + 6) for px, py in marks]
     inside = ax.get_window_extent(renderer)
+    px_per_pt = renderer.points_to_pixels(1.0)
     placed = []
-    for x, y, text in points:
+    for (x, y, text), (px, py) in zip(points, marks, strict=True):
+        # A label's size does not depend on where it goes: measure once, then try offsets.
+        probe = ax.annotate(text, (x, y), fontsize=6.5, ha="center", va="center")
+        size = probe.get_window_extent(renderer)
+        probe.remove()
+        half_w, half_h = size.width / 2, size.height / 2
         best: tuple[float, tuple[float, float], int, Any] = (math.inf, (0.0, 0.0), 0, None)
         for ring in _RINGS:
-            for k in range(8):
-                angle = math.pi / 4 + k * math.pi / 4  # up-right first
+            for k in range(_DIRECTIONS):
+                angle = math.pi / 4 + k * 2 * math.pi / _DIRECTIONS  # up-right first
                 off = (ring * math.cos(angle), ring * math.sin(angle))
-                trial = ax.annotate(text, (x, y), xytext=off, textcoords="offset points",
-                                    fontsize=6.5, ha="center", va="center")
-                box = trial.get_window_extent(renderer)
-                trial.remove()
+                cx, cy = px + off[0] * px_per_pt, py + off[1] * px_per_pt
+                box = Bbox.from_extents(cx - half_w, cy - half_h, cx + half_w, cy + half_h)
                 outside = not (inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1))
                 clash = sum(_boxes_overlap(box, t) for t in taken) + 100 * outside
                 if clash < best[0]:
