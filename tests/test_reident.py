@@ -24,7 +24,7 @@ def _embed(x):
 
 
 def _classify_by_mean(train_x, train_y):
-    means = np.stack([train_x[train_y == c].mean(0) for c in range(10)])
+    means = np.stack([train_x[train_y == c].mean(0) for c in range(10)]).reshape(10, -1)
 
     def classify(x, y):
         d = ((np.asarray(x).reshape(len(x), 1, -1) - means[None]) ** 2).sum(-1)
