@@ -5,7 +5,22 @@ every attack of ``--attacks`` inverts what the eavesdropper intercepted on a pla
 Cells run as parallel Ray tasks (``--address`` joins a cluster), finished cells are written to
 ``OUT/sweep.json`` as they complete, and a rerun skips every cell already there (resumable).
 ``OUT/privacy_utility.png`` plots target accuracy against the *strongest* attack's validator
-accuracy and SSIM, one curve per defence.
+accuracy, SSIM and re-identification beyond the label-only baseline, one curve per defence
+(:mod:`actors.sweep_plot`).
+
+A record is one (cell, attack): the cell's fields, then from the lab's ``RunResult.to_json()``
+``target_accuracy``, ``attack_metrics`` (mse, psnr, ssim, validator_accuracy), ``queries_used``,
+``epsilon`` (per query), and (issue 15):
+
+* ``reid``: ``pixel_top1``, ``pixel_top5``, ``feature_top1``, ``feature_top5`` (fractions of the
+  ``n`` private test images whose reconstruction's nearest 1 / 5 images include the true one),
+  ``chance_top1`` = 1/n, ``chance_top5`` = 5/n (:func:`attack.reident.reidentify`);
+* ``label_only``: the label-only baseline (each test image's class-mean training image) scored
+  with mse, psnr, ssim, validator_accuracy and its own ``reid`` block;
+* ``excess``: attack minus label-only, ``ssim_gain``, ``reid_top1_gain``, ``reid_top5_gain``
+  (each side's better space), per-space gains, ... (:func:`attack.baselines.excess`);
+* ``epsilon_run``: the whole run's ``epsilon``, ``delta``, ``releases`` and ``meaningful``
+  for one example (:func:`defences.accounting.run_epsilon`), ``None`` without noise.
 """
 
 from __future__ import annotations
@@ -21,13 +36,24 @@ from pathlib import Path
 from typing import Any
 
 from actors.simulate import guarded
+from attack.reident import best_top
 from protocol.errors import SplitWireError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: records carry reid, label_only, excess, epsilon_run and cut (issue 15)
 #: Issue 6's frontier goal: target accuracy at least this ...
 GOAL_ACCURACY = 0.90
 #: ... while the strongest attack's validator accuracy is at most this.
 GOAL_VALIDATOR = 0.30
+#: Issue 15's restated goal: at that accuracy, the strongest rung re-identifies (top-1) at most
+#: this much (0.05 = 5 points) more than the label-only baseline.
+GOAL_REID_EXCESS = 0.05
+
+#: What "strongest" can be judged by: a record's value, and the metric that breaks ties.
+METRICS: dict[str, tuple[str, str]] = {
+    "validator_accuracy": ("validator accuracy", "ssim"),
+    "ssim": ("SSIM", "validator_accuracy"),
+    "reid_excess": ("re-identification top-1 beyond label-only", "ssim"),
+}
 
 
 @dataclass(frozen=True)
@@ -35,13 +61,23 @@ class Cell:
     family: str  # "none", "noise", "nopeek", "dropout", "query-budget", "combined"
     strength: float
     defences: tuple[str, ...]  # canonical --defence specs
+    cut: str | None = None  # layer the network is split after (None: the network's default)
 
     @property
     def key(self) -> str:
-        return " ".join(self.defences) or "none"
+        base = " ".join(self.defences) or "none"
+        return base if self.cut is None else f"{base} cut={self.cut}"
 
 
 def grid(args: argparse.Namespace) -> list[Cell]:
+    """Every defence setting, at every cut point of ``--cuts`` (where to split is a defence)."""
+    cells = _defence_grid(args)
+    if not args.cuts:
+        return cells
+    return [Cell(c.family, c.strength, c.defences, cut) for cut in args.cuts for c in cells]
+
+
+def _defence_grid(args: argparse.Namespace) -> list[Cell]:
     cells = [Cell("none", 0.0, ())]
     for s in args.noise_scales:
         cells.append(Cell("noise", s, (
@@ -69,22 +105,50 @@ def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
 
     torch.set_num_threads(1)
     train = TrainConfig(lr=settings["lr"], seed=settings["seed"])
+    # The cut travels only when set: a lab without cut points still runs the default grid.
+    where = {} if cell.cut is None else {"cut": cell.cut}
     cfg = RunConfig(train=train, protocol="plaintext", aux=settings["aux"],
                     epochs=settings["epochs"],
                     attack_epochs=settings["attack_epochs"], seed=settings["seed"],
                     adversaries=("eavesdropper",), defences=cell.defences,
-                    attacks=tuple(settings["attacks"]))
+                    attacks=tuple(settings["attacks"]), **where)
     t0 = time.perf_counter()
     results = run_protocol(LocalBackend(), cfg, data, aux, lambda: judge)
-    return [{
-        "cell": cell.key, "family": cell.family, "strength": cell.strength,
-        "defences": list(cell.defences), "attack": r.attack_method, "aux": r.aux,
-        "target_accuracy": r.target_accuracy, "attack_metrics": r.attack.to_dict(),
-        "queries_used": r.queries_used,
-        "epsilon": None if r.epsilon is None else {"epsilon": r.epsilon[0],
-                                                   "delta": r.epsilon[1]},
-        "seconds": time.perf_counter() - t0,
-    } for r in results]
+    records = []
+    for r in results:
+        doc = r.to_json()
+        records.append({
+            "cell": cell.key, "family": cell.family, "strength": cell.strength,
+            "defences": list(cell.defences), "cut": cell.cut, "attack": r.attack_method,
+            "aux": r.aux, "target_accuracy": r.target_accuracy,
+            "attack_metrics": r.attack.to_dict(), "queries_used": r.queries_used,
+            "epsilon": doc["epsilon"],
+            **_instance_fields(doc, r, cell, settings, data, judge),
+            "seconds": time.perf_counter() - t0,
+        })
+    return records
+
+
+def _instance_fields(doc: dict[str, Any], r: Any, cell: Cell, settings: dict[str, Any],
+                     data: Any, judge: Any) -> dict[str, Any]:
+    """``reid``, ``label_only``, ``excess`` and ``epsilon_run``: the lab's, or computed here
+    from the run's reconstructions where this lab does not report them yet."""
+    keys = ("reid", "label_only", "excess", "epsilon_run")
+    if all(k in doc for k in keys):
+        return {k: doc[k] for k in keys}
+    from attack import validator
+    from attack.baselines import instance_report
+    from defences.accounting import run_epsilon
+    from defences.spec import build_defences, parse_defence
+
+    # The validator's penultimate features, where attack.validator offers them.
+    embed_fn = getattr(validator, "embed", None)
+    embed = None if embed_fn is None else (lambda x: embed_fn(judge, x))
+    out = instance_report(r.reconstructions, r.originals, r.labels, data.train.x, data.train.y,
+                          classify=lambda x, y: validator.accuracy(judge, x, y), embed=embed)
+    noise = build_defences(parse_defence(t) for t in cell.defences).noise
+    out["epsilon_run"] = run_epsilon(noise, settings["epochs"], n_examples=len(data.train.y))
+    return {k: doc.get(k, out[k]) for k in keys}
 
 
 def load(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,6 +158,9 @@ def load(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SplitWireError(f"{path}: not a readable sweep file ({exc})") from None
+    if doc.get("schema") != SCHEMA:
+        raise SplitWireError(f"{path} was written by another version of the sweep (schema "
+                             f"{doc.get('schema')}, this is {SCHEMA}); use another --out")
     if doc.get("settings") != settings:
         raise SplitWireError(f"{path} was written with other settings; use another --out")
     return list(doc.get("records", []))
@@ -113,19 +180,26 @@ def black_box() -> tuple[str, ...]:
     return tuple(a for a in ATTACKS if not needs_weights(a))
 
 
+def value(r: dict[str, Any], metric: str) -> float | None:
+    """A record's ``metric`` (a key of :data:`METRICS`); ``None`` where it does not have it."""
+    if metric == "reid_excess":
+        return (r.get("excess") or {}).get("reid_top1_gain")
+    return r["attack_metrics"][metric]
+
+
 def strongest(records: list[dict[str, Any]], among: tuple[str, ...] | None = None,
               metric: str = "validator_accuracy") -> dict[str, dict[str, Any]]:
-    """Per cell, the attack with the highest ``metric`` (the other of validator accuracy and
-    SSIM breaks ties), out of every rung or only those in ``among``."""
-    other = "ssim" if metric == "validator_accuracy" else "validator_accuracy"
+    """Per cell, the attack with the highest ``metric`` (ties broken by :data:`METRICS`'
+    second metric), out of every rung or only those in ``among``; records without the metric
+    are skipped."""
+    other = METRICS[metric][1]
     best: dict[str, dict[str, Any]] = {}
     for r in records:
-        if among is not None and r["attack"] not in among:
+        if (among is not None and r["attack"] not in among) or value(r, metric) is None:
             continue
-        m = r["attack_metrics"]
         cur = best.get(r["cell"])
-        if cur is None or (m[metric], m[other]) > (cur["attack_metrics"][metric],
-                                                   cur["attack_metrics"][other]):
+        if cur is None or ((value(r, metric), value(r, other))
+                           > (value(cur, metric), value(cur, other))):
             best[r["cell"]] = r
     return best
 
@@ -137,54 +211,12 @@ def meets_goal(r: dict[str, Any], min_accuracy: float = GOAL_ACCURACY,
             and r["attack_metrics"]["validator_accuracy"] <= max_validator)
 
 
-def plot(path: Path, records: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
-    families = sorted({r["family"] for r in records})
-    for ax, metric in zip(axes, ("validator_accuracy", "ssim"), strict=True):
-        # Each panel shows, per setting, the attack that is strongest *by that panel's metric*:
-        # the output rung names the class (high validator accuracy) but not the strokes.
-        best = strongest(records, metric=metric)
-        for family in families:
-            pts = sorted((r for r in best.values() if r["family"] == family),
-                         key=lambda r: r["strength"])
-            acc = [r["target_accuracy"] for r in pts]
-            ys = [r["attack_metrics"][metric] for r in pts]
-            # Stacks of different defences are separate points, not a curve.
-            style = {"none": "k*", "combined": "s"}.get(family, "o-")
-            ax.plot(acc, ys, style, label=family, markersize=12 if family == "none" else 5)
-            for r, x, y in zip(pts, acc, ys, strict=True):
-                if family != "none":
-                    ax.annotate(f"{r['strength']:g}/{r['attack']}", (x, y), fontsize=6,
-                                xytext=(3, 3), textcoords="offset points")
-        # Where the strongest attack needs the weights, what is left to an adversary without.
-        blind = strongest(records, black_box(), metric)
-        gaps = [b for k, b in blind.items()
-                if b["attack_metrics"][metric] < best[k]["attack_metrics"][metric]]
-        ax.plot([b["target_accuracy"] for b in gaps], [b["attack_metrics"][metric] for b in gaps],
-                "x", color="grey", label="strongest without the weights" if gaps else None)
-    axes[0].axhline(0.1, color="grey", lw=0.8, ls=":")
-    # The goal (issue 6): target accuracy >= 90% with validator accuracy <= 30%.
-    axes[0].fill_between([GOAL_ACCURACY, 1.0], 0, GOAL_VALIDATOR, color="green", alpha=0.08,
-                         label="goal")
-    # A reconstruction that only gets the class right scores the model's own accuracy.
-    axes[0].plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--", label="validator = accuracy")
-    axes[0].set_ylabel("validator accuracy, strongest attack by it (chance 0.1)")
-    axes[1].set_ylabel("SSIM, strongest attack by SSIM")
-    for ax in axes:
-        ax.set_xlabel("target accuracy (utility)")
-        ax.grid(alpha=0.3)
-    axes[0].set_xlim(0, 1)
-    axes[0].set_ylim(0, 1)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("SplitWire: privacy against utility; labels: strength / strongest attack")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def meets_reid_goal(r: dict[str, Any], min_accuracy: float = GOAL_ACCURACY,
+                    max_excess: float = GOAL_REID_EXCESS) -> bool:
+    """Issue 15's restated goal for one (cell, attack) record: useful, and re-identifying at
+    most ``max_excess`` more than the label-only baseline (False where it is not measured)."""
+    gain = value(r, "reid_excess")
+    return r["target_accuracy"] >= min_accuracy and gain is not None and gain <= max_excess
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combined", nargs="*", default=[], metavar="SPEC+SPEC",
                    help="cells that stack defences, e.g. "
                         "noise:mechanism=laplace,scale=0.5,clip=64+nopeek:weight=1")
+    p.add_argument("--cuts", nargs="+", default=None, metavar="LAYER",
+                   help="grid over cut points too: every defence setting at each named layer "
+                        "(default: the network's own cut)")
     p.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(ATTACKS))
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters")
     p.add_argument("--aux-size", type=int, default=6000)
@@ -233,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lr must be finite and > 0")
     if min(args.epochs, args.attack_epochs, args.aux_size) < 1:
         parser.error("--epochs, --attack-epochs and --aux-size must be >= 1")
+    if args.cuts is not None:
+        from dataclasses import fields
+
+        from actors.lab import RunConfig
+
+        if len(set(args.cuts)) != len(args.cuts):
+            parser.error("--cuts names a layer twice")
+        if "cut" not in {f.name for f in fields(RunConfig)}:
+            parser.error("--cuts needs a lab that splits at a chosen layer (the network "
+                         "descriptor of issue 11); this one has a single fixed cut")
     return guarded(parser, run, args)
 
 
@@ -279,28 +324,97 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
         bar.close()
     save(path, settings, records)
-    plot(out / "privacy_utility.png", records)
+    from actors.sweep_plot import plot
+
+    plot(out / "privacy_utility.png", records, order=[c.key for c in cells])
     report(cells, records)
     print(f"wrote {path} and {out / 'privacy_utility.png'}")
     return 0
 
 
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:+.1f}" if signed else f"{x:.1%}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def run_epsilon_text(r: dict[str, Any]) -> str:
+    """The whole-run epsilon for the table: ``-`` without noise, ``*`` when not meaningful."""
+    run = r.get("epsilon_run")
+    if not run:
+        return "-"
+    return f"{run['epsilon']:.3g}" + ("" if run["meaningful"] else "*")
+
+
+def _rows(key: str, picks: dict[str, dict[str, dict[str, Any]]]) -> list[tuple[str, dict]]:
+    """One cell's table rows: each distinct record that is strongest by some criterion, with
+    the criteria it wins ("validator, SSIM"), in criterion order."""
+    rows: list[tuple[list[str], dict[str, Any]]] = []
+    for label, best in picks.items():
+        rec = best.get(key)
+        if rec is None:
+            continue
+        same = next((row for row in rows if row[1] is rec), None)
+        if same is None:
+            rows.append(([label], rec))
+        else:
+            same[0].append(label)
+    return [(", ".join(labels), rec) for labels, rec in rows]
+
+
+def _baseline_line(records: list[dict[str, Any]]) -> str | None:
+    with_base = [r for r in records if r.get("label_only") and r.get("reid")]
+    if not with_base:
+        return None
+    lo, n = with_base[0]["label_only"], with_base[0]["reid"]["n"]
+    reid = lo["reid"]
+    feature = ("" if reid.get("feature_top1") is None
+               else f", feature {_pct(reid['feature_top1'])}")
+    return (f"re-id@1: share of the n={n} private test images that are the nearest of all n "
+            f"to their reconstruction (pixel or feature space; chance {_pct(1 / n)})\n"
+            f"label-only baseline (class-mean image): SSIM {lo['ssim']:.3f}, validator "
+            f"{_pct(lo['validator_accuracy'])}, re-id@1 pixel {_pct(reid['pixel_top1'])}"
+            f"{feature}; +re-id@1 (points) and +SSIM are the excess over it")
+
+
 def report(cells: list[Cell], records: list[dict[str, Any]]) -> None:
-    """The table: per cell the strongest attack, and the strongest one needing no weights."""
-    best, blind = strongest(records), strongest(records, black_box())
-    sharpest = strongest(records, metric="ssim")
-    w = max([len(c.key) for c in cells if c.key in best] + [4]) + 2
-    print(f"{'cell':<{w}}{'target acc':>11}{'strongest':>15}{'validator':>11}{'SSIM':>8}"
-          f"{'top SSIM':>24}{'no weights':>12}{'validator':>11}")
-    for cell in cells:
-        r = best.get(cell.key)
-        if r:
-            m, b, t = r["attack_metrics"], blind.get(cell.key), sharpest[cell.key]
-            top = f"{t['attack_metrics']['ssim']:.3f} ({t['attack']})"
-            tail = (f"{b['attack']:>12}{b['attack_metrics']['validator_accuracy']:>11.1%}"
-                    if b else f"{'-':>12}{'-':>11}")
-            print(f"{cell.key:<{w}}{r['target_accuracy']:>11.1%}{r['attack']:>15}"
-                  f"{m['validator_accuracy']:>11.1%}{m['ssim']:>8.3f}{top:>24}{tail}")
+    """The table: per cell the strongest rung by validator accuracy, by SSIM and by
+    re-identification beyond the label-only baseline, and the strongest needing no weights;
+    then which cells meet the goals."""
+    picks = {"validator": strongest(records), "SSIM": strongest(records, metric="ssim"),
+             "re-id": strongest(records, metric="reid_excess"),
+             "no weights": strongest(records, black_box())}
+    best = picks["validator"]
+    shown = [c for c in cells if c.key in best]
+    w = max([len(c.key) for c in shown] + [4]) + 2
+    line = _baseline_line(records)
+    if line:
+        print(line)
+    print(f"{'cell':<{w}}{'target acc':>11}{'run eps':>11}  {'strongest by':<30}{'attack':<15}"
+          f"{'validator':>10}{'SSIM':>7}{'re-id@1':>9}{'+re-id@1':>9}{'+SSIM':>7}")
+    for cell in shown:
+        for i, (by, r) in enumerate(_rows(cell.key, picks)):
+            m, gain = r["attack_metrics"], r.get("excess") or {}
+            head = (f"{cell.key:<{w}}{r['target_accuracy']:>11.1%}{run_epsilon_text(r):>11}"
+                    if i == 0 else " " * (w + 22))
+            top1 = best_top(r["reid"], 1) if r.get("reid") else None
+            print(f"{head}  {by:<30}{r['attack']:<15}{m['validator_accuracy']:>10.1%}"
+                  f"{m['ssim']:>7.3f}{_pct(top1):>9}{_pct(gain.get('reid_top1_gain'), True):>9}"
+                  f"{_num(gain.get('ssim_gain'), '+.3f'):>7}")
+    if any(r.get("epsilon_run") and not r["epsilon_run"]["meaningful"] for r in records):
+        from defences.accounting import MEANINGFUL_EPSILON
+
+        print(f"run eps: the whole run's epsilon for one example (every release composed); "
+              f"* = no meaningful DP (above {MEANINGFUL_EPSILON:g})")
+    _goals(cells, picks)
+
+
+def _goals(cells: list[Cell], picks: dict[str, dict[str, dict[str, Any]]]) -> None:
+    best, blind, reid = picks["validator"], picks["no weights"], picks["re-id"]
     goal = (f"target accuracy >= {GOAL_ACCURACY:.0%} with validator accuracy <= "
             f"{GOAL_VALIDATOR:.0%}")
     # In grid order (records arrive in completion order), and only this grid's cells.
@@ -310,6 +424,33 @@ def report(cells: list[Cell], records: list[dict[str, Any]]) -> None:
           + (", ".join(met) if met else "met by no cell"))
     print("the same goal against adversaries without the first part's weights: "
           + (", ".join(met_blind) if met_blind else "met by no cell"))
+    measured = [c for c in cells if c.key in reid]
+    if not measured:
+        return
+    restated = (f"target accuracy >= {GOAL_ACCURACY:.0%} with the strongest rung's top-1 "
+                f"re-identification <= {100 * GOAL_REID_EXCESS:g} points above label-only")
+    met_reid = [c.key for c in measured if meets_reid_goal(reid[c.key])]
+    print(f"restated goal ({restated}): " + (", ".join(met_reid) if met_reid else
+                                              "met by no cell" + _closest(measured, reid)))
+
+
+def _closest(cells: list[Cell], reid: dict[str, dict[str, Any]]) -> str:
+    """Where the restated goal is missed: the most private useful cell and the most useful
+    private one, with by how much each misses."""
+    useful = [c for c in cells if reid[c.key]["target_accuracy"] >= GOAL_ACCURACY]
+    private = [c for c in cells if value(reid[c.key], "reid_excess") <= GOAL_REID_EXCESS]
+    parts = []
+    if useful:
+        c = min(useful, key=lambda c: value(reid[c.key], "reid_excess"))
+        gain = value(reid[c.key], "reid_excess")
+        parts.append(f"most private at >= {GOAL_ACCURACY:.0%}: {c.key} ({reid[c.key]['attack']}"
+                     f" +{100 * gain:.1f} points, misses by {100 * (gain - GOAL_REID_EXCESS):.1f})")
+    if private:
+        c = max(private, key=lambda c: reid[c.key]["target_accuracy"])
+        acc = reid[c.key]["target_accuracy"]
+        parts.append(f"most useful within {100 * GOAL_REID_EXCESS:g} points: {c.key} "
+                     f"(accuracy {acc:.1%}, misses by {100 * (GOAL_ACCURACY - acc):.1f} points)")
+    return "; closest: " + "; ".join(parts) if parts else ""
 
 
 if __name__ == "__main__":
