@@ -6,6 +6,7 @@ them solely to score what the adversary reconstructed. Nothing here imports Ray.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import torch
 
 from actors.adversary import Reconstruction
 from actors.backend import Backend, Method
-from actors.data import TargetData
+from actors.data import Split, TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
 from actors.fedserver import FED_SERVER, FedServer
@@ -34,7 +35,9 @@ from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
 from actors.wire import Tap, link
 from attack import metrics, validator
+from attack.baselines import instance_report, label_only_scores
 from attack.ladder import intercept_point, needs_weights
+from defences.accounting import run_epsilon
 from defences.spec import DefenceSpec, build_defences, parse_defence
 from protocol import ring
 from protocol.codecs import get_codec
@@ -138,6 +141,9 @@ class RunResult:
     owner_actors: int = 1
     model: str = ""
     cut: str = ""
+    #: Leakage beyond the label: re-identification, the label-only baseline, the excess.
+    instance: dict[str, Any] = field(default_factory=dict)
+    epsilon_run: dict[str, Any] | None = None  # the whole run's (epsilon, delta) per example
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -159,6 +165,8 @@ class RunResult:
             "defences": self.defences,
             "epsilon": (None if self.epsilon is None
                         else {"epsilon": self.epsilon[0], "delta": self.epsilon[1]}),
+            **self.instance,
+            "epsilon_run": self.epsilon_run,
             "schedule": self.schedule,
             "partition": self.partition,
             "model": self.model,
@@ -355,20 +363,34 @@ def pin_identities(backend: Backend, names: list[str]) -> None:
 @dataclass(frozen=True)
 class Truth:
     """What only the lab knows: the private test images in the owners' order, the labels,
-    and the judge that scores reconstructions of them."""
+    the judge that scores reconstructions of them, and the two baselines: the mean image (a
+    guess that knows nothing) and the label-only guess (the class-mean training image of the
+    true label: what knowing the label alone gives)."""
 
     x: np.ndarray
     y: np.ndarray
     judge: torch.nn.Module
     baseline: dict[str, float]
+    train: Split
+    label_only: dict[str, Any]
 
     @classmethod
     def of(cls, data: TargetData, cast: Cast, judge: torch.nn.Module) -> Truth:
         order = np.concatenate(cast.test_shards)
         x, y = data.test.x[order], data.test.y[order]
-        # What a guess that knows nothing scores: the mean training image for every image.
         mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
-        return cls(x, y, judge, score(mean_guess, x, y, judge).to_dict())
+        label_only = label_only_scores(x, y, data.train.x, data.train.y,
+                                       classify=functools.partial(validator.accuracy, judge),
+                                       embed=functools.partial(validator.embed, judge))
+        return cls(x, y, judge, score(mean_guess, x, y, judge).to_dict(), data.train,
+                   label_only)
+
+    def instance(self, recon: np.ndarray) -> dict[str, Any]:
+        """Re-identification of ``recon`` and its excess over the label-only baseline."""
+        return instance_report(recon, self.x, self.y, self.train.x, self.train.y,
+                               classify=functools.partial(validator.accuracy, self.judge),
+                               embed=functools.partial(validator.embed, self.judge),
+                               label_only=self.label_only)
 
 
 def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
@@ -464,7 +486,9 @@ def run_protocol(
     truth = Truth.of(data, cast, judge())  # the judge trained concurrently; wait only now
     attacks = run_attacks(backend, cfg, cast, aux, methods)
     seconds = time.perf_counter() - t0
-    epsilon = build_defences(cfg.defences).epsilon()
+    shield = build_defences(cfg.defences)
+    epsilon = shield.epsilon()
+    epsilon_run = run_epsilon(shield.noise, cfg.epochs, n_examples=len(data.train.y))
     results = []
     for adversary, method, recons in attacks:
         recon = np.concatenate([rec.images for rec in recons])
@@ -478,7 +502,7 @@ def run_protocol(
             attack_method=method, defences=cfg.defence_texts, epsilon=epsilon,
             batches=batches, restarts=restarts, schedule=cfg.schedule,
             partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
-            cut=net.cut,
+            cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done.
     stats = sum(backend.call_all([(n, Role.wire_stats, ()) for n in cast.parties]),

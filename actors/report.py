@@ -38,18 +38,34 @@ def _show(ax: Any, image: np.ndarray) -> None:
 
 def table(runs: list[RunResult]) -> str:
     head = (f"{'protocol':<14}{'adversary':<19}{'attack':<15}{'aux':<15}{'target acc':>11}"
-            f"{'SSIM':>8}{'PSNR dB':>9}{'validator':>11}{'frames':>9}{'MB':>9}{'dropped':>9}"
-            f"{'s':>7}")
+            f"{'SSIM':>8}{'PSNR dB':>9}{'validator':>11}{'re-id@1':>9}{'+re-id':>8}"
+            f"{'frames':>9}{'MB':>9}{'dropped':>9}{'s':>7}")
     lines = [head, "-" * len(head)]
     for r in runs:
+        reid, gain = _reid(r)
         lines.append(
             f"{r.protocol:<14}{r.adversary:<19}{r.attack_method:<15}{r.aux:<15}"
             f"{r.target_accuracy:>11.1%}"
             f"{r.attack.ssim:>8.3f}{r.attack.psnr:>9.2f}{r.attack.validator_accuracy:>11.1%}"
+            f"{reid:>9}{gain:>8}"
             f"{r.wire.frames:>9d}{r.wire.bytes / 1e6:>9.1f}{sum(r.wire.dropped.values()):>9d}"
             f"{r.seconds:>7.1f}"
         )
+    if runs and runs[0].instance:
+        n = runs[0].instance["reid"]["n"]
+        lines.append(f"re-id@1: reconstructions whose nearest private image (pixels or the "
+                     f"validator's features) is their own, of N = {n} (chance {1 / n:.1%}); "
+                     "+re-id: points above the label-only baseline (the class-mean image)")
     return "\n".join(lines)
+
+
+def _reid(r: RunResult) -> tuple[str, str]:
+    if not r.instance:
+        return "-", "-"
+    top = max(v for k, v in r.instance["reid"].items() if k.endswith("_top1") and v is not None
+              and not k.startswith("chance"))
+    gain = r.instance["excess"].get("reid_top1_gain")
+    return f"{top:.1%}", ("-" if gain is None else f"{100 * gain:+.1f}")
 
 
 def write_json(path: Path, lab: LabReport) -> None:

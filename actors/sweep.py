@@ -101,19 +101,21 @@ def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
 
     from actors.backend import LocalBackend
     from actors.lab import RunConfig, run_protocol
+    from actors.nets.zoo import build_network, parse_model
     from actors.owner import TrainConfig
 
     torch.set_num_threads(1)
     train = TrainConfig(lr=settings["lr"], seed=settings["seed"])
-    # The cut travels only when set: a lab without cut points still runs the default grid.
-    where = {} if cell.cut is None else {"cut": cell.cut}
     cfg = RunConfig(train=train, protocol="plaintext", aux=settings["aux"],
                     epochs=settings["epochs"],
                     attack_epochs=settings["attack_epochs"], seed=settings["seed"],
                     adversaries=("eavesdropper",), defences=cell.defences,
-                    attacks=tuple(settings["attacks"]), **where)
+                    attacks=tuple(settings["attacks"]))
+    # Where to split is itself a defence: each cell may cut the network elsewhere.
+    net = build_network(parse_model(settings.get("model", "mlp"), cell.cut), settings["seed"],
+                        data.input_shape, data.classes)
     t0 = time.perf_counter()
-    results = run_protocol(LocalBackend(), cfg, data, aux, lambda: judge)
+    results = run_protocol(LocalBackend(), cfg, data, aux, lambda: judge, net=net)
     records = []
     for r in results:
         doc = r.to_json()
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combined", nargs="*", default=[], metavar="SPEC+SPEC",
                    help="cells that stack defences, e.g. "
                         "noise:mechanism=laplace,scale=0.5,clip=64+nopeek:weight=1")
+    p.add_argument("--model", default="mlp",
+                   help="the split network (as python -m actors.simulate --model)")
     p.add_argument("--cuts", nargs="+", default=None, metavar="LAYER",
                    help="grid over cut points too: every defence setting at each named layer "
                         "(default: the network's own cut)")
@@ -268,16 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lr must be finite and > 0")
     if min(args.epochs, args.attack_epochs, args.aux_size) < 1:
         parser.error("--epochs, --attack-epochs and --aux-size must be >= 1")
-    if args.cuts is not None:
-        from dataclasses import fields
+    try:
+        from actors.nets.zoo import parse_model
 
-        from actors.lab import RunConfig
-
-        if len(set(args.cuts)) != len(args.cuts):
-            parser.error("--cuts names a layer twice")
-        if "cut" not in {f.name for f in fields(RunConfig)}:
-            parser.error("--cuts needs a lab that splits at a chosen layer (the network "
-                         "descriptor of issue 11); this one has a single fixed cut")
+        for cut in args.cuts or [None]:
+            parse_model(args.model, cut)
+    except SplitWireError as exc:
+        parser.error(str(exc))
+    if args.cuts is not None and len(set(args.cuts)) != len(args.cuts):
+        parser.error("--cuts names a layer twice")
     return guarded(parser, run, args)
 
 
@@ -299,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = {"aux": args.aux, "aux_size": args.aux_size, "epochs": args.epochs,
                 "lr": args.lr, "attack_epochs": args.attack_epochs, "seed": args.seed,
-                "attacks": list(args.attacks)}
+                "attacks": list(args.attacks), "model": args.model}
     path = out / "sweep.json"
     records = load(path, settings)
     done = {r["cell"] for r in records}
@@ -310,8 +313,9 @@ def run(args: argparse.Namespace) -> int:
     if todo:
         init_ray(args.address, quiet=True)
         data = load_target(seed=args.seed)
-        aux = load_aux(args.aux, args.aux_size, args.seed, holdout=data.holdout.x)
-        judge = train_validator(data.train.x, data.train.y, seed=args.seed)
+        aux = load_aux(args.aux, args.aux_size, args.seed, data.input_shape,
+                       holdout=data.holdout.x)
+        judge = train_validator(data.train.x, data.train.y, data.classes, seed=args.seed)
         refs = [ray.put(x) for x in (data, aux, judge)]
         task = ray.remote(num_cpus=1)(run_cell)
         pending = {task.remote(c, settings, *refs): c for c in todo}
