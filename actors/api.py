@@ -121,9 +121,13 @@ class LabReport:
     runs: list[RunResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    #: What results.json's ``config`` records: the CLI's flags when run from the CLI (the
+    #: stable schema: every flag by its name), else the options.
+    config: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "config": self.options.config_json(),
+        config = self.config if self.config is not None else self.options.config_json()
+        return {"schema": SCHEMA, "config": config,
                 "network": {"name": self.network.name, "cut": self.network.cut,
                             "input_shape": list(self.network.input_shape),
                             "cut_shape": list(self.network.cut_shape),

@@ -288,12 +288,22 @@ def run(args: argparse.Namespace) -> int:
                 print(f"captured {n} frames -> {path}", flush=True)
 
     lab = run_lab(options, progress=progress, after_protocol=capture)
+    lab.config = {k: _jsonable(v) for k, v in vars(args).items()}
     report.write_json(out / "results.json", lab)
     report.write_figure(out / "reconstructions.png", lab.runs)
     print(report.table(lab.runs))
     print(f"wrote {out / 'results.json'} and {out / 'reconstructions.png'} "
           f"in {time.perf_counter() - t_start:.1f} s", flush=True)
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    """A flag's value as results.json records it (parsed specs as their flag text)."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def _check_capture_path(text: str) -> None:

@@ -115,7 +115,9 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 @torch.no_grad()
 def embed(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    """(N, d) float32 penultimate-layer features of ``x`` (N, C, H, W), in batches of 500."""
+    """(N, d) float32 penultimate-layer features of ``x`` (N, C, H, W), in batches of 500
+    (a classifier without an ``embed`` method gives its outputs instead)."""
     t = _checked(model, x)
-    parts = [model.embed(t[i:i + 500]) for i in range(0, len(t), 500)]  # type: ignore[operator]
+    features = getattr(model, "embed", model)
+    parts = [features(t[i:i + 500]) for i in range(0, len(t), 500)]
     return torch.cat(parts).numpy().astype(np.float32)

@@ -24,8 +24,8 @@ def small_setting(n_train: int = 128, n_test: int = 250):
     def cut(split: Split, start: int, n: int) -> Split:
         return Split(split.x[start:start + n].copy(), split.y[start:start + n].copy())
 
-    small = TargetData(data.name, cut(data.train, 0, n_train), cut(data.test, 0, n_test),
-                       cut(data.holdout, 0, 100))
+    small = TargetData(data.name, data.input_shape, data.classes, cut(data.train, 0, n_train),
+                       cut(data.test, 0, n_test), cut(data.holdout, 0, 100))
     aux = data.holdout.x[100:164].copy()  # the attack is not what these runs are for
 
     def judge() -> torch.nn.Module:  # an untrained validator: scores are not looked at
