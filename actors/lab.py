@@ -504,7 +504,9 @@ def run_protocol(
             partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
             cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
         ))
-    # Counted once the attacks (whose oracle queries cross the wire too) are done.
+    # Counted once the attacks (whose oracle queries cross the wire too) are done, and every
+    # role's mirrored frames have reached the taps (servers and the dealer included).
+    backend.call_all([(n, Role.flush_taps, ()) for n in cast.parties])
     stats = sum(backend.call_all([(n, Role.wire_stats, ()) for n in cast.parties]),
                 WireStats())
     placement = backend.placement()

@@ -117,6 +117,9 @@ class OwnerHost:
         name = method_name(method)
         return [getattr(o, name)(*args) for o in self.owners.values()]
 
+    def flush_taps(self) -> None:
+        self.each(DataOwner.flush_taps)
+
     def wire_stats(self) -> WireStats:
         total = sum((o.wire_stats() for o in self.owners.values()), WireStats())
         for reason, n in self.dropped.items():

@@ -130,6 +130,11 @@ class Role:
     def wire_stats(self) -> WireStats:
         return self.endpoint.stats
 
+    def flush_taps(self) -> None:
+        """Wait until every frame this role sent has reached the taps (a transport may mirror
+        in the background): the lab calls it on every role before the capture is read."""
+        self.network.flush()
+
 
 def check_batch(tensor: np.ndarray, shape: int | tuple[int, ...], what: str) -> None:
     """A float batch of shape (B, *shape) with B >= 1: anything else is a ShapeError."""
