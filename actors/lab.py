@@ -415,7 +415,7 @@ def run_protocol(
     mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, n_batches,
                       cfg)
     if mpc is not None:
-        mpc["server0_wait_seconds"] = backend.call(SERVER0, "wait_seconds")
+        mpc |= ShareServer.timing_report(backend, (*cast.servers, cast.dealer))
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results

@@ -6,6 +6,7 @@ import pytest
 
 from actors.backend import LocalBackend
 from actors.lab import ADVERSARIES, RunConfig, run_protocol
+from protocol import ring_kernels
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,23 @@ def test_communication_is_accounted(shared_runs):
     assert step["online_bytes"] > 1e6 and step["dealer_bytes"] > 1e5
     assert mpc["rounds"] == step["rounds"] * step["steps"] + batch["rounds"] * batch["batches"]
     assert mpc["channel_encryption"] and mpc["inference_weights"] == "shared"
+
+
+def test_time_is_accounted_per_phase(shared_runs):
+    _, shared = shared_runs
+    mpc = shared["server"].mpc
+    assert mpc["kernel"] in ring_kernels.KERNELS
+    seconds = mpc["seconds"]
+    s0, s1, dealer = seconds["server:0"], seconds["server:1"], seconds["dealer"]
+    for phases in (s0, s1):  # each server computed, encoded, and its handling covers both
+        assert phases["compute"] > 0 and phases["encoding"] > 0
+        assert phases["busy"] >= phases["encoding"]
+    assert s0["peer"] > 0 and s0["dealer"] >= 0 and "compute_waited" in s1
+    assert s0["busy"] >= s0["compute"] + s0["peer"]  # server 0 computes and waits inside frames
+    assert 0 < dealer["deal"] <= dealer["busy"]
+    assert 0 <= seconds["transport_estimate"] <= s0["peer"]
+    # the run's training and inference cannot take less than server 0's time on them
+    assert shared["server"].seconds >= s0["busy"]
 
 
 @pytest.mark.parametrize("tap,succeeds", [("one", False), ("all", True)])
