@@ -129,8 +129,12 @@ def test_dispatch_names_a_kernel_and_uses_it(monkeypatch):
 
 
 def test_calibration_times_every_kernel_and_picks_the_fastest(monkeypatch):
-    seconds = ring_kernels.calibrate((4, 30, 4), repeats=1)
-    assert set(seconds) == set(ring_kernels.KERNELS) and all(s > 0 for s in seconds.values())
+    seconds = ring_kernels.calibrate((4, 30, 4), rounds=1)
+    assert set(seconds) == set(ring_kernels.CANDIDATES) and all(s > 0 for s in seconds.values())
+    assert set(ring_kernels.CANDIDATES) <= set(ring_kernels.KERNELS)
+    monkeypatch.setitem(ring_kernels.KERNELS, "int64", lambda a, b: np.zeros((4, 4), np.uint64))
+    with pytest.raises(RuntimeError, match="disagrees"):
+        ring_kernels.calibrate((4, 30, 4), rounds=1)
     monkeypatch.setattr(ring_kernels, "_chosen", None)
     monkeypatch.setattr(ring_kernels, "calibrate", lambda: {"int64": 2.0, "limb16-float64": 1.0})
     monkeypatch.delenv(ring_kernels.FORCE_ENV, raising=False)
