@@ -85,10 +85,15 @@ class LimbKernel:
 
     def split(self, x: np.ndarray) -> list[torch.Tensor]:
         """The limbs of x, lowest first, as exact floating-point matrices."""
-        t = torch.from_numpy(np.ascontiguousarray(x).view(np.int64))
-        mask = (1 << self.bits) - 1
-        # Arithmetic right shift of the int64 view brings in sign bits; the mask drops them.
-        return [((t >> (self.bits * i)) & mask).to(self.dtype) for i in range(self.limbs)]
+        x = np.asarray(x, np.uint64)
+        mask, shifted = np.uint64((1 << self.bits) - 1), np.empty(x.shape, np.uint64)
+        dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        limbs = np.empty((self.limbs, *x.shape), dtype)  # numpy's uint64 shift is logical
+        for i in range(self.limbs):
+            np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i), out=shifted), mask,
+                           out=shifted)
+            limbs[i] = shifted
+        return list(torch.from_numpy(limbs))
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         _check(a, b)
