@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from actors.backend import LocalBackend
+from actors.data import Split
 from actors.lab import ADVERSARIES, RunConfig, run_protocol
 from protocol import ring_kernels
 
@@ -73,20 +76,25 @@ def test_time_is_accounted_per_phase(shared_runs):
     assert shared["server"].seconds >= s0["busy"]
 
 
-@pytest.mark.parametrize("tap,succeeds", [("one", False), ("all", True)])
-def test_without_channel_encryption_one_tap_fails_and_all_taps_win(setting, tap, succeeds):
+def test_without_channel_encryption_one_tap_fails(setting):
+    # What one tapped link carries is one share: uniform noise whatever the model learnt, so a
+    # short run on a fifth of the training set shows it as well as a long one.
+    data, aux, judge = setting
+    small = dataclasses.replace(data, train=Split(data.train.x[:800], data.train.y[:800]))
+    got = run((small, aux, judge), protocol="secret-shared", epochs=1,
+              adversaries=("eavesdropper",), channel_encryption=False, tap="one")
+    assert not got["eavesdropper"].mpc["channel_encryption"]
+    assert got["eavesdropper"].attack.validator_accuracy <= 0.2
+
+
+def test_all_taps_win_and_a_revealed_model_infers_with_fewer_rounds(setting):
+    # One run for two claims (each in-process secret-shared run costs tens of seconds):
+    # revealing the weights changes only the servers' inference, not what crosses the
+    # owners' links, which an eavesdropper tapping every link adds up.
     got = run(setting, protocol="secret-shared", epochs=1, adversaries=("eavesdropper",),
-              channel_encryption=False, tap=tap)["eavesdropper"]
+              channel_encryption=False, tap="all", reveal_model=True)["eavesdropper"]
     assert not got.mpc["channel_encryption"]
-    if succeeds:
-        assert got.attack.validator_accuracy >= 0.6
-    else:
-        assert got.attack.validator_accuracy <= 0.2
-
-
-def test_revealed_model_infers_with_fewer_rounds(setting):
-    got = run(setting, protocol="secret-shared", epochs=1, adversaries=("server",),
-              reveal_model=True)["server"]
+    assert got.attack.validator_accuracy >= 0.6
     assert got.mpc["per_inference_batch"]["rounds"] == 9  # only ReLU needs rounds
     assert got.mpc["reveal_model"]["rounds"] == 1
     assert got.mpc["inference_weights"] == "public"
