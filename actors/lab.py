@@ -23,7 +23,15 @@ from actors.data import Split, TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
 from actors.fedserver import FED_SERVER, FedServer
-from actors.mpc_roles import DEALER, SERVER0, SERVER1, Dealer, ShareServer, SharingOwner
+from actors.mpc_roles import (
+    DEALER,
+    SERVER0,
+    SERVER1,
+    Dealer,
+    ShareServer,
+    SharingOwner,
+    timing_report,
+)
 from actors.nets.descriptor import SplitNetwork
 from actors.nets.shareable import mpc_parameters
 from actors.nets.zoo import ModelSpec, build_network
@@ -513,7 +521,7 @@ def run_protocol(
     mpc = _mpc_report(cast, (after_training, after_reveal, after_inference), steps, n_batches,
                       cfg)
     if mpc is not None:
-        mpc["server0_wait_seconds"] = backend.call(SERVER0, ShareServer.wait_seconds)
+        mpc |= timing_report(backend, (*cast.servers, cast.dealer))
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results

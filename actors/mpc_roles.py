@@ -14,7 +14,8 @@ import itertools
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -105,17 +106,88 @@ def decode_plan(arr: np.ndarray) -> tuple[int, list[TripleSpec]]:
     return int(arr[0, 0]), plan
 
 
+class PhaseClock:
+    """Seconds a role spends per phase; what the secret-shared run's time goes to.
+
+    - ``busy``: handling frames (everything a role does on a message), whose parts are
+    - ``compute``: the two-party program's own arithmetic (``deal`` for the dealer);
+    - ``compute_waited``: server 1's part of that its next message had to wait for (server 1
+      replies first and computes after, so the rest overlaps with the wire and server 0);
+    - ``encoding``: framing, sealing and checking frames (the endpoint's encode and accept);
+    - ``peer`` / ``dealer``: server 0 waiting for server 1's reply (wire both ways and server
+      1's handling) or for the dealer's triples, encoding excluded.
+    """
+
+    def __init__(self, role: Role) -> None:
+        self.seconds: Counter = Counter()
+        endpoint = role.endpoint
+        # The endpoint is the one place every frame passes through, both ways.
+        endpoint.encode = self.timed("encoding", endpoint.encode)
+        endpoint.accept = self.timed("encoding", endpoint.accept)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
+
+    @contextmanager
+    def clock(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
+
+    @contextmanager
+    def waiting(self, phase: str) -> Iterator[None]:
+        """Time spent waiting on another party: the encoding done meanwhile is not counted."""
+        t, coded = time.perf_counter(), self.seconds["encoding"]
+        try:
+            yield
+        finally:
+            self.seconds[phase] += (time.perf_counter() - t) - (self.seconds["encoding"] - coded)
+
+    def timed(self, phase: str, fn: Callable) -> Callable:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            with self.clock(phase):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def report(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in sorted(self.seconds.items())}
+
+
+def phase_report(phases: dict[str, dict[str, float]]) -> dict[str, object]:
+    """``results.json`` ``mpc`` ``seconds``: each role's phases, and the transport, estimated
+    as server 0's wait for server 1 less server 1's time handling frames."""
+    s0, s1 = phases.get(SERVER0, {}), phases.get(SERVER1, {})
+    transport = max(s0.get("peer", 0.0) - s1.get("busy", 0.0), 0.0)
+    return {**phases, "transport_estimate": round(transport, 3)}
+
+
+def timing_report(backend: object, roles: tuple[str, ...]) -> dict[str, object]:
+    """What ``results.json`` ``mpc`` adds about time: the ring kernel server 0 uses and the
+    seconds per phase of each role in ``roles`` (the two servers and the dealer)."""
+    phases = backend.call_all([(name, ShareServer.phase_seconds, ()) for name in roles])
+    return {"kernel": backend.call(SERVER0, ShareServer.ring_kernel),
+            "seconds": phase_report(dict(zip(roles, phases, strict=True)))}
+
+
 class Dealer(Role):
     """The crypto provider: correlated randomness only; it never sees data or model shares."""
 
     def __init__(self, name: str, *, codec: str, session: int, network: Network) -> None:
         super().__init__(name, codec, session, network)
         self.triples_dealt = 0
+        self.timing = PhaseClock(self)
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        with self.timing.clock("busy"):
+            return super().handle(frames)
 
     def on_message(self, msg: Message) -> list[bytes]:
         if msg.kind == K.TRIPLE_REQUEST and msg.sender == SERVER0:
             _, plan = decode_plan(msg.tensor)
-            dealt = beaver.deal(plan)
+            with self.timing.clock("deal"):
+                dealt = beaver.deal(plan)
             self.request(SERVER1, [
                 (K.TRIPLES, msg.tensor),
                 (K.TRIPLES, np.frombuffer(dealt.seed1, np.uint8)),
@@ -123,6 +195,9 @@ class Dealer(Role):
             self.triples_dealt += len(plan)
             return [self.reply(SERVER0, K.TRIPLES, np.frombuffer(dealt.seed0, np.uint8))]
         return super().on_message(msg)
+
+    def phase_seconds(self) -> dict[str, float]:
+        return self.timing.report()
 
 
 class ShareServer(Role, InversionAttacker):
@@ -149,7 +224,7 @@ class ShareServer(Role, InversionAttacker):
         self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> inference shares
         self.stores: dict[int, TripleStore] = {}  # party 1: dealt triples by request id
         self.rounds = 0
-        self.timing: Counter = Counter()  # seconds waiting on the peer / the dealer
+        self.timing = PhaseClock(self)  # seconds per phase (see ``phase_seconds``)
         self.colluding = False
         self._request_ids = itertools.count(1)
         # party 1's running program: generator, the round it is in, the shares received so far
@@ -163,11 +238,13 @@ class ShareServer(Role, InversionAttacker):
 
     # --- messages ----------------------------------------------------------------------------
     def handle(self, frames: list[bytes]) -> list[bytes]:
-        try:
-            self._join()  # party 1 may still be computing its next round from the last message
-        except ShapeError as exc:  # that program is lost; say so in the counts, carry on
-            self.endpoint.stats.dropped[type(exc).__name__] += 1
-        return super().handle(frames)
+        with self.timing.clock("busy"):
+            try:
+                with self.timing.clock("compute_waited"):
+                    self._join()  # party 1 may still be computing the round from the last message
+            except ShapeError as exc:  # that program is lost; say so in the counts, carry on
+                self.endpoint.stats.dropped[type(exc).__name__] += 1
+            return super().handle(frames)
 
     def on_message(self, msg: Message) -> list[bytes]:
         kind, sender = msg.kind, msg.sender
@@ -236,17 +313,17 @@ class ShareServer(Role, InversionAttacker):
         self._prefetched = (plan, request_id, pending)
 
     def _triples(self, plan: list[TripleSpec]) -> TripleStore:
-        t = time.perf_counter()
         prefetched, self._prefetched = self._prefetched, None
-        if prefetched is not None and prefetched[0] == plan:
-            _, request_id, pending = prefetched
-            replies = self.complete(pending)
-        else:
-            if prefetched is not None:  # a different shape came (the epoch's last batch)
-                self.complete(prefetched[2])
-            request_id = next(self._request_ids)
-            replies = self.request(DEALER, [(K.TRIPLE_REQUEST, encode_plan(plan, request_id))])
-        self.timing["dealer"] += time.perf_counter() - t
+        with self.timing.waiting("dealer"):
+            if prefetched is not None and prefetched[0] == plan:
+                _, request_id, pending = prefetched
+                replies = self.complete(pending)
+            else:
+                if prefetched is not None:  # a different shape came (the epoch's last batch)
+                    self.complete(prefetched[2])
+                request_id = next(self._request_ids)
+                replies = self.request(DEALER, [(K.TRIPLE_REQUEST,
+                                                 encode_plan(plan, request_id))])
         seed = self.expect(replies, K.TRIPLES, DEALER).tensor
         if seed.dtype != np.uint8 or seed.shape != (32,):
             raise ShapeError("dealer's seed must be 32 bytes")
@@ -257,19 +334,20 @@ class ShareServer(Role, InversionAttacker):
     def drive(self, proto: mpc.Proto, op: Op, owner_idx: int,
               store: TripleStore | None) -> object:
         """Run a program with server 1, one exchange per round; returns this party's result."""
-        msg = next(proto)
+        with self.timing.clock("compute"):
+            msg = next(proto)
         start = np.array([op, owner_idx, getattr(store, "request_id", 0)], np.int64)
         items = [(K.CONTROL, start)]
         while True:
             items += [(K.OPEN, a) for a in msg.arrays]
-            t = time.perf_counter()
-            replies = self.request(self.peer, items)
-            self.timing["peer"] += time.perf_counter() - t
+            with self.timing.waiting("peer"):
+                replies = self.request(self.peer, items)
             theirs = [m.tensor for m in replies if m.kind == K.OPEN and m.sender == self.peer]
             _check_round(msg, theirs)
             self.rounds += 1
             try:
-                msg = proto.send(mpc.combine(msg, theirs))
+                with self.timing.clock("compute"):
+                    msg = proto.send(mpc.combine(msg, theirs))
             except StopIteration as done:
                 return done.value
             items = []
@@ -304,7 +382,9 @@ class ShareServer(Role, InversionAttacker):
         if self._proto is not None:
             raise ShapeError(f"{op.name} started while another program is running")
         proto, done = self._program(op, owner, request_id)
-        self._proto, self._on_done, self._current, self._inbox = proto, done, next(proto), []
+        with self.timing.clock("compute"):
+            first = next(proto)
+        self._proto, self._on_done, self._current, self._inbox = proto, done, first, []
 
     def _program(self, op: Op, owner: str, request_id: int
                  ) -> tuple[mpc.Proto, Callable[[object], None]]:
@@ -357,6 +437,7 @@ class ShareServer(Role, InversionAttacker):
         return [self.reply(SERVER0, K.OPEN, a) for a in mine.arrays]
 
     def _advance(self, opened: list[np.ndarray]) -> None:
+        t = time.perf_counter()
         try:
             self._current = self._proto.send(opened)
         except StopIteration as done:
@@ -365,6 +446,8 @@ class ShareServer(Role, InversionAttacker):
         except BaseException as exc:  # noqa: BLE001 - surfaced by the next _join
             self._failure = exc
             self._proto = self._current = self._on_done = None
+        finally:  # this thread's only write to the clock; the main thread waits on it first
+            self.timing.add("compute", time.perf_counter() - t)
 
     def _join(self) -> None:
         if self._worker is not None:
@@ -414,7 +497,21 @@ class ShareServer(Role, InversionAttacker):
 
     def wait_seconds(self) -> dict[str, float]:
         """Time server 0 spent waiting on server 1's rounds and on the dealer."""
-        return dict(self.timing)
+        return {k: v for k, v in self.timing.seconds.items() if k in ("peer", "dealer")}
+
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds per phase so far (see ``PhaseClock``)."""
+        return self.timing.report()
+
+    def ring_kernel(self) -> str:
+        """The exact ring-product kernel this server's process chose (protocol.ring)."""
+        return ring.kernel_name()
+
+    @staticmethod
+    def timing_report(backend: object, roles: tuple[str, ...]) -> dict[str, object]:
+        """``results.json`` ``mpc``'s kernel and seconds (the lab calls it through the class it
+        already imports); see the module-level ``timing_report``."""
+        return timing_report(backend, roles)
 
 
 def _to_ring(a: np.ndarray) -> np.ndarray:

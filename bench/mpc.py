@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from actors.model import ServerNet
-from protocol import beaver, mpc, ring
+from protocol import beaver, mpc, ring, ring_kernels
 from protocol.beaver import TripleStore
 
 D_IN, D_HIDDEN, D_OUT = 500, 500, 10
@@ -86,6 +86,13 @@ def main() -> int:
     print(f"# {platform.machine()}, Python {platform.python_version()}, torch "
           f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; batch {args.batch}, "
           f"medians of {args.repeats}")
+    kernel, calibration = ring_kernels.chosen()
+    print(f"ring-product kernel: {kernel} (calibration on {ring_kernels.CALIBRATION_SHAPE}: "
+          + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
+    every = ring_kernels.calibrate((args.batch, D_IN, D_HIDDEN), rounds=3,
+                                   names=tuple(ring_kernels.KERNELS))
+    print(f"every exact kernel on {args.batch}x{D_IN} @ {D_IN}x{D_HIDDEN}: " + ", ".join(
+        f"{k} {1e3 * v:.1f} ms" for k, v in every.items()))
     print(f"plaintext float32 inference of the server part: {t_plain:.3f} ms")
     print("online = triples dealt and expanded beforehand; +triples = the dealer's work and the "
           "seed expansion included.\nsummed = both servers' compute added up; side by side = "

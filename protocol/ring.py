@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from protocol import ring_kernels
 from protocol.errors import ShapeError
 
 RING_BITS = 64
@@ -98,12 +99,14 @@ def truncate(s: np.ndarray, party: int, frac_bits: int = DEFAULT_FRAC_BITS) -> n
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact product mod 2^64 of two uint64 matrices.
+    """Exact product mod 2^64 of two uint64 matrices, by the fastest exact kernel here.
 
-    torch's int64 matmul wraps in two's complement, which is exactly arithmetic mod 2^64; it is
-    the fastest exact product measured here (0.7 ms for 64x500 @ 500x500 on one core, against
-    5 ms for three-limb float64 products). tests/test_ring.py checks it against Python ints.
+    The kernels (torch int64, limb decompositions over float64/float32 BLAS) and how one is
+    chosen are in protocol.ring_kernels; tests/test_ring.py checks each against Python ints.
     """
-    ta = torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
-    tb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64))
-    return (ta @ tb).numpy().view(np.uint64)
+    return ring_kernels.KERNELS[kernel_name()](a, b)
+
+
+def kernel_name() -> str:
+    """The ring-product kernel this process uses (calibrated on first use, then cached)."""
+    return ring_kernels.chosen()[0]

@@ -1,0 +1,110 @@
+"""The README's main command end to end, per protocol, and the machine it ran on.
+
+    python bench/e2e.py [--runs 1] [--extra FLAG ...]
+
+Runs ``python -m actors.simulate --quiet`` (Ray start included, every protocol, default flags
+unless ``--extra``) ``--runs`` times and prints the whole command's wall time, each protocol's
+``seconds`` from ``results.json``, the secret-shared run's seconds per phase and the ring
+kernel its servers used; first, the machine: CPU model and the vector extensions that decide
+which kernel wins (AVX2, AVX-512, NEON), the torch and numpy builds and their BLAS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from protocol import ring_kernels
+
+#: CPU flags worth naming (x86 /proc/cpuinfo spellings, and ARM's).
+FLAGS = ("avx2", "fma", "avx512f", "avx512dq", "avx512ifma", "asimd", "neon", "sve")
+
+
+def cpu() -> tuple[str, list[str]]:
+    """The CPU's model name and which of ``FLAGS`` it has (Linux /proc/cpuinfo, else sysctl)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        for line in info.read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu model", "hardware") and value.strip():
+                model = value.strip()
+            elif key in ("flags", "features"):
+                flags |= set(value.split())
+    elif sys.platform == "darwin":  # Apple silicon: NEON always, names via sysctl
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                             text=True, check=False)
+        model = out.stdout.strip() or model
+        flags |= {"neon", "asimd"} if platform.machine() == "arm64" else set()
+    return model, [f for f in FLAGS if f in flags]
+
+
+def builds() -> list[str]:
+    numpy_blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    torch_cfg = torch.__config__.show()
+    torch_blas = next((part.split("=", 1)[1] for part in torch_cfg.replace(",", " ").split()
+                       if part.startswith("BLAS_INFO=")), "?")
+    return [f"torch {torch.__version__}, BLAS {torch_blas}, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}",
+            f"numpy {np.__version__}, BLAS {numpy_blas.get('name')} {numpy_blas.get('version')}"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--extra", nargs="*", default=[], help="more simulate flags")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model, flags = cpu()
+    kernel, calibration = ring_kernels.chosen()
+    print(f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs: {model}")
+    print(f"# flags: {', '.join(flags) or 'none of ' + '/'.join(FLAGS)}")
+    for line in builds():
+        print(f"# {line}")
+    print(f"# ring kernel here: {kernel} (" + ", ".join(
+        f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
+    walls: list[float] = []
+    per_protocol: dict[str, list[float]] = {}
+    last: dict = {}
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "actors.simulate", "--quiet", "--out", out,
+                            *args.extra], check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - t)
+            runs = json.loads((Path(out) / "results.json").read_text())["runs"]
+        seen = {}
+        for run in runs:  # one row per adversary; the protocol's seconds are shared
+            seen.setdefault(run["protocol"], run)
+        for protocol, run in seen.items():
+            per_protocol.setdefault(protocol, []).append(run["seconds"])
+            if run.get("mpc"):
+                last = run["mpc"]
+    med = statistics.median
+    print(f"whole command: {med(walls):.1f} s (median of {len(walls)}: "
+          + ", ".join(f"{w:.1f}" for w in walls) + ")")
+    for protocol, seconds in per_protocol.items():
+        print(f"  {protocol}: {med(seconds):.1f} s")
+    if last:
+        print(f"secret-shared: ring kernel {last.get('kernel')}; seconds per phase:")
+        for role, phases in last.get("seconds", {}).items():
+            text = (", ".join(f"{k} {v:.1f}" for k, v in phases.items())
+                    if isinstance(phases, dict) else f"{phases:.1f}")
+            print(f"  {role}: {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Exact matrix products mod 2^64, several ways, and the choice of the fastest on this machine.
+
+Without AVX-512 (vpmullq) no x86 CPU has a vectorised 64-bit integer multiply, so torch's int64
+matmul runs scalar there: 141 ms for 256x500 @ 500x500 on a 2-core AMD EPYC, against 1.9 ms
+for float32. The limb kernels get the same exact result from floating-point BLAS instead:
+
+- split each operand into L-bit limbs, ``a = sum_i a_i 2^(L i)`` with ``0 <= a_i < 2^L``;
+- ``a @ b mod 2^64 = sum_{i+j} (a_i @ b_j) 2^(L (i + j))``, keeping only the pairs with
+  ``L (i + j) < 64`` (the others vanish mod 2^64);
+- each ``a_i @ b_j`` is computed in floating point, which is exact while every partial sum
+  stays below 2^mantissa (2^53 for float64, 2^24 for float32). A limb product is below 2^(2L)
+  and all terms are non-negative, so a dot product of at most ``2^(mantissa - 2L)`` terms is
+  exact whatever order BLAS adds them in; longer inner dimensions are cut into chunks of that
+  many terms, each converted to an integer before the chunks are added (in uint64, which wraps
+  mod 2^64 by itself).
+
+For 256x500 @ 500x500 on a 2-core AMD EPYC without AVX-512 (2026-12-01, `bench/mpc.py`):
+int64 97 ms; 22-bit limbs (3 limbs, 6 float64 products, chunks of 512) 24 ms; 16-bit limbs
+(4 limbs, 10 products, chunks of 2^21) 40 ms; 8-bit limbs over float32 (8 limbs, 36 products,
+chunks of 256) 83 ms. Which kernel wins depends on the CPU (with AVX-512, int64 may), so
+``chosen()`` times the candidates once per process and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from protocol.errors import ConfigError, ShapeError
+
+Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: Environment variable that forces a kernel by name (benches, tests, a CPU calibration misjudges).
+FORCE_ENV = "SPLITWIRE_RING_KERNEL"
+MANTISSA = {torch.float64: 53, torch.float32: 24}
+#: A small operand gets its own path only if chunks of at least 2^9 terms stay exact (the
+#: protocol's inner dimensions are 500 and below, so such products are never cut).
+MIN_CHUNK_BITS = 9
+#: Chunks at least this long (2^7 terms) make two wide limbs cheaper than three narrow ones.
+MIN_WIDE_CHUNK_BITS = 7
+
+
+def _check(a: np.ndarray, b: np.ndarray) -> None:
+    if a.dtype != np.uint64 or b.dtype != np.uint64:
+        raise ShapeError(f"ring products take uint64 matrices, got {a.dtype} and {b.dtype}")
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ShapeError(f"cannot multiply ring matrices of shapes {a.shape} and {b.shape}")
+
+
+def int64_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """torch's int64 matmul: two's complement wraps, which is exactly arithmetic mod 2^64."""
+    _check(a, b)
+    ta = torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
+    tb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64))
+    return (ta @ tb).numpy().view(np.uint64)
+
+
+@dataclass(frozen=True)
+class LimbKernel:
+    """a @ b mod 2^64 from floating-point products of ``bits``-bit limbs (see the module)."""
+
+    bits: int
+    dtype: torch.dtype = torch.float64
+
+    @property
+    def name(self) -> str:
+        return f"limb{self.bits}-{str(self.dtype).removeprefix('torch.')}"
+
+    @property
+    def limbs(self) -> int:
+        return -(-64 // self.bits)
+
+    @property
+    def chunk(self) -> int:
+        """Most terms one exact floating-point dot product may have."""
+        return 1 << (MANTISSA[self.dtype] - 2 * self.bits)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.limbs) for j in range(self.limbs)
+                if self.bits * (i + j) < 64]
+
+    def split(self, x: np.ndarray) -> list[torch.Tensor]:
+        """The limbs of x, lowest first, as exact floating-point matrices."""
+        x = np.asarray(x, np.uint64)
+        mask, shifted = np.uint64((1 << self.bits) - 1), np.empty(x.shape, np.uint64)
+        dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        limbs = np.empty((self.limbs, *x.shape), dtype)  # numpy's uint64 shift is logical
+        for i in range(self.limbs):
+            np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i), out=shifted), mask,
+                           out=shifted)
+            limbs[i] = shifted
+        return list(torch.from_numpy(limbs))
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _check(a, b)
+        small_b, small_a = _signed_bits(b), _signed_bits(a)
+        if min(small_a, small_b) + self.bits <= MANTISSA[self.dtype] - MIN_CHUNK_BITS:
+            if small_b <= small_a:
+                return self._small(a, b, small_b)
+            return np.ascontiguousarray(self._small(b.T, a.T, small_a).T)
+        return self._general(a, b)
+
+    def _general(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        m, k = a.shape
+        n = b.shape[1]
+        la, lb = self.split(a), self.split(b)
+        out = np.zeros((m, n), np.uint64)
+        by_shift: dict[int, list[tuple[int, int]]] = {}
+        for i, j in self.pairs:
+            by_shift.setdefault(i + j, []).append((i, j))
+        step = self.chunk
+        for t, pairs in by_shift.items():
+            total = np.zeros((m, n), np.uint64)
+            for i, j in pairs:
+                for lo in range(0, k, step):
+                    part = la[i][:, lo:lo + step] @ lb[j][lo:lo + step]
+                    # exact non-negative integers below 2^mantissa: the conversion is exact
+                    total += part.numpy().astype(np.uint64)
+            out += total << np.uint64(self.bits * t)
+        return out
+
+    def _small(self, a: np.ndarray, b: np.ndarray, b_bits: int) -> np.ndarray:
+        """b's entries, read as signed integers, are below 2^b_bits in magnitude (public
+        fixed-point weights are): b stays one signed limb, so only a is split and the product
+        takes ``limbs`` floating-point products instead of ``len(pairs)``. A term is below
+        2^(bits + b_bits) in magnitude, so ``2^(mantissa - bits - b_bits)`` of them add up
+        exactly in any order (every partial sum is bounded by the sum of magnitudes)."""
+        k = a.shape[1]
+        mantissa = MANTISSA[self.dtype]
+        # Two 32-bit limbs of a instead of three, where chunks of 2^7 terms stay exact: fewer
+        # products, each cut along k (public weights of fixed point with 16 fractional bits
+        # and |w| < 0.25 have b_bits <= 14).
+        bits = 32 if mantissa - 32 - b_bits >= MIN_WIDE_CHUNK_BITS else self.bits
+        la = LimbKernel(bits, self.dtype).split(a)
+        lb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64)).to(self.dtype)
+        step = 1 << (mantissa - bits - b_bits)
+        out = np.zeros((a.shape[0], b.shape[1]), np.uint64)
+        for i, limb in enumerate(la):
+            total = np.zeros_like(out)
+            for lo in range(0, k, step):
+                part = limb[:, lo:lo + step] @ lb[lo:lo + step]
+                total += part.numpy().astype(np.int64).view(np.uint64)  # exact, signed
+            out += total << np.uint64(bits * i)
+        return out
+
+
+def _signed_bits(x: np.ndarray) -> int:
+    """Least s with every entry of x, read as a signed int64, in [-2^s, 2^s)."""
+    if x.size == 0:
+        return 0
+    v = x.view(np.int64)
+    lo, hi = int(v.min()), int(v.max())
+    return max(hi.bit_length(), (-lo - 1).bit_length())
+
+
+KERNELS: dict[str, Kernel] = {
+    "int64": int64_matmul,
+    **{k.name: k for k in (LimbKernel(22), LimbKernel(16), LimbKernel(8, torch.float32))},
+}
+#: What the calibration chooses among. 8-bit limbs over float32 are exact and tested, but
+#: their 36 products lose to 6 float64 ones wherever float32 is at most 2x float64 (AVX2, AVX-512,
+#: NEON alike): measured here, 60 ms against 13 ms; a calibration on a loaded machine once
+#: picked it anyway, so it is only used when forced.
+CANDIDATES = ("int64", "limb22-float64", "limb16-float64")
+#: The calibration product: a batch of 64 through half of Linear(500, 500), the protocol's
+#: commonest large product, small enough that the whole calibration takes about 0.3 s.
+CALIBRATION_SHAPE = (64, 500, 256)
+
+_lock = threading.Lock()
+_chosen: tuple[str, dict[str, float]] | None = None
+
+
+def calibrate(shape: tuple[int, int, int] = CALIBRATION_SHAPE, rounds: int = 5,
+              names: tuple[str, ...] = CANDIDATES) -> dict[str, float]:
+    """Best seconds of each kernel in ``names`` on one product of ``shape`` (m, k, n).
+
+    The kernels take turns, ``rounds`` times, so a burst of load from another process hits
+    all of them rather than the one that happened to be running.
+    """
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**64, (m, k), dtype=np.uint64)
+    b = rng.integers(0, 2**64, (k, n), dtype=np.uint64)
+    want = int64_matmul(a, b)
+    seconds = dict.fromkeys(names, float("inf"))
+    for _ in range(rounds):
+        for name in names:
+            t = time.perf_counter()
+            got = KERNELS[name](a, b)
+            seconds[name] = min(seconds[name], time.perf_counter() - t)
+            if not np.array_equal(got, want):  # never pick a kernel that disagrees
+                raise RuntimeError(f"ring kernel {name} disagrees with int64")
+    return seconds
+
+
+def chosen() -> tuple[str, dict[str, float]]:
+    """(name of the kernel in use, the calibration's seconds per kernel), once per process.
+
+    ``SPLITWIRE_RING_KERNEL=<name>`` forces a kernel and skips the calibration.
+    """
+    global _chosen
+    with _lock:
+        if _chosen is None:
+            forced = os.environ.get(FORCE_ENV)
+            if forced:
+                if forced not in KERNELS:
+                    raise ConfigError(f"{FORCE_ENV}={forced!r}: no such ring kernel "
+                                      f"(one of {', '.join(KERNELS)})")
+                _chosen = (forced, {})
+            else:
+                seconds = calibrate()
+                _chosen = (min(seconds, key=seconds.__getitem__), seconds)
+        return _chosen
