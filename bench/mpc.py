@@ -27,11 +27,14 @@ import time
 import numpy as np
 import torch
 
-from actors.model import ServerNet
+from actors.nets.zoo import ModelSpec, build_network
 from protocol import beaver, mpc, ring, ring_kernels
 from protocol.beaver import TripleStore
 
-D_IN, D_HIDDEN, D_OUT = 500, 500, 10
+#: The default network's server part (Linear 500->500, ReLU, Linear 500->10).
+NET = build_network(ModelSpec("mlp"), 0)
+D_IN = NET.cut_shape[0]
+D_HIDDEN, D_OUT = NET.server.fc2.out_features, NET.classes
 
 
 def median(values: list[float]) -> float:
@@ -51,12 +54,12 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=7)
     args = p.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = ServerNet().eval()
+    net = NET.server_part().eval()
     rng = np.random.default_rng(0)
     h = np.maximum(rng.normal(size=(args.batch, D_IN)), 0).astype(np.float32)
-    params = {"w1": net.fc1.weight.T, "b1": net.fc1.bias, "w2": net.fc2.weight.T,
-              "b2": net.fc2.bias}
+    first, second = net.fc2, net.fc3
+    params = {"w1": first.weight.T, "b1": first.bias, "w2": second.weight.T,
+              "b2": second.bias}
     enc = {k: ring.encode(v.detach().numpy()) for k, v in params.items()}
     shares = {k: ring.share(v) for k, v in enc.items()}
     models = [mpc.SharedModel(i, {k: v[i] for k, v in shares.items()}) for i in (0, 1)]
