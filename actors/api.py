@@ -30,7 +30,7 @@ from actors.data import DatasetSpec, TargetData, load_target, parse_dataset
 from actors.faults import ChaosSpec
 from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
 from actors.nets.descriptor import SplitNetwork
-from actors.nets.shareable import mpc_parameters
+from actors.nets.shareable import check_shareable
 from actors.nets.zoo import build_network, parse_model
 from actors.owner import TrainConfig
 from actors.partition import Partition
@@ -185,7 +185,7 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
     if set(options.attacks) == {"output"}:
         return "--attack output: the output point is a server's softmax, secret sharing has none"
     try:
-        mpc_parameters(net.server, net.cut_shape)
+        check_shareable(net, options.frac_bits)
     except ConfigError as exc:
         return str(exc)
     return None

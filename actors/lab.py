@@ -33,7 +33,7 @@ from actors.mpc_roles import (
     timing_report,
 )
 from actors.nets.descriptor import SplitNetwork
-from actors.nets.shareable import mpc_parameters
+from actors.nets.shareable import shareable_layers
 from actors.nets.zoo import ModelSpec, build_network
 from actors.owner import DataOwner, InferenceReport, TrainConfig
 from actors.owner_host import OwnerHost, OwnerSpec
@@ -274,12 +274,11 @@ def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
                          taps: dict[str, Tap], common: dict[str, Any]
                          ) -> tuple[list[str], dict[str, tuple[str, Method]]]:
     """Two servers holding fresh additive shares of the server part, and the dealer."""
-    params = mpc_parameters(net.server, net.cut_shape)
-    shares = {k: ring.share(ring.encode(v, cfg.frac_bits)) for k, v in params.items()}
+    # The server part as layers on shares, each server with fresh additive shares of it.
+    layers, shares = shareable_layers(net, cfg.frac_bits)
     for party, name in enumerate((SERVER0, SERVER1)):
-        backend.start(name, ShareServer, taps, party=party,
-                      params={k: v[party] for k, v in shares.items()},
-                      frac_bits=cfg.frac_bits, lr=cfg.train.lr,
+        backend.start(name, ShareServer, taps, party=party, layers=layers,
+                      params=shares[party], frac_bits=cfg.frac_bits, lr=cfg.train.lr,
                       momentum=cfg.train.momentum, **common)
     backend.start(DEALER, Dealer, taps, **{k: v for k, v in common.items() if k != "net"})
     adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),

@@ -25,7 +25,7 @@ from actors.nets.descriptor import SplitNetwork
 from actors.owner import DataOwner
 from actors.role import Role
 from actors.wire import Network
-from protocol import beaver, mpc, ring
+from protocol import beaver, mpc, ring, shared
 from protocol.beaver import TripleSpec, TripleStore
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
@@ -209,18 +209,22 @@ class ShareServer(Role, InversionAttacker):
     """
 
     def __init__(self, name: str, *, party: int, codec: str, session: int, network: Network,
-                 net: SplitNetwork, params: dict[str, np.ndarray], frac_bits: int, lr: float,
+                 net: SplitNetwork, layers: tuple[shared.Layer, ...],
+                 params: list[dict[str, np.ndarray]], frac_bits: int, lr: float,
                  momentum: float) -> None:
         super().__init__(name, codec, session, network)
         self.net = net
         self.party = party
         self.peer = SERVER1 if party == 0 else SERVER0
-        self.model = mpc.SharedModel(party, dict(params), frac_bits)
+        # The server part as a sequence of layers on shares (protocol.shared), translated from
+        # the descriptor's torch module; every plan is traced from these layers.
+        self.layers = tuple(layers)
+        self.model = shared.SharedNet(party, self.layers, list(params), frac_bits)
         self.lr, self.momentum = lr, momentum
-        self.public: dict[str, np.ndarray] | None = None  # revealed weights (--reveal-model)
+        self.public: list[dict[str, np.ndarray]] | None = None  # revealed (--reveal-model)
         self.pending: dict[tuple[str, K], np.ndarray] = {}  # (owner, kind) -> share received
         self.results: dict[tuple[str, Op], np.ndarray] = {}  # party 1: shares owners collect
-        self.caches: dict[str, tuple[mpc.ForwardCache, TripleStore]] = {}
+        self.caches: dict[str, tuple[shared.ForwardCache, TripleStore]] = {}
         self.seen: dict[str, list[tuple[int, np.ndarray]]] = {}  # owner -> inference shares
         self.stores: dict[int, TripleStore] = {}  # party 1: dealt triples by request id
         self.rounds = 0
@@ -273,37 +277,40 @@ class ShareServer(Role, InversionAttacker):
                              f"got {t.dtype} {t.shape}")
 
     # --- server 0: leads each protocol -------------------------------------------------------
+    def _train_plan(self, batch: int) -> list[TripleSpec]:
+        return list(shared.train_plan(self.layers, (batch, *self.net.cut_shape)))
+
+    def _infer_plan(self, batch: int) -> list[TripleSpec]:
+        return list(shared.infer_plan(self.layers, (batch, *self.net.cut_shape),
+                                      public_weights=self.public is not None))
+
     def _lead(self, owner: str, kind: K, share: np.ndarray) -> list[bytes]:
         idx = owner_index(owner)
-        dims = (len(share), *self.model.dims)
         if kind == K.SHARE:
-            store = self._triples(mpc.train_plan(*dims))
-            logits, cache = self.drive(mpc.forward(self.model, store, share), Op.FORWARD, idx,
-                                       store)
+            store = self._triples(self._train_plan(len(share)))
+            logits, cache = self.drive(self.model.forward(store, share), Op.FORWARD, idx, store)
             self.caches[owner] = (cache, store)
             return [self.reply(owner, K.LOGITS_SHARE, logits)]
         if kind == K.GRAD_SHARE:
             cache, store = self._cache(owner, len(share))
-            dh = self.drive(mpc.backward(self.model, store, cache, share, self.lr, self.momentum,
-                                         grad_scale=len(share)), Op.BACKWARD, idx, None)
-            self._prefetch(mpc.train_plan(*(len(share),) + dims[1:]))
+            dh = self.drive(self.model.backward(store, cache, share, self.lr, self.momentum,
+                                                grad_scale=len(share)), Op.BACKWARD, idx, None)
+            self._prefetch(self._train_plan(len(share)))
             return [self.reply(owner, K.CUT_GRAD_SHARE, dh)]
-        plan = mpc.infer_plan(*dims, public_weights=self.public is not None)
+        plan = self._infer_plan(len(share))
         store = self._triples(plan)
         logits = self.drive(self._infer(store, share), Op.INFER, idx, store)
         self._prefetch(plan)
         return [self.reply(owner, K.LOGITS_SHARE, logits)]
 
-    def _cache(self, owner: str, batch: int) -> tuple[mpc.ForwardCache, TripleStore]:
+    def _cache(self, owner: str, batch: int) -> tuple[shared.ForwardCache, TripleStore]:
         entry = self.caches.pop(owner, None)
-        if entry is None or len(entry[0].h) != batch:
+        if entry is None or entry[0].batch != batch:
             raise ShapeError(f"gradient share from {owner} without a matching forward pass")
         return entry
 
     def _infer(self, store: TripleStore, share: np.ndarray) -> mpc.Proto:
-        if self.public is not None:
-            return mpc.infer_public(self.party, self.public, store, share, self.model.frac_bits)
-        return _first(mpc.forward(self.model, store, share))
+        return self.model.infer(store, share, self.public)
 
     def _prefetch(self, plan: list[TripleSpec]) -> None:
         """Ask the dealer now for the triples of the next, like-shaped run: the dealer works
@@ -354,7 +361,7 @@ class ShareServer(Role, InversionAttacker):
 
     def reveal_model(self) -> None:
         """Open the trained server part to both servers (deployment inference)."""
-        opened = self.drive(mpc.reveal_weights(self.model), Op.REVEAL, 0, None)
+        opened = self.drive(self.model.reveal(), Op.REVEAL, 0, None)
         self.public = opened
 
     # --- server 1: follows -------------------------------------------------------------------
@@ -392,12 +399,12 @@ class ShareServer(Role, InversionAttacker):
             return lambda value: self.results.__setitem__((owner, key), value)
 
         if op == Op.REVEAL:
-            return mpc.reveal_weights(self.model), lambda w: setattr(self, "public", w)
+            return self.model.reveal(), lambda w: setattr(self, "public", w)
         if op == Op.BACKWARD:
             g = self._take(owner, K.GRAD_SHARE)
             cache, store = self._cache(owner, len(g))
-            return (mpc.backward(self.model, store, cache, g, self.lr, self.momentum,
-                                 grad_scale=len(g)), put(Op.CUT_GRAD))
+            return (self.model.backward(store, cache, g, self.lr, self.momentum,
+                                        grad_scale=len(g)), put(Op.CUT_GRAD))
         store = self.stores.pop(request_id, None)
         if store is None:
             raise ShapeError(f"no triples dealt for request {request_id}")
@@ -410,7 +417,7 @@ class ShareServer(Role, InversionAttacker):
                 logits, cache = value
                 self.results[(owner, Op.LOGITS)] = logits
                 self.caches[owner] = (cache, store)
-            return mpc.forward(self.model, store, h), done
+            return self.model.forward(store, h), done
         if op == Op.INFER:
             return self._infer(store, self._take(owner, K.INFER_SHARE)), put(Op.LOGITS)
         raise ShapeError(f"{op.name} is not a program")
@@ -517,12 +524,6 @@ class ShareServer(Role, InversionAttacker):
 def _to_ring(a: np.ndarray) -> np.ndarray:
     """Shares are uint64 all the way (``stack`` keeps the dtype; an empty stack is float)."""
     return np.ascontiguousarray(a, dtype=np.uint64)
-
-
-def _first(proto: mpc.Proto) -> mpc.Proto:
-    """A forward program whose result is only its logits (inference needs no cache)."""
-    logits, _ = yield from proto
-    return logits
 
 
 def _check_round(mine: mpc.Open, theirs: list[np.ndarray]) -> None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from actors.nets.descriptor import SplitNetwork, StateLayout
-from actors.nets.shareable import mpc_parameters
+from actors.nets.shareable import check_shareable
 from actors.nets.zoo import BUILTINS, ModelSpec, build_network, cuts, parse_model, split_sequential
 from actors.owner import DataOwner, TrainConfig
 from actors.server import ComputeServer
@@ -182,9 +182,13 @@ def test_batchnorm_statistics_train_through_the_wire():
     assert float(stats.abs().sum()) > 0  # the owner's running statistics moved
 
 
-def test_secret_sharing_refuses_a_server_part_it_cannot_run():
-    cnn = build_network(ModelSpec("cnn", "pool1"), 0)
-    with pytest.raises(ConfigError, match=r"layer conv2 \(Conv2d\)"):
-        mpc_parameters(cnn.server, cnn.cut_shape)
-    mlp = build_network(ModelSpec("mlp"), 0)
-    assert set(mpc_parameters(mlp.server, mlp.cut_shape)) == {"w1", "b1", "w2", "b2"}
+def test_secret_sharing_runs_every_builtin_cut_and_refuses_what_it_cannot():
+    for name in BUILTINS:
+        for net in cuts(ModelSpec(name)):
+            check_shareable(net)  # every built-in server part translates to shared layers
+    torch.manual_seed(0)
+    odd = split_sequential("odd", nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Tanh(),
+                                                nn.Linear(16, 10)), 1, (1, 28, 28), 10)
+    with pytest.raises(ConfigError, match="Tanh") as err:
+        check_shareable(odd)
+    assert "\n" not in str(err.value)
