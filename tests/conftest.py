@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+
 import pytest
 
 from actors.ray_env import prepare
@@ -34,3 +37,22 @@ def lab_setting():
     aux = load_aux("letters", 2500, 0, data.input_shape)
     judge = train_validator(data.train.x, data.train.y, data.classes, seed=0, epochs=2)
     return data, aux, lambda: judge
+
+
+class NetworkUsed(Exception):
+    """Raised by the patched socket; deliberately not an OSError so nothing swallows it."""
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Make any outgoing connection fail loudly and record it, proving nothing is downloaded."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise NetworkUsed(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    yield attempts
+    assert attempts == [], f"code tried to reach the network: {attempts}"

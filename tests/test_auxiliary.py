@@ -7,10 +7,8 @@ error handling is tested without the extra. Other image shapes: tests/test_attac
 
 from __future__ import annotations
 
-import socket
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,25 +38,6 @@ def holdout() -> np.ndarray:
     x, _ = mnist_data()
     order = np.random.default_rng(0).permutation(len(x))[:500]
     return (x[order] / 255.0).astype(np.float32).reshape(-1, *MNIST)
-
-
-class NetworkUsed(Exception):
-    """Raised by the patched socket; deliberately not an OSError so nothing swallows it."""
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Make any outgoing connection fail loudly and record it, proving nothing is downloaded."""
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise NetworkUsed(f"network access attempted: {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    yield attempts
-    assert attempts == [], f"code tried to reach the network: {attempts}"
 
 
 def row_hashes(x: np.ndarray) -> set[bytes]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,25 +52,6 @@ def target() -> TargetData:
 @pytest.fixture(scope="module")
 def letters() -> np.ndarray:
     return render_letters(N_LETTERS, seed=0)
-
-
-class NetworkUsed(Exception):
-    """Raised by the patched socket; deliberately not an OSError so nothing swallows it."""
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
-    """Make any outgoing connection fail loudly and record it, proving nothing is downloaded."""
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object) -> None:
-        attempts.append(address)
-        raise NetworkUsed(f"network access attempted: {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    yield attempts
-    assert attempts == [], f"code tried to reach the network: {attempts}"
 
 
 def row_hashes(x: np.ndarray) -> set[bytes]:
