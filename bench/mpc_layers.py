@@ -20,7 +20,7 @@ party (two servers on two machines, network aside); "summed" = both parties' com
 Both parties run in this process, in lockstep as ``protocol.mpc.run_locally`` plays them,
 timed by CPU time of the thread (``--clock wall`` for wall time): the 2-core host is shared,
 and CPU time is what one dedicated core would take. Ring matrix products go
-through ``protocol.ring.matmul`` (numbers quoted "with torch int64 kernel" until it changes).
+through ``protocol.ring.matmul``, whose exact kernel is chosen per machine (printed).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def main() -> int:
     print(f"# {platform.machine()}, Python {platform.python_version()}, torch "
           f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; {args.net} server part, "
           f"batch {args.batch}, "
-          f"medians of {args.repeats}; {args.clock} time; ring products with torch int64 kernel")
+          f"medians of {args.repeats}; {args.clock} time; ring kernel {ring.kernel_name()}")
     print(f"plaintext float32: inference {1e3 * t_infer:.2f} ms, training step "
           f"{1e3 * t_train:.2f} ms")
     print("| mode | online, side by side | online, summed | +triples, side by side "
