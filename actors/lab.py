@@ -521,6 +521,9 @@ def run_protocol(
                       cfg)
     if mpc is not None:
         mpc |= timing_report(backend, (*cast.servers, cast.dealer))
+        # The stable schema keeps the older field: server 0's waits on the peer and the dealer.
+        mpc["server0_wait_seconds"] = {k: mpc["seconds"][SERVER0].get(k, 0.0)
+                                       for k in ("peer", "dealer")}
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results
