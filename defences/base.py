@@ -24,7 +24,7 @@ owner its own generator (see there).
 from __future__ import annotations
 
 import hashlib
-from abc import ABC
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -84,9 +84,9 @@ class QueryBudgetExceeded(SplitWireError):
 class QueryGate(OwnerDefence):
     """A defence that decides how many of a party's oracle queries the owner answers."""
 
+    @abstractmethod
     def charge(self, party: str, n: int) -> int:
         """Spend up to ``n`` of ``party``'s queries; return how many are answered (0..n)."""
-        raise NotImplementedError
 
     def refund(self, party: str) -> None:
         """Forget what ``party`` has spent (the lab scores alternative strategies this way)."""

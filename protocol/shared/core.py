@@ -9,6 +9,7 @@ a dict, so the same layer list serves both parties and the dealer.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -186,7 +187,7 @@ def times_derivative(ctx: Ctx, g: np.ndarray, r: ReluOut) -> Proto:
     return p.z.reshape(g.shape)
 
 
-class Layer:
+class Layer(ABC):
     """Base of every layer on shares (subclasses are frozen dataclasses).
 
     ``forward(ctx, params, x)`` is a program returning (y, cache); ``backward(ctx, params,
@@ -207,11 +208,13 @@ class Layer:
     def out_shape(self, in_shape: Shape) -> Shape:
         return in_shape
 
+    @abstractmethod
     def forward(self, ctx: Ctx, params: Params, x: np.ndarray) -> Proto:
-        raise NotImplementedError
+        """This party's share of the output and what the backward pass needs."""
 
+    @abstractmethod
     def backward(self, ctx: Ctx, params: Params, cache: object, dy: np.ndarray) -> Proto:
-        raise NotImplementedError
+        """This party's share of dLoss/dinput and of the parameters' gradients."""
 
     def update(self, ctx: Ctx, params: Params, velocity: Params, grads: Params, lr: float,
                momentum: float) -> None:
