@@ -401,7 +401,8 @@ class Truth:
 
 
 def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
-                methods: list[str]) -> list[tuple[str, str, list[Reconstruction]]]:
+                methods: list[str], budgeted: bool,
+                ) -> list[tuple[str, str, list[Reconstruction]]]:
     """Every adversary the topology has runs every rung on what it holds: (adversary, rung,
     one reconstruction per owner)."""
     owners = cast.owners
@@ -411,7 +412,6 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
     weights = (backend.call(cast.host_of[owners[0]], OwnerHost.owner_call, owners[0],
                             DataOwner.first_part_weights)
                if any(needs_weights(m) for m in methods) else None)
-    budgeted = build_defences(cfg.defences).budget is not None
     out: list[tuple[str, str, list[Reconstruction]]] = []
     points_done: set[str] = set()
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
@@ -491,9 +491,10 @@ def run_protocol(
     n_batches = sum(-(-r.examples // INFER_BATCH) for r in infer.values())
 
     truth = Truth.of(data, cast, judge())  # the judge trained concurrently; wait only now
-    attacks = run_attacks(backend, cfg, cast, aux, methods)
-    seconds = time.perf_counter() - t0
+    # The owners' defences as the lab sees them (whether a budget binds, the epsilon).
     shield = build_defences(cfg.defences)
+    attacks = run_attacks(backend, cfg, cast, aux, methods, shield.budget is not None)
+    seconds = time.perf_counter() - t0
     epsilon = shield.epsilon()
     epsilon_run = run_epsilon(shield.noise, cfg.epochs, n_examples=len(data.train.y))
     results = []

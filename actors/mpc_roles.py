@@ -502,10 +502,6 @@ class ShareServer(Role, InversionAttacker):
     def wire_rounds(self) -> int:
         return self.rounds
 
-    def wait_seconds(self) -> dict[str, float]:
-        """Time server 0 spent waiting on server 1's rounds and on the dealer."""
-        return {k: v for k, v in self.timing.seconds.items() if k in ("peer", "dealer")}
-
     def phase_seconds(self) -> dict[str, float]:
         """Seconds per phase so far (see ``PhaseClock``)."""
         return self.timing.report()
@@ -513,12 +509,6 @@ class ShareServer(Role, InversionAttacker):
     def ring_kernel(self) -> str:
         """The exact ring-product kernel this server's process chose (protocol.ring)."""
         return ring.kernel_name()
-
-    @staticmethod
-    def timing_report(backend: object, roles: tuple[str, ...]) -> dict[str, object]:
-        """``results.json`` ``mpc``'s kernel and seconds (the lab calls it through the class it
-        already imports); see the module-level ``timing_report``."""
-        return timing_report(backend, roles)
 
 
 def _to_ring(a: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from actors.nets import descriptor
 from actors.wire import Network
 from protocol.endpoint import Endpoint, Message, WireStats
 from protocol.errors import CodecError, ShapeError, SplitWireError
@@ -134,8 +133,3 @@ class Role:
         """Wait until every frame this role sent has reached the taps (a transport may mirror
         in the background): the lab calls it on every role before the capture is read."""
         self.network.flush()
-
-
-def check_batch(tensor: np.ndarray, shape: int | tuple[int, ...], what: str) -> None:
-    """A float batch of shape (B, *shape) with B >= 1: anything else is a ShapeError."""
-    descriptor.check_batch(tensor, (shape,) if isinstance(shape, int) else shape, what)

@@ -152,7 +152,7 @@ class SplitNetwork:
                 h = owner(probe)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ConfigError(f"network {name}: the first part does not take input "
-                                  f"{_dims(input_shape)}: {_first_line(exc)}") from None
+                                  f"{dims(input_shape)}: {_first_line(exc)}") from None
             if not isinstance(h, torch.Tensor) or h.ndim < 2 or h.shape[0] != 2:
                 raise ConfigError(f"network {name}: the first part must return a (B, ...) "
                                   "tensor")
@@ -160,7 +160,7 @@ class SplitNetwork:
                 out = server(h)
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ConfigError(f"network {name}: the server part does not take the cut "
-                                  f"{_dims(tuple(h.shape[1:]))}: {_first_line(exc)}") from None
+                                  f"{dims(tuple(h.shape[1:]))}: {_first_line(exc)}") from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
             got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(f"network {name}: the output is {got}, not the dataset's "
@@ -201,8 +201,8 @@ class SplitNetwork:
                                   self.cut)
 
     def describe(self) -> str:
-        return (f"{self.name} cut at {self.cut}: input {_dims(self.input_shape)} -> cut "
-                f"{_dims(self.cut_shape)} -> {self.classes} classes")
+        return (f"{self.name} cut at {self.cut}: input {dims(self.input_shape)} -> cut "
+                f"{dims(self.cut_shape)} -> {self.classes} classes")
 
 
 def check_batch(tensor: np.ndarray, shape: Shape, what: str) -> None:
@@ -215,7 +215,8 @@ def check_batch(tensor: np.ndarray, shape: Shape, what: str) -> None:
         raise ShapeError(f"{what} must be floating point, got {tensor.dtype}")
 
 
-def _dims(shape: Shape) -> str:
+def dims(shape: Shape) -> str:
+    """A shape as the lab prints it: 8x24x24."""
     return "x".join(str(d) for d in shape)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from actors.nets.descriptor import Shape, SplitNetwork
+from actors.nets.descriptor import Shape, SplitNetwork, dims
 from protocol.errors import ConfigError
 
 
@@ -167,8 +167,8 @@ def build_network(spec: ModelSpec, seed: int = 0, input_shape: Shape | None = No
         want_classes = b.classes if classes is None else classes
         if want_in != b.input_shape or want_classes != b.classes:
             raise ConfigError(
-                f"--model {spec.name} takes {_dims(b.input_shape)} inputs and {b.classes} "
-                f"classes; the dataset has {_dims(want_in)} and {want_classes}")
+                f"--model {spec.name} takes {dims(b.input_shape)} inputs and {b.classes} "
+                f"classes; the dataset has {dims(want_in)} and {want_classes}")
         net = _seeded(seed, lambda: nn.Sequential(b.layers()))
         return split_sequential(spec.name, net, spec.cut or b.default_cut, b.input_shape,
                                 b.classes)
@@ -194,8 +194,8 @@ def _user_network(spec: ModelSpec, seed: int, input_shape: Shape | None,
             raise ConfigError(f"--model {spec.name} returns a split network: --cut is not used")
         found = (net.input_shape, net.classes)
         if found != (tuple(input_shape), classes):
-            raise ConfigError(f"--model {spec.name} takes {_dims(net.input_shape)} inputs and "
-                              f"{net.classes} classes; the dataset has {_dims(input_shape)} "
+            raise ConfigError(f"--model {spec.name} takes {dims(net.input_shape)} inputs and "
+                              f"{net.classes} classes; the dataset has {dims(input_shape)} "
                               f"and {classes}")
         return net
     if (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Sequential)
@@ -205,7 +205,3 @@ def _user_network(spec: ModelSpec, seed: int, input_shape: Shape | None,
                                 tuple(input_shape), classes)
     raise ConfigError(f"--model {spec.name} must return a SplitNetwork or (nn.Sequential, cut), "
                       f"got {type(made).__name__}")
-
-
-def _dims(shape: Shape) -> str:
-    return "x".join(str(d) for d in shape)
