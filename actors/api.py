@@ -31,7 +31,7 @@ from actors.faults import ChaosSpec
 from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
 from actors.nets.descriptor import SplitNetwork
 from actors.nets.shareable import check_shareable
-from actors.nets.zoo import build_network, parse_model
+from actors.nets.zoo import DEFAULT_LR, build_network, default_lr, parse_model
 from actors.owner import TrainConfig
 from actors.partition import Partition
 from attack.auxiliary import load_aux
@@ -62,7 +62,7 @@ class LabOptions:
     epochs: int = 10
     attack_epochs: int = 20
     batch_size: int = 64
-    lr: float = 0.1
+    lr: float | None = None  # None: the network's own (zoo.default_lr: 0.1, cnn 0.05)
     clients: int = 1
     partition: Partition = Partition("iid")
     schedule: str = "sequential"
@@ -216,12 +216,14 @@ def _backend_factory(options: LabOptions) -> Callable[[], Any]:
     return LocalBackend
 
 
-def run_config(options: LabOptions, protocol: str) -> RunConfig:
+def run_config(options: LabOptions, protocol: str, net: SplitNetwork | None = None) -> RunConfig:
     out = Path(options.out) if options.out else None
+    lr = options.lr if options.lr is not None else (
+        default_lr(net) if net is not None else DEFAULT_LR)
     return RunConfig(
         protocol=protocol, aux=options.aux, epochs=options.epochs,
         attack_epochs=options.attack_epochs, clients=options.clients, seed=options.seed,
-        train=TrainConfig(batch_size=options.batch_size, lr=options.lr, seed=options.seed),
+        train=TrainConfig(batch_size=options.batch_size, lr=lr, seed=options.seed),
         adversaries=tuple(options.adversaries), frac_bits=options.frac_bits,
         reveal_model=options.reveal_model, tap=options.tap,
         channel_encryption=options.channel_encryption, snaplen=options.snaplen,
@@ -261,7 +263,7 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
         backend = make_backend()
         bar = progress(protocol, options.epochs) if progress else None
         try:
-            report.runs += run_protocol(backend, run_config(options, protocol), data,
+            report.runs += run_protocol(backend, run_config(options, protocol, net), data,
                                         np.ascontiguousarray(aux), judge, progress=bar, net=net)
             if after_protocol is not None:
                 after_protocol(protocol, backend)

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive(int, "--epochs", 1000), default=10)
     p.add_argument("--attack-epochs", type=_positive(int, "--attack-epochs", 1000), default=20)
     p.add_argument("--batch-size", type=_positive(int, "--batch-size", 4096), default=64)
-    p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=0.1)
+    p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=None,
+                   help="SGD learning rate (default: the model's: 0.1; cnn 0.05)")
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
     p.add_argument("--partition", default="iid", type=_partition,

@@ -101,19 +101,20 @@ def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
 
     from actors.backend import LocalBackend
     from actors.lab import RunConfig, run_protocol
-    from actors.nets.zoo import build_network, parse_model
+    from actors.nets.zoo import build_network, default_lr, parse_model
     from actors.owner import TrainConfig
 
     torch.set_num_threads(1)
-    train = TrainConfig(lr=settings["lr"], seed=settings["seed"])
+    # Where to split is itself a defence: each cell may cut the network elsewhere.
+    net = build_network(parse_model(settings.get("model", "mlp"), cell.cut), settings["seed"],
+                        data.input_shape, data.classes)
+    lr = settings["lr"] if settings.get("lr") is not None else default_lr(net)
+    train = TrainConfig(lr=lr, seed=settings["seed"])
     cfg = RunConfig(train=train, protocol="plaintext", aux=settings["aux"],
                     epochs=settings["epochs"],
                     attack_epochs=settings["attack_epochs"], seed=settings["seed"],
                     adversaries=("eavesdropper",), defences=cell.defences,
                     attacks=tuple(settings["attacks"]))
-    # Where to split is itself a defence: each cell may cut the network elsewhere.
-    net = build_network(parse_model(settings.get("model", "mlp"), cell.cut), settings["seed"],
-                        data.input_shape, data.classes)
     t0 = time.perf_counter()
     results = run_protocol(LocalBackend(), cfg, data, aux, lambda: judge, net=net)
     records = []
@@ -248,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters")
     p.add_argument("--aux-size", type=int, default=6000)
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=0.1,
-                   help="the owner's and server's SGD step (noisy training may want less)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the owner's and server's SGD step (default: the model's: 0.1; cnn "
+                        "0.05; noisy training may want less)")
     p.add_argument("--attack-epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/sweep")
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("scales, weights, rates and the clip must be finite and > 0")
     if any(r >= 1 for r in args.dropout_rates) or any(b < 1 for b in args.budgets):
         parser.error("dropout rates must be < 1 and budgets >= 1")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
+    if args.lr is not None and not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error("--lr must be finite and > 0")
     if min(args.epochs, args.attack_epochs, args.aux_size) < 1:
         parser.error("--epochs, --attack-epochs and --aux-size must be >= 1")

@@ -192,3 +192,15 @@ def test_secret_sharing_runs_every_builtin_cut_and_refuses_what_it_cannot():
     with pytest.raises(ConfigError, match="Tanh") as err:
         check_shareable(odd)
     assert "\n" not in str(err.value)
+
+
+def test_learning_rate_is_the_networks_unless_given() -> None:
+    from actors.api import LabOptions, run_config
+    from actors.nets.zoo import DEFAULT_LR, default_lr
+
+    cnn = build_network(parse_model("cnn"), 0)
+    mlp = build_network(parse_model("mlp"), 0)
+    assert default_lr(cnn) < default_lr(mlp) == DEFAULT_LR
+    assert run_config(LabOptions(), "plaintext", cnn).train.lr == default_lr(cnn)
+    assert run_config(LabOptions(), "plaintext", mlp).train.lr == DEFAULT_LR
+    assert run_config(LabOptions(lr=0.3), "plaintext", cnn).train.lr == 0.3
