@@ -35,7 +35,7 @@ SERVER0, SERVER1, DEALER = "server:0", "server:1", "dealer"
 #: A plan bigger than this many ring elements is refused: a dealer must not be made to
 #: allocate without bound by one request.
 MAX_PLAN_ELEMENTS = 20_000_000
-_KINDS = ("mul", "matmul", "and")
+_KINDS = beaver.KINDS  # "mul", "matmul", "and", "conv", "convgrad": a row's kind is the index
 
 
 class Op(enum.IntEnum):
@@ -58,7 +58,10 @@ def owner_index(name: str) -> int:
 
 
 # --- plans on the wire ------------------------------------------------------------------------
-PLAN_COLUMNS = 11  # kind, a (2), b (2), a's mask reference (3), b's mask reference (3)
+#: kind, a (first 2 dims), b (2), a's mask reference (3), b's mask reference (3), then a's
+#: dims 3 and 4 and a convolution's geometry (kh, kw, sh, sw, ph, pw): unused dims are -1,
+#: an unused geometry 0.
+PLAN_COLUMNS = 19
 
 
 def _ref_row(ref: tuple[int, str, bool] | None) -> list[int]:
@@ -74,12 +77,23 @@ def _ref(row: list[int], before: int) -> tuple[int, str, bool] | None:
     return (index, "ab"[field_], bool(transpose))
 
 
+def _dims(values: list[int]) -> tuple[int, ...]:
+    """A shape padded with -1: the -1s must all trail."""
+    n = values.index(-1) if -1 in values else len(values)
+    if any(v != -1 for v in values[n:]):
+        raise ShapeError(f"bad triple shape {values}")
+    return tuple(values[:n])
+
+
 def encode_plan(plan: list[TripleSpec], request_id: int) -> np.ndarray:
     rows = [[request_id] + [0] * (PLAN_COLUMNS - 1)]
     for s in plan:
-        a = (*s.a, -1) if len(s.a) == 1 else s.a
-        b = (*s.b, -1) if len(s.b) == 1 else s.b
-        rows.append([_KINDS.index(s.kind), *a, *b, *_ref_row(s.a_ref), *_ref_row(s.b_ref)])
+        if len(s.a) > 4 or len(s.b) > 2:
+            raise ShapeError(f"triple spec {s} does not fit the plan's wire format")
+        a = (*s.a, -1, -1, -1)[:4]
+        b = (*s.b, -1)[:2]
+        rows.append([_KINDS.index(s.kind), *a[:2], *b, *_ref_row(s.a_ref), *_ref_row(s.b_ref),
+                     *a[2:], *(s.geometry or (0,) * 6)])
     return np.array(rows, dtype=np.int64)
 
 
@@ -90,15 +104,15 @@ def decode_plan(arr: np.ndarray) -> tuple[int, list[TripleSpec]]:
                          f"got {arr.dtype} {arr.shape}")
     plan, total = [], 0
     for i, row in enumerate(arr[1:].tolist()):
-        kind, a0, a1, b0, b1 = row[:5]
-        if not 0 <= kind < len(_KINDS) or min(a0, b0) < 1 or min(a1, b1) < -1 or 0 in (a1, b1):
+        kind = row[0]
+        if not 0 <= kind < len(_KINDS):
             raise ShapeError(f"bad triple spec {row}")
-        a = (a0,) if a1 == -1 else (a0, a1)
-        b = (b0,) if b1 == -1 else (b0, b1)
-        spec = TripleSpec(_KINDS[kind], a, b, _ref(row[5:8], i), _ref(row[8:11], i))
-        if (spec.kind == "matmul" and (len(a) != 2 or len(b) != 2 or a[1] != b[0])) or (
-                spec.kind != "matmul" and a != b):
-            raise ShapeError(f"inconsistent triple spec {spec}")
+        a, b = _dims(row[1:3] + row[11:13]), _dims(row[3:5])
+        geometry = tuple(row[13:19]) if _KINDS[kind] in beaver.CONV_KINDS else ()
+        if not geometry and any(row[13:19]):
+            raise ShapeError(f"bad triple spec {row}")
+        spec = TripleSpec(_KINDS[kind], a, b, _ref(row[5:8], i), _ref(row[8:11], i), geometry)
+        spec.check()
         total += 2 * int(np.prod(a)) + int(np.prod(b)) + int(np.prod(spec.c))
         plan.append(spec)
     if total > MAX_PLAN_ELEMENTS:

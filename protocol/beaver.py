@@ -1,9 +1,16 @@
 """Correlated randomness from the dealer: Beaver triples, arithmetic and binary.
 
-A triple is (a, b, c) with c = a*b (element-wise), a@b (matrix) or a&b (bitwise, XOR-shared),
-secret-shared between the two servers. The dealer compresses what it sends as CrypTen's trusted
-third party does: each party's shares of a and b — and party 0's share of c — are expanded from
-a 32-byte seed, so only party 1's correction c1 = c - c0 (or c ^ c0) crosses the wire.
+A triple is (a, b, c) with c = a*b (element-wise), a@b (matrix), a&b (bitwise, XOR-shared) or
+a convolution, secret-shared between the two servers. Convolution triples (CrypTen's) have a
+shaped like the convolution's (B, C, H, W) input: "conv" has c = im2col(a) @ b (b shaped like
+the (C kh kw, n) weight matrix), so a Beaver product of a convolution opens x - a, the input's
+size, instead of its im2col matrix (kh kw times larger); "convgrad" has c = im2col(a)^T @ b
+(b shaped like the output gradient), the weight gradient's product, whose a is the forward
+conv triple's a reused. A spec's ``geometry`` (kh, kw, sh, sw, ph, pw) fixes the convolution.
+
+The dealer compresses what it sends as CrypTen's trusted third party does: each party's shares
+of a and b — and party 0's share of c — are expanded from a 32-byte seed, so only party 1's
+correction c1 = c - c0 (or c ^ c0) crosses the wire.
 
 A *plan* is the ordered list of triples a protocol run will consume; dealer and parties expand
 the same plan in the same order, and a party that consumes a triple of the wrong kind or shape
@@ -16,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import ring
+from protocol import ring, ring_conv
 from protocol.errors import ShapeError
 from protocol.ring import SecureRandom
 
@@ -29,24 +36,57 @@ Shape = tuple[int, ...]
 MaskRef = tuple[int, str, bool]
 
 
+KINDS = ("mul", "matmul", "and", "conv", "convgrad")
+CONV_KINDS = ("conv", "convgrad")
+
+
 @dataclass(frozen=True)
 class TripleSpec:
-    kind: str  # "mul" (element-wise, arithmetic), "matmul" (arithmetic), "and" (binary)
+    kind: str  # "mul", "matmul", "conv", "convgrad" (arithmetic), "and" (binary)
     a: Shape
     b: Shape
     a_ref: MaskRef | None = None
     b_ref: MaskRef | None = None
+    geometry: ring_conv.Geometry | tuple[()] = ()  # conv kinds only: (kh, kw, sh, sw, ph, pw)
 
     def same_shape(self, other: TripleSpec) -> bool:
-        return (self.kind, self.a, self.b) == (other.kind, other.a, other.b)
+        return ((self.kind, self.a, self.b, self.geometry)
+                == (other.kind, other.a, other.b, other.geometry))
 
     @property
     def c(self) -> Shape:
-        return (self.a[0], self.b[1]) if self.kind == "matmul" else self.a
+        if self.kind == "matmul":
+            return (self.a[0], self.b[1])
+        if self.kind == "conv":
+            return (ring_conv.cols_shape(self.a, self.geometry)[0], self.b[1])
+        if self.kind == "convgrad":
+            return (ring_conv.cols_shape(self.a, self.geometry)[1], self.b[1])
+        return self.a
+
+    def check(self) -> TripleSpec:
+        """Raise ShapeError unless a and b fit the kind (for specs read from the wire)."""
+        a, b = self.a, self.b
+        if self.kind not in KINDS or min(a + b, default=0) < 1:
+            raise ShapeError(f"bad triple spec {self}")
+        if self.kind in CONV_KINDS:
+            rows, k = ring_conv.cols_shape(a, self.geometry)  # checks rank and geometry
+            want = k if self.kind == "conv" else rows
+            if len(b) != 2 or b[0] != want:
+                raise ShapeError(f"inconsistent triple spec {self}")
+        elif self.geometry or (self.kind == "matmul" and (len(a) != 2 or len(b) != 2
+                                                         or a[1] != b[0])) or (
+                self.kind != "matmul" and a != b):
+            raise ShapeError(f"inconsistent triple spec {self}")
+        return self
 
     def product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The triple's bilinear map: c = product(a, b)."""
         if self.kind == "matmul":
             return ring.matmul(a, b)
+        if self.kind == "conv":
+            return ring_conv.conv_matmul(a, b, self.geometry)
+        if self.kind == "convgrad":
+            return ring_conv.cols_t_matmul(a, b, self.geometry)
         return a & b if self.kind == "and" else a * b
 
     def combine(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -75,6 +115,12 @@ def matmul(m: int, k: int, n: int) -> TripleSpec:
 
 def and_(n: int) -> TripleSpec:
     return TripleSpec("and", (n,), (n,))
+
+
+def conv(in_shape: Shape, weight_shape: Shape, geometry: ring_conv.Geometry) -> TripleSpec:
+    """A convolution triple: a shaped like the (B, C, H, W) input, b like the weight matrix."""
+    return TripleSpec("conv", tuple(in_shape), tuple(weight_shape),
+                      geometry=tuple(geometry)).check()
 
 
 @dataclass(frozen=True)

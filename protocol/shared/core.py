@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from protocol import mpc, ring
-from protocol.beaver import Triple, TripleSpec
+from protocol.beaver import CONV_KINDS, Triple, TripleSpec
 from protocol.errors import ShapeError
 from protocol.mpc import Open, Proto
 
@@ -104,15 +104,14 @@ class _CheckedStore:
 
 
 def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """This party's share of x*y or x@y from a triple and the opened e = x-a, f = y-b.
+    """This party's share of P(x, y) for the triple's bilinear map P (x*y, x@y, a convolution)
+    from the triple and the opened e = x-a, f = y-b.
 
-    c + e(b + f) + af for party 0 and c + eb + af for party 1: two ring products, not three.
+    c + P(e, b + f) + P(a, f) for party 0 and c + P(e, b) + P(a, f) for party 1: two ring
+    products, not three (P(e, f) is public: party 0 adds it through b + f).
     """
-    if t.spec.kind == "matmul":
-        b = t.b + f if party == 0 else t.b
-        return t.c + ring.matmul(e, b) + ring.matmul(t.a, f)
     b = t.b + f if party == 0 else t.b
-    return t.c + e * b + t.a * f
+    return t.c + t.spec.product(e, b) + t.spec.product(t.a, f)
 
 
 @dataclass
@@ -138,7 +137,7 @@ def products(ctx: Ctx, items: list[tuple[TripleSpec, Factor, Factor]]) -> Proto:
     taken = [ctx.take(spec) for spec, _, _ in items]
     masked: list[np.ndarray] = []
     for (spec, x, y), (_, t) in zip(items, taken, strict=True):
-        if spec.kind not in ("mul", "matmul"):
+        if spec.kind not in ("mul", "matmul", *CONV_KINDS):
             raise ShapeError(f"products() computes arithmetic triples, not {spec.kind}")
         if x.opened is None:
             masked.append(x.share - t.a)

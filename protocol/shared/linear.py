@@ -1,10 +1,18 @@
-"""Linear and Conv2d on shares: one Beaver matrix product each way.
+"""Linear and Conv2d on shares: one Beaver product each way.
 
-Both are the same matrix product (Conv2d on the im2col matrix of its input, weights stored as
-(C_in * kh * kw, C_out)). Forward: one round opens x - A and W - B. Backward: dW = x^T dy
-reuses x's mask (transposed), dx = dy W^T reuses dy's mask from the dW triple and W's mask
-(transposed), so only dy - B' is opened: one round. With public weights (revealed model) the
-product is local and needs no triple.
+Linear is a Beaver matrix product. Forward: one round opens x - A and W - B. Backward:
+dW = x^T dy reuses x's mask (transposed), dx = dy W^T reuses dy's mask from the dW triple and
+W's mask (transposed), so only dy - B' is opened: one round. With public weights (revealed
+model) the product is local and needs no triple.
+
+Conv2d (weights stored as (C_in * kh * kw, C_out)) is the same product on the im2col matrix of
+its input, but with a convolution triple (protocol.beaver "conv", CrypTen's): A has the input's
+shape, so the forward opens X - A (the input's size; a matrix triple over im2col(X) would open
+kh * kw times that) and W - B, and each party computes its share of im2col(X) W locally as
+C + conv(E, B + F) + conv(A, F) (party 0 adds the public conv(E, F) through B + F). Backward:
+dW = im2col(X)^T dY with a "convgrad" triple reusing A (E is opened already), dx = dY W^T
+with W's mask (transposed) and dY's mask from the dW triple, then col2im: one round opening
+only dY - B'.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import beaver, ring
+from protocol import beaver, ring, ring_conv
 from protocol.beaver import Triple, TripleSpec
 from protocol.errors import ShapeError
 from protocol.mpc import Open
@@ -29,26 +37,38 @@ class MatCache:
 
 
 @dataclass
-class PendingMatmul:
+class PendingProduct:
     """An inference product whose weight side is opened ahead of the input: W - B goes out in
-    the preparation round, then c + A (W - B) (and B + (W - B) for party 0) are computed
-    before the input arrives, so the online pass opens only x - A and does one ring product."""
+    the preparation round, then c + P(A, W - B) (and B + (W - B) for party 0) are computed
+    before the input arrives, so the online pass opens only x - A and does one ring product
+    (P: the triple's matrix product or convolution)."""
 
     triple: Triple
     masked: np.ndarray  # this party's W - B
     pre: np.ndarray | None = None
     b: np.ndarray | None = None
 
-    def finish(self, ctx: Ctx, f: np.ndarray) -> PendingMatmul:
+    def finish(self, ctx: Ctx, f: np.ndarray) -> PendingProduct:
         t = self.triple
-        self.pre = t.c + ring.matmul(t.a, f)
+        self.pre = t.c + t.spec.product(t.a, f)
         self.b = t.b + f if ctx.party == 0 else t.b
         return self
 
 
-def matmul_prepare(ctx: Ctx, m: int, w: np.ndarray) -> PendingMatmul:
-    _, t = ctx.take(beaver.matmul(m, w.shape[0], w.shape[1]))
-    return PendingMatmul(t, w - t.b)
+def weight_prepare(ctx: Ctx, spec: TripleSpec, w: np.ndarray) -> PendingProduct:
+    _, t = ctx.take(spec)
+    return PendingProduct(t, w - t.b)
+
+
+def prepared_product(ctx: Ctx, x: np.ndarray) -> Proto:
+    """The online half of a prepared product: open x - A, one ring product (untruncated)."""
+    if not ctx.prepared:
+        raise ShapeError("no prepared weights left: one preparation serves one batch")
+    prep = ctx.prepared.popleft()  # consumed: reusing a mask A for two inputs would leak
+    if prep.triple.a.shape != x.shape:
+        raise ShapeError(f"weights prepared for {prep.triple.a.shape}, input is {x.shape}")
+    (e,) = yield Open([x - prep.triple.a], [False])
+    return prep.pre + prep.triple.spec.product(e, prep.b)
 
 
 def matmul_forward(ctx: Ctx, x: np.ndarray, w: np.ndarray) -> Proto:
@@ -56,13 +76,8 @@ def matmul_forward(ctx: Ctx, x: np.ndarray, w: np.ndarray) -> Proto:
     if ctx.public_weights:
         return ctx.trunc(ring.matmul(x, w)), None
     if ctx.prepared is not None:
-        if not ctx.prepared:
-            raise ShapeError("no prepared weights left: one preparation serves one batch")
-        prep = ctx.prepared.popleft()  # consumed: reusing a mask A for two inputs would leak
-        if prep.triple.a.shape != x.shape:
-            raise ShapeError(f"weights prepared for {prep.triple.a.shape}, input is {x.shape}")
-        (e,) = yield Open([x - prep.triple.a], [False])
-        return ctx.trunc(prep.pre + ring.matmul(e, prep.b)), None
+        z = yield from prepared_product(ctx, x)
+        return ctx.trunc(z), None
     spec = beaver.matmul(x.shape[0], x.shape[1], w.shape[1])
     (p,) = yield from products(ctx, [(spec, Factor(x), Factor(w))])
     return ctx.trunc(p.z), MatCache(p.e, p.f, p.index)
@@ -108,8 +123,9 @@ class Linear(Layer):
             raise ShapeError(f"Linear({self.in_features}, {self.out_features}) got {in_shape}")
         return (in_shape[0], self.out_features)
 
-    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingMatmul | None:
-        return matmul_prepare(ctx, in_shape[0], params["weight"])
+    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingProduct | None:
+        w = params["weight"]
+        return weight_prepare(ctx, beaver.matmul(in_shape[0], *w.shape), w)
 
     def forward(self, ctx: Ctx, params: Params, x: np.ndarray) -> Proto:
         self.out_shape(x.shape)
@@ -125,10 +141,17 @@ class Linear(Layer):
         return dx, grads
 
 
+@dataclass
+class ConvCache:
+    e: np.ndarray  # opened X - A, the input's shape
+    f: np.ndarray  # opened W - B, (C_in kh kw, C_out)
+    index: int  # the forward conv triple's plan index
+
+
 @dataclass(frozen=True)
 class Conv2d(Layer):
-    """Convolution as im2col + matrix product; weight (C_in * kh * kw, C_out) in torch's
-    (C_in, kh, kw) order, bias (C_out,)."""
+    """Convolution on convolution triples (see the module); weight (C_in * kh * kw, C_out) in
+    torch's (C_in, kh, kw) order, bias (C_out,)."""
 
     in_channels: int
     out_channels: int
@@ -136,6 +159,10 @@ class Conv2d(Layer):
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     bias: bool = True
+
+    @property
+    def geometry(self) -> ring_conv.Geometry:
+        return (*self.kernel, *self.stride, *self.padding)
 
     def param_shapes(self, in_shape: Shape) -> dict[str, Shape]:
         k = self.in_channels * self.kernel[0] * self.kernel[1]
@@ -152,30 +179,42 @@ class Conv2d(Layer):
                              f"{self.kernel}) cannot take {in_shape}")
         return (b, self.out_channels, oh, ow)
 
-    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingMatmul | None:
-        b, _, oh, ow = self.out_shape(in_shape)
-        return matmul_prepare(ctx, b * oh * ow, params["weight"])
+    def prepare(self, ctx: Ctx, params: Params, in_shape: Shape) -> PendingProduct | None:
+        self.out_shape(in_shape)
+        w = params["weight"]
+        return weight_prepare(ctx, beaver.conv(in_shape, w.shape, self.geometry), w)
 
     def forward(self, ctx: Ctx, params: Params, x: np.ndarray) -> Proto:
         b, _, oh, ow = self.out_shape(x.shape)
-        cols = win.windows(x, self.kernel, self.stride, self.padding)  # (B, C, OH, OW, kh, kw)
-        cols = np.ascontiguousarray(cols.transpose(0, 2, 3, 1, 4, 5)).reshape(b * oh * ow, -1)
-        z, cache = yield from matmul_forward(ctx, cols, params["weight"])
+        w, cache = params["weight"], None
+        if ctx.public_weights:  # a local product: the im2col matrix is never opened
+            z = ctx.trunc(ring.matmul(ring_conv.im2col(x, self.geometry), w))
+        elif ctx.prepared is not None:
+            z = ctx.trunc((yield from prepared_product(ctx, x)))
+        else:
+            spec = beaver.conv(x.shape, w.shape, self.geometry)
+            (p,) = yield from products(ctx, [(spec, Factor(x), Factor(w))])
+            z, cache = ctx.trunc(p.z), ConvCache(p.e, p.f, p.index)
         if self.bias:
             z = ctx.add_bias(z, params["bias"])
         y = np.ascontiguousarray(z.reshape(b, oh, ow, -1).transpose(0, 3, 1, 2))
-        return y, (cache, x.shape)
+        return y, cache
 
-    def backward(self, ctx: Ctx, params: Params, cache: tuple[MatCache, Shape],
-                 dy: np.ndarray) -> Proto:
-        mat, in_shape = cache
-        b, _, oh, ow = dy.shape
-        dz = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * oh * ow, -1)
-        dcols, dw = yield from matmul_backward(ctx, mat, dz)
+    def backward(self, ctx: Ctx, params: Params, cache: ConvCache, dy: np.ndarray) -> Proto:
+        b, n, oh, ow = dy.shape
+        in_shape = cache.e.shape
+        m, k = b * oh * ow, cache.f.shape[0]
+        dz = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(m, n)
+        dw_spec = TripleSpec("convgrad", in_shape, (m, n), a_ref=(cache.index, "a", False),
+                             geometry=self.geometry)
+        dx_spec = TripleSpec("matmul", (m, n), (n, k), a_ref=(ctx.store.taken, "b", False),
+                             b_ref=(cache.index, "b", True))
+        f_t = np.ascontiguousarray(cache.f.T)
+        dw, dcols = yield from _backward_products(ctx, dw_spec, dx_spec, cache.e, f_t, dz)
         dcols = dcols.reshape(b, oh, ow, self.in_channels, *self.kernel).transpose(0, 3, 1, 2,
                                                                                     4, 5)
         dx = ctx.trunc(win.unwindows(dcols, in_shape, self.stride, self.padding))
-        grads = {"weight": dw}
+        grads = {"weight": ctx.trunc(dw)}
         if self.bias:
             grads["bias"] = dy.sum((0, 2, 3), dtype=np.uint64)
         return dx, grads
