@@ -86,7 +86,7 @@ class TripleSpec:
         if self.kind == "conv":
             return ring_conv.conv_matmul(a, b, self.geometry)
         if self.kind == "convgrad":
-            return ring_conv.cols_t_matmul(a, b, self.geometry)
+            return ring_conv.conv_t_matmul(a, b, self.geometry)
         return a & b if self.kind == "and" else a * b
 
     def combine(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:

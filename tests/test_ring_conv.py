@@ -48,6 +48,7 @@ def test_ring_convolution_is_exact_over_shapes_strides_and_padding(b, c, n, kh, 
     cols = ring_conv.im2col(x, g).astype(object)
     want_t = (cols.T.dot(dz.astype(object)) % (1 << 64)).astype(np.uint64)
     assert np.array_equal(ring_conv.cols_t_matmul(x, dz, g), want_t)
+    assert np.array_equal(ring_conv.conv_t_matmul(x, dz, g), want_t)
 
 
 @pytest.mark.parametrize("name", ["limb22-float64", "limb16-float64", "int64"])
@@ -76,6 +77,9 @@ def test_ring_convolution_falls_back_when_the_float_path_disagrees(monkeypatch):
     x, w, g = random_u64(rng, (2, 2, 4, 4)), random_u64(rng, (8, 2)), (2, 2, 1, 1, 0, 0)
     assert np.array_equal(ring_conv.conv_matmul(x, w, g), python_conv(x, w, g))
     assert ring_conv._conv_ok is False
+    dz = random_u64(rng, (x.shape[0] * 9, 3))
+    want = ring_kernels.int64_matmul(np.ascontiguousarray(ring_conv.im2col(x, g).T), dz)
+    assert np.array_equal(ring_conv.conv_t_matmul(x, dz, g), want)
 
 
 def test_ring_convolution_refuses_bad_operands():
@@ -182,3 +186,18 @@ def test_plan_with_convolutions_round_trips_the_wire_and_bad_rows_are_refused():
     bad[mm, 13:19] = (1, 1, 1, 1, 0, 0)  # a geometry on a matrix triple
     with pytest.raises(ShapeError, match="bad triple spec"):
         decode_plan(bad)
+
+
+@pytest.mark.parametrize("name", ["limb22-float64", "int64"])
+def test_weight_gradient_convolution_past_one_exact_sum(name, monkeypatch):
+    # 40 images of 4x4 outputs: 640 terms per entry, more than one exact float64 sum of 22-bit
+    # limb products holds (512), so the images are cut into groups; strided and padded.
+    monkeypatch.setattr(ring_kernels, "_chosen", (name, {}))
+    g = (3, 2, 2, 1, 1, 0)
+    x = np.full((40, 2, 7, 5), MASK, np.uint64)
+    m = ring_conv.cols_shape(x.shape, g)[0]
+    for dz in (np.full((m, 3), MASK, np.uint64), random_u64(np.random.default_rng(3), (m, 3))):
+        cols = ring_conv.im2col(x, g).astype(object)
+        want = (cols.T.dot(dz.astype(object)) % (1 << 64)).astype(np.uint64)
+        assert np.array_equal(ring_conv.conv_t_matmul(x, dz, g), want)
+        x = random_u64(np.random.default_rng(4), x.shape)
