@@ -1,6 +1,7 @@
 """The CNN server part on shares (protocol.shared) against plaintext float32, in one run.
 
     python bench/mpc_layers.py [--net cnn|mlp] [--batch 64] [--repeats 5] [--clock cpu|wall]
+                               [--before]
 
 The server part is the contract's ``cnn`` after pool1, on an (B, 8, 12, 12) cut: conv2 5x5
 8->16, ReLU, MaxPool 2, Flatten, Linear 256->120, ReLU, Linear 120->84, ReLU, Linear 84->10.
@@ -11,6 +12,11 @@ For one batch it times, as medians over ``--repeats`` trials, on one core:
 - shared weights: Beaver products for every linear layer as well;
 - a training step on shares: forward, backward and SGD with momentum (the owner's loss
   gradient, computed in between, is not counted);
+
+``--before`` adds the shared-weight rows with the convolution as it was before convolution
+triples (Beaver matrix triples over the im2col matrix, which open kh kw times the input's
+size), in the same run. Trials of every mode take turns, so load from other processes on the
+host falls on all of them alike.
 
 "online" = triples dealt and expanded beforehand (the offline phase); "+triples" adds the
 dealer's work and both parties' expansion of its seeds, and for shared-weight
@@ -31,16 +37,17 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protocol import beaver, mpc, ring
+from protocol import beaver, mpc, ring, ring_conv
 from protocol.beaver import TripleStore
-from protocol.shared import SharedNet, from_torch, infer_plan, train_plan
+from protocol.shared import Conv2d, SharedNet, from_torch, infer_plan, train_plan
+from protocol.shared import linear as lin
 
 CUT_SHAPE = (8, 12, 12)
 MLP_CUT = (500,)
@@ -59,6 +66,45 @@ def cnn_server_part() -> nn.Module:
     return nn.Sequential(nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
                          nn.Linear(84, 10))
+
+
+@dataclass(frozen=True)
+class MatrixConv2d(Conv2d):
+    """Conv2d as before convolution triples: a Beaver matrix product over im2col(x), so the
+    forward opens im2col(x) - A (for ``--before``; same weights, same results)."""
+
+    def prepare(self, ctx, params, in_shape):
+        b, _, oh, ow = self.out_shape(in_shape)
+        w = params["weight"]
+        return lin.weight_prepare(ctx, beaver.matmul(b * oh * ow, *w.shape), w)
+
+    def forward(self, ctx, params, x):
+        b, _, oh, ow = self.out_shape(x.shape)
+        z, cache = yield from lin.matmul_forward(ctx, ring_conv.im2col(x, self.geometry),
+                                                 params["weight"])
+        if self.bias:
+            z = ctx.add_bias(z, params["bias"])
+        return np.ascontiguousarray(z.reshape(b, oh, ow, -1).transpose(0, 3, 1, 2)), (cache,
+                                                                                     x.shape)
+
+    def backward(self, ctx, params, cache, dy):
+        mat, in_shape = cache
+        b, _, oh, ow = dy.shape
+        dz = np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(b * oh * ow, -1)
+        dcols, dw = yield from lin.matmul_backward(ctx, mat, dz)
+        dcols = dcols.reshape(b, oh, ow, self.in_channels, *self.kernel).transpose(
+            0, 3, 1, 2, 4, 5)
+        dx = ctx.trunc(lin.win.unwindows(dcols, in_shape, self.stride, self.padding))
+        grads = {"weight": dw}
+        if self.bias:
+            grads["bias"] = dy.sum((0, 2, 3), dtype=np.uint64)
+        return dx, grads
+
+
+def as_before(layers):
+    """The same layers with every Conv2d on im2col matrix triples."""
+    return tuple(MatrixConv2d(**{f.name: getattr(layer, f.name) for f in fields(layer)})
+                 if isinstance(layer, Conv2d) else layer for layer in layers)
 
 
 @dataclass
@@ -175,6 +221,20 @@ def plaintext_times(net: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return statistics.median(infer), statistics.median(train), want
 
 
+def print_row(name: str, base: float, trials: list[Trial], plan, want: np.ndarray) -> None:
+    cells = []
+    for attr in ("side", "summed", "full_side", "full_summed"):
+        v = statistics.median(getattr(t, attr) for t in trials)
+        cells.append(f"{1e3 * v:.1f} ms ({v / base:.0f}x)")
+    last = trials[-1]
+    err = np.abs(last.logits - want).max() if "inference" in name else float("nan")
+    opened_mb = 2 * 8 * last.opened / 1e6  # both servers send their shares
+    dealer_mb = (8 * beaver.corrections_len(plan) + 64) / 1e6
+    rounds = f"{last.rounds}" + (f" (+{last.offline_rounds})" if last.offline_rounds else "")
+    print(f"| {name} | " + " | ".join(cells) + f" | {rounds} | {opened_mb:.1f} | "
+          f"{dealer_mb:.1f} | {err:.1e} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--net", choices=("cnn", "mlp"), default="cnn",
@@ -182,6 +242,8 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    p.add_argument("--before", action="store_true",
+                   help="also the shared-weight rows on im2col matrix triples (as before)")
     args = p.parse_args()
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -207,28 +269,27 @@ def main() -> int:
     print("| mode | online, side by side | online, summed | +triples, side by side "
           "| +triples, summed | rounds (+offline) | opened MB | dealer MB | max abs err |")
     print("|---|---|---|---|---|---|---|---|---|")
-    modes = [("inference, public weights", t_infer, infer_plan(layers, shape, True)),
-             ("inference, shared weights", t_infer, infer_plan(layers, shape, False)),
-             ("training step, shared", t_train, train_plan(layers, shape))]
-    for name, base, plan in modes:
-        trials = []
-        for _ in range(args.repeats):
-            if name.startswith("training"):
-                trials.append(train_trial(nets, x_shares, y, plan))
+    modes = [("inference, public weights", t_infer, nets, infer_plan(layers, shape, True)),
+             ("inference, shared weights", t_infer, nets, infer_plan(layers, shape, False)),
+             ("training step, shared", t_train, nets, train_plan(layers, shape))]
+    if args.before:
+        old = as_before(layers)
+        old_nets = tuple(SharedNet(i, old, n.params) for i, n in enumerate(nets))
+        modes += [("before: inference, shared weights", t_infer, old_nets,
+                   infer_plan(old, shape, False)),
+                  ("before: training step, shared", t_train, old_nets, train_plan(old, shape))]
+    trials: dict[str, list[Trial]] = {name: [] for name, *_ in modes}
+    for _ in range(args.repeats):  # modes take turns: load from elsewhere hits them alike
+        for name, _, mode_nets, plan in modes:
+            if "training" in name:
+                # each mode trains its own copy, so every mode starts every trial alike
+                fresh = tuple(copy.deepcopy(n) for n in mode_nets)
+                trials[name].append(train_trial(fresh, x_shares, y, plan))
             else:
-                trials.append(infer_trial(nets, public if "public" in name else None,
-                                          x_shares, plan))
-        cells = []
-        for attr in ("side", "summed", "full_side", "full_summed"):
-            v = statistics.median(getattr(t, attr) for t in trials)
-            cells.append(f"{1e3 * v:.1f} ms ({v / base:.0f}x)")
-        last = trials[-1]
-        err = np.abs(last.logits - want).max() if "inference" in name else float("nan")
-        opened_mb = 2 * 8 * last.opened / 1e6  # both servers send their shares
-        dealer_mb = (8 * beaver.corrections_len(plan) + 64) / 1e6
-        rounds = f"{last.rounds}" + (f" (+{last.offline_rounds})" if last.offline_rounds else "")
-        print(f"| {name} | " + " | ".join(cells) + f" | {rounds} | {opened_mb:.1f} | "
-              f"{dealer_mb:.1f} | {err:.1e} |")
+                trials[name].append(infer_trial(mode_nets, public if "public" in name else None,
+                                                x_shares, plan))
+    for name, base, _, plan in modes:
+        print_row(name, base, trials[name], plan, want)
     print(CRYPTEN)
     return 0
 
