@@ -18,6 +18,7 @@ from attack.ladder import (
     intercept_point,
     make_adapted_attack,
     make_attack,
+    needs_architecture,
     needs_weights,
     trains_locally,
 )
@@ -89,6 +90,8 @@ class InversionAttacker(ABC):
         ``defences`` (canonical ``--defence`` specs: a mechanism is public, only its random
         draws are secret) and need no queries: ``whitebox`` fits inputs to what it holds,
         ``whitebox-conv`` trains the decoder on its own run of the defended first part.
+        ``unsplit`` gets only the first part's architecture (a fresh module of the public
+        descriptor, whose weights it redraws): no queries, no auxiliary data, no weights.
         """
         point = intercept_point(method)
         trained = False
@@ -104,6 +107,10 @@ class InversionAttacker(ABC):
                 inversion = make_adapted_attack(method, defences, part=part,
                                                 **self._params(method, None, seed))
                 trained = True
+        elif needs_architecture(method):
+            inversion = make_attack(method, architecture=self.net.owner_part,
+                                    **self._params(method, epochs, seed))
+            used, trained = 0, True
         else:
             inversion = make_attack(method, **self._params(method, epochs, seed))
             acts, images = self.collect(owners[0], aux, inversion.query_batch, point)

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "convolution decoder), whitebox (rMLE with the first part's weights, "
                         "told the defences), whitebox-conv (conv trained on its own outputs "
                         "of the known first part: no queries), output (the inverse network "
-                        "on the softmax answers), or all (one row per rung)")
+                        "on the softmax answers), unsplit (UnSplit: a clone of the first part "
+                        "fitted with the inputs, from its architecture alone: no queries, no "
+                        "aux data, no weights), or all (one row per rung)")
     p.add_argument("--frac-bits", type=int, default=16,
                    help="secret-shared: fractional bits of the fixed-point encoding in Z_2^64")
     p.add_argument("--reveal-model", action="store_true",

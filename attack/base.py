@@ -8,7 +8,10 @@ registered (:func:`register_rung`), not discovered from its class:
   the caller already holds;
 - white-box rungs (``needs_weights=True``) are built with the known module, ``part=``;
   those with ``trains_locally=True`` then ``fit`` on the adversary's own outputs of it
-  (:func:`attack.local_oracle.local_answers`), the others need no fitting at all.
+  (:func:`attack.local_oracle.local_answers`), the others need no fitting at all;
+- architecture-only rungs (``needs_architecture=True``, UnSplit) are built with
+  ``architecture=``, a factory of modules shaped like the first part whose weights they must
+  redraw: no oracle, no auxiliary data, no weights.
 
 Then ``rung.reconstruct(acts)`` maps (N, *cut_shape) activations (or (N, classes) outputs at
 the "output" intercept point) to float32 images (N, C, H, W) in [0, 1].
@@ -133,6 +136,7 @@ class RungInfo:
     intercept: Intercept = "cut"
     needs_weights: bool = False
     trains_locally: bool = False
+    needs_architecture: bool = False
 
 
 _RUNGS: dict[str, RungInfo] = {}
@@ -143,11 +147,13 @@ RUNG_CLASSES = MappingProxyType(_CLASSES)
 
 def register_rung(name: str, cls: type[Rung], *, intercept: Intercept = "cut",
                   needs_weights: bool = False, trains_locally: bool = False,
-                  replace: bool = False) -> RungInfo:
+                  needs_architecture: bool = False, replace: bool = False) -> RungInfo:
     """Make rung ``name`` available to :func:`attack.ladder.make_attack` and the CLI.
 
     ``trains_locally`` only makes sense with ``needs_weights``: the rung fits a decoder on its
-    own run of the known first part. Registering a taken name raises unless ``replace``.
+    own run of the known first part. ``needs_architecture`` is the other access: the layers
+    without their weights (it excludes ``needs_weights``). Registering a taken name raises
+    unless ``replace``.
     """
     if not name or not isinstance(name, str):
         raise ConfigError(f"a rung needs a non-empty name, got {name!r}")
@@ -158,9 +164,12 @@ def register_rung(name: str, cls: type[Rung], *, intercept: Intercept = "cut",
                           f"got {intercept!r}")
     if trains_locally and not needs_weights:
         raise ConfigError(f"rung {name!r}: trains_locally needs needs_weights=True")
+    if needs_architecture and needs_weights:
+        raise ConfigError(f"rung {name!r}: needs_architecture is the weight-free access, it "
+                          "cannot be combined with needs_weights")
     if name in _RUNGS and not replace:
         raise ConfigError(f"attack rung {name!r} is already registered")
-    info = RungInfo(name, cls, intercept, needs_weights, trains_locally)
+    info = RungInfo(name, cls, intercept, needs_weights, trains_locally, needs_architecture)
     _RUNGS[name] = info
     _CLASSES[name] = cls
     return info

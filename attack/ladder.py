@@ -17,6 +17,11 @@ differ in what the adversary needs first (declared in the registry, :mod:`attack
               known first part (weights, defences as published, its own noise draws): the
               black-box decoder without queries, so a query budget does not bind it
               (:func:`attack.local_oracle.local_answers`).
+``unsplit``   UnSplit (:class:`attack.unsplit.UnSplitInversion`, Erdoğan et al. 2022): only the
+              intercepted activations and the first part's *architecture*,
+              ``make_attack("unsplit", architecture=factory, input_shape=(C, H, W))``; no
+              oracle, no auxiliary data, no weights (it redraws whatever the factory's modules
+              carry). It fits a clone of the first part and the inputs together.
 ``output``    black-box, the MLP inverse network at the *output* intercept point: it inverts
               the (N, classes) softmax the server answers the owner's private inference with,
               trained through the owner's public prediction API (the whole model) instead of
@@ -42,11 +47,13 @@ from attack.base import (
 )
 from attack.conv import ConvInversion
 from attack.inversion import BlackBoxInversion
+from attack.unsplit import UnSplitInversion
 from attack.whitebox import WhiteBoxInversion
 from protocol.errors import ConfigError
 
 __all__ = ["ATTACKS", "Attack", "attack_params", "intercept_point", "make_adapted_attack",
-           "make_attack", "needs_weights", "register_rung", "trains_locally", "unregister_rung"]
+           "make_attack", "needs_architecture", "needs_weights", "register_rung",
+           "trains_locally", "unregister_rung"]
 
 Attack = Rung
 
@@ -56,6 +63,9 @@ register_rung("conv", ConvInversion)
 register_rung("whitebox", WhiteBoxInversion, needs_weights=True)
 register_rung("whitebox-conv", ConvInversion, needs_weights=True, trains_locally=True)
 register_rung("output", BlackBoxInversion, intercept="output")
+# Added later, so registered last (earlier names keep their order): UnSplit has the least
+# access of all, the layers of the first part and nothing else.
+register_rung("unsplit", UnSplitInversion, needs_architecture=True)
 
 #: name -> rung class of every registered rung (a live view: later registrations show up).
 ATTACKS = RUNG_CLASSES
@@ -69,6 +79,12 @@ def attack_params(name: str) -> tuple[str, ...]:
 def needs_weights(name: str) -> bool:
     """True for white-box attacks (pass ``part=``), False for black-box ones (oracle + aux)."""
     return rung_info(name).needs_weights
+
+
+def needs_architecture(name: str) -> bool:
+    """True for rungs built with ``architecture=`` (the first part's layers, not its weights)
+    that need neither an oracle nor auxiliary data (UnSplit)."""
+    return rung_info(name).needs_architecture
 
 
 def trains_locally(name: str) -> bool:

@@ -71,7 +71,7 @@ def _through(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def test_registry_names_and_kinds() -> None:
-    assert set(ATTACKS) == {"mlp", "conv", "whitebox", "whitebox-conv", "output"}
+    assert set(ATTACKS) == {"mlp", "conv", "whitebox", "whitebox-conv", "output", "unsplit"}
     assert isinstance(make_attack("mlp", epochs=3), BlackBoxInversion)
     assert isinstance(make_attack("conv"), ConvInversion)
     assert isinstance(make_attack("whitebox", steps=5, input_shape=SHAPE), WhiteBoxInversion)
