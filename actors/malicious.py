@@ -34,7 +34,7 @@ from actors.mpc_roles import SERVER0, SERVER1, Op, ShareServer, _to_ring, owner_
 from actors.server import ComputeServer
 from attack.fsha import FeatureSpaceHijacker, fresh_copy
 from protocol import ring
-from protocol.errors import ShapeError
+from protocol.errors import ConfigError, ShapeError
 from protocol.frame import MessageKind as K
 
 MALICIOUS_SERVER = "malicious-server"
@@ -53,6 +53,13 @@ CURVE_POINTS = 10
 LAB_SETTINGS: dict[str, Any] = {"grad_scale": 1e-3, "lr": 1e-3, "lr_critic": 1e-3,
                                 "gp_weight": 500.0, "warmup": 500, "critic_steps": 3,
                                 "pilot_lr": None}
+#: Where the pilot's weights start. "initial": the first part's initial weights, which every
+#: role of the lab holds (they come with the network descriptor, as when a server hands the
+#: client its part of the model); "fresh": weights of the attacker's own, the paper's setting.
+#: The pilot's layers are the owner part's either way. On the lab's default network the
+#: hijack is far faster from the initial weights (see the README's Results).
+PILOT_STARTS = ("initial", "fresh")
+
 #: COLLUDE's third code word: 0 (what honest colluders send) asks for the inference shares,
 #: this asks for the last training batch's share.
 COLLUDE_TRAINING = 1
@@ -71,18 +78,26 @@ class _Hijacking:
     curve_every = 1
     curve: list[CurvePoint]
     total_steps = 0
+    pilot = "initial"
 
     def arm(self, aux: np.ndarray, seed: int, total_steps: int,
-            settings: dict[str, Any] | None = None) -> None:
+            settings: dict[str, Any] | None = None, pilot: str = "initial") -> None:
         """Build the attack on the public data ``aux`` before training starts (its warm-up
         runs here, before the owner's first batch)."""
+        if pilot not in PILOT_STARTS:
+            raise ConfigError(f"pilot must start from one of {', '.join(PILOT_STARTS)}, "
+                              f"got {pilot!r}")
         net = self.net  # type: ignore[attr-defined]
         params = LAB_SETTINGS | (settings or {})
-        # The pilot mirrors the owner part's architecture (public: the descriptor's layers),
-        # with weights of its own (the owner's are never sent to the server).
+        # The pilot mirrors the owner part's architecture (the descriptor's layers); its
+        # weights start from the first part's initial weights or from the attacker's own draw.
+        def factory() -> torch.nn.Module:
+            return net.owner_part() if pilot == "initial" else fresh_copy(net.owner, seed + 1)
+
         self.fsha = FeatureSpaceHijacker(
             net.input_shape, net.cut_shape, np.asarray(aux, np.float32), seed=seed,
-            encoder_factory=lambda: fresh_copy(net.owner, seed + 1), **params)
+            encoder_factory=factory, **params)
+        self.pilot = pilot
         self.total_steps = max(1, int(total_steps))
         self.curve_every = max(1, self.total_steps // CURVE_POINTS)
         self.curve = []
@@ -98,8 +113,8 @@ class _Hijacking:
     def attack_curve(self) -> list[CurvePoint]:
         return list(self.curve)
 
-    def fsha_state(self) -> dict[str, float]:
-        return {"steps": self.fsha.steps if self.fsha else 0,
+    def fsha_state(self) -> dict[str, Any]:
+        return {"steps": self.fsha.steps if self.fsha else 0, "pilot": self.pilot,
                 **(self.fsha.last if self.fsha else {})}
 
     def attack(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
