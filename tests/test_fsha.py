@@ -3,7 +3,8 @@
 The hijack test plays the owner itself: the default network's first part, trained by SGD (the
 lab's lr 0.1, momentum 0.9) on nothing but the gradients ``step`` returns, for a few hundred
 batches of the real digits; the attacker's public data are the 500 holdout digits (the
-authors' setting: public data from the same distribution). Its decoder must then rebuild
+authors' setting: public data from the same distribution); the pilot starts from the first
+part's initial weights, as the lab's malicious server's does. Its decoder must then rebuild
 unseen test digits far better than the mean image does, and a validator must read them.
 """
 
@@ -87,7 +88,7 @@ def _hijack(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
     data = load_target(seed=0)
     net = mlp_net(seed)
     fsha = FeatureSpaceHijacker(SHAPE, net.cut_shape, data.holdout.x, seed=seed,
-                                encoder_factory=lambda: fresh_copy(net.owner, seed + 1), **FAST)
+                                encoder_factory=net.owner_part, **FAST)
     owner = net.owner_part()
     opt = torch.optim.SGD(owner.parameters(), lr=0.1, momentum=0.9)
     x = torch.from_numpy(data.train.x)
