@@ -52,7 +52,7 @@ DETECTORS = {"splitguard": "splitguard:seed={seed}", "splitout": "splitout:seed=
 #: The lab's other defences, each switched on beside a detector for the false-positive cells.
 OTHER_DEFENCES = {
     "none": (),
-    "noise": ("noise:mechanism=laplace,scale=0.5,clip=5",),
+    "noise": ("noise:mechanism=laplace,scale=0.2,clip=5",),
     "nopeek": ("nopeek:weight=0.5",),
     "dropout": ("dropout:rate=0.2,seed={seed}",),
 }

@@ -23,7 +23,7 @@ Parameters (``--defence splitout:key=value,...``; all optional):
 =========== ======= ===========================================================================
 key         default meaning
 =========== ======= ===========================================================================
-fraction    0.05    share of the owner's shard used for the local simulation (at least a batch)
+fraction    0.05    share of the owner's shard simulated on (at least 8 batches, at most all)
 steps       60      simulated training steps (the honest gradients the detector is fitted on)
 checks      0       real steps to check; 0: as many as ``steps``
 model       lof     the novelty detector: ``lof`` (LocalOutlierFactor) or ``iforest``
@@ -56,6 +56,8 @@ from defences.base import (
 from protocol.errors import ConfigError
 
 _FLAG = "--defence splitout"
+#: The simulation's sample holds at least this many batches (or the whole shard).
+MIN_BATCHES = 8
 
 
 def gradient_features(grad: np.ndarray) -> np.ndarray:
@@ -109,6 +111,8 @@ class SplitOut(ServerCheck):
         self.detector: Any = None
         self.centre = self.scale = np.zeros(3)
         self.checked = 0
+        self.history: list[tuple[int, bool]] = []  # (step, outlier?) of every checked gradient
+        self.honest: np.ndarray | None = None  # the simulation's features (standardised)
         self.flags: deque[bool] = deque(maxlen=window)
         self.simulation_seconds = 0.0
 
@@ -125,7 +129,9 @@ class SplitOut(ServerCheck):
             raise ConfigError(f"{_FLAG}: the owner never described itself (bind)")
         n = len(ctx.train_x)
         size = min(ctx.batch_size, n)
-        keep = max(size, math.ceil(self.fraction * n))
+        # At least MIN_BATCHES distinct batches: one batch trained over and over is memorised
+        # within a few steps, and its gradients then say nothing about honest training.
+        keep = min(n, max(MIN_BATCHES * size, math.ceil(self.fraction * n)))
         pick = torch.randperm(n, generator=self.gen)[:keep]
         xs, ys = ctx.train_x[pick], ctx.train_y[pick]
         owner, server = ctx.net.owner_part().train(), ctx.net.server_part().train()
@@ -169,7 +175,7 @@ class SplitOut(ServerCheck):
         honest = self.simulate()
         # Standardised on the honest simulation, so no feature dominates the distances.
         self.centre, self.scale = honest.mean(axis=0), honest.std(axis=0) + 1e-9
-        honest = (honest - self.centre) / self.scale
+        honest = self.honest = (honest - self.centre) / self.scale
         if self.model_name == "lof":
             self.detector = LocalOutlierFactor(
                 n_neighbors=min(self.neighbors, len(honest) - 1), novelty=True).fit(honest)
@@ -185,7 +191,9 @@ class SplitOut(ServerCheck):
             self._fit()
         self.checked += 1
         features = ((gradient_features(obs.grad) - self.centre) / self.scale)[None, :]
-        self.flags.append(bool(self.detector.predict(features)[0] == -1))
+        outlier = bool(self.detector.predict(features)[0] == -1)
+        self.flags.append(outlier)
+        self.history.append((obs.step, outlier))
         share = sum(self.flags) / len(self.flags)
         if len(self.flags) < self.window or share < self.ratio:
             return None
