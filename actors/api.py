@@ -28,7 +28,9 @@ import torch
 
 from actors.data import DatasetSpec, TargetData, load_target, parse_dataset
 from actors.faults import ChaosSpec
+from actors.hijack_lab import malicious_kind
 from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
+from actors.malicious import MALICIOUS, MALICIOUS_COLLUDING
 from actors.nets.descriptor import SplitNetwork
 from actors.nets.shareable import check_shareable
 from actors.nets.zoo import build_network, parse_model
@@ -89,10 +91,11 @@ class LabOptions:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ConfigError(f"unknown attack {unknown[0]!r}: choose from {', '.join(ATTACKS)}")
-        bad = [a for a in self.adversaries if a not in ADVERSARIES]
+        bad = [a for a in self.adversaries if a not in (*ADVERSARIES, *MALICIOUS)]
         if bad:
             raise ConfigError(f"unknown adversary {bad[0]!r}: choose from "
-                              f"{', '.join(ADVERSARIES)}")
+                              f"{', '.join((*ADVERSARIES, *MALICIOUS))}")
+        malicious_kind(tuple(self.adversaries))  # a malicious server runs alone
 
     def config_json(self) -> dict[str, Any]:
         """Every option, as results.json's ``config`` records it (specs as their flag text)."""
@@ -181,6 +184,8 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
     if protocol not in codec_names():
         return f"unknown protocol {protocol!r}: choose from {', '.join(codec_names())}"
     if get_codec(protocol).topology != "mpc":
+        if malicious_kind(tuple(options.adversaries)) == MALICIOUS_COLLUDING:
+            return f"{MALICIOUS_COLLUDING} needs two servers (secret-shared)"
         return None
     if set(options.attacks) == {"output"}:
         return "--attack output: the output point is a server's softmax, secret sharing has none"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from actors import hijack_lab
 from actors.adversary import Reconstruction
 from actors.backend import Backend, Method
 from actors.data import Split, TargetData
@@ -155,6 +156,8 @@ class RunResult:
     epsilon_run: dict[str, Any] | None = None  # the whole run's (epsilon, delta) per example
     #: An owner's detector judged the server malicious and stopped training: who, when, why.
     detection: dict[str, Any] | None = None
+    #: A malicious server's attack over training (actors.hijack_lab.score_curve).
+    fsha_curve: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -187,6 +190,7 @@ class RunResult:
             "restarts": self.restarts,
             "detection": self.detection,
             **({"mpc": self.mpc} if self.mpc else {}),
+            **({"fsha_curve": self.fsha_curve} if self.fsha_curve is not None else {}),
         }
 
 
@@ -241,11 +245,13 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
         servers, adversaries = _start_share_servers(backend, cfg, net, taps, common)
         owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
     else:
-        backend.start(SERVER, ComputeServer, taps, config=cfg.train, **common)
+        backend.start(SERVER, hijack_lab.one_server_class(cfg.adversaries), taps,
+                      config=cfg.train, **common)
         owner_cls, owner_kw = DataOwner, {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
-                       "server": (SERVER, ComputeServer.attack)}
+                       "server": (SERVER, ComputeServer.attack),
+                       **hijack_lab.malicious_adversaries(cfg.adversaries, False, SERVER)}
     initial = net.initial_state()
     fed = None
     if cfg.schedule == "splitfed":
@@ -280,14 +286,16 @@ def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
     """Two servers holding fresh additive shares of the server part, and the dealer."""
     # The server part as layers on shares, each server with fresh additive shares of it.
     layers, shares = shareable_layers(net, cfg.frac_bits)
+    classes = hijack_lab.share_server_classes(cfg.adversaries)
     for party, name in enumerate((SERVER0, SERVER1)):
-        backend.start(name, ShareServer, taps, party=party, layers=layers,
+        backend.start(name, classes[party], taps, party=party, layers=layers,
                       params=shares[party], frac_bits=cfg.frac_bits, lr=cfg.train.lr,
                       momentum=cfg.train.momentum, **common)
     backend.start(DEALER, Dealer, taps, **{k: v for k, v in common.items() if k != "net"})
     adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
                    "server": (SERVER0, ShareServer.attack),
-                   "colluding-servers": (SERVER0, ShareServer.attack_colluding)}
+                   "colluding-servers": (SERVER0, ShareServer.attack_colluding),
+                   **hijack_lab.malicious_adversaries(cfg.adversaries, True, SERVER0)}
     return [SERVER0, SERVER1], adversaries
 
 
@@ -496,6 +504,9 @@ def run_protocol(
     cast = start_roles(backend, cfg, net, data, session)
     backend.connect()
     pin_identities(backend, cast.parties)
+    hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, cfg.seed,
+                   cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
+                                    for tr in cast.train_shards))
 
     losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
                                                         on_checkpoint)
@@ -515,11 +526,19 @@ def run_protocol(
     # The owners' defences as the lab sees them (whether a budget binds, the epsilon).
     shield = build_defences(cfg.defences)
     attacks = run_attacks(backend, cfg, cast, aux, methods, shield.budget is not None)
+    curve = (hijack_lab.score_curve(backend, cfg.adversaries, cast.servers, data,
+                                    cast.train_shards[0], cfg.seed, cfg.train.batch_size,
+                                    truth.judge)
+             if cfg.clients == 1 else [])
     seconds = time.perf_counter() - t0
     epsilon = shield.epsilon()
     epsilon_run = run_epsilon(shield.noise, cfg.epochs, n_examples=len(data.train.y))
     results = []
     for adversary, method, recons in attacks:
+        if adversary in hijack_lab.MALICIOUS:
+            if method != methods[0]:
+                continue  # FSHA's decoder is one attack, whatever rungs the ladder has
+            method = "fsha"
         recon = np.concatenate([rec.images for rec in recons])
         results.append(RunResult(
             protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,
@@ -533,6 +552,7 @@ def run_protocol(
             partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
             cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
             detection=detection,
+            fsha_curve=curve if adversary in hijack_lab.MALICIOUS else None,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done, and every
     # role's mirrored frames have reached the taps (servers and the dealer included).

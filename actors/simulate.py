@@ -82,6 +82,7 @@ def _chaos(text: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     from actors.data import DATASETS
     from actors.lab import ADVERSARIES
+    from actors.malicious import MALICIOUS
     from actors.nets.zoo import BUILTINS
     from attack.auxiliary import AUX_CHOICES
     from attack.ladder import ATTACKS
@@ -91,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--protocol", choices=protocols, default="all",
                    help="what protects the wire; 'all' runs every registered protocol")
-    p.add_argument("--adversary", choices=[*ADVERSARIES, "all"], default="all",
+    p.add_argument("--adversary", choices=[*ADVERSARIES, *MALICIOUS, "all"], default="all",
                    help="who attacks: the eavesdropper on the wire, the curious compute server, "
-                        "or all (one row per protocol and adversary)")
+                        "the colluding servers, or all of those (one row per protocol and "
+                        "adversary); malicious-server (FSHA: it sends the owner hijacking "
+                        "gradients; secret-shared: server 0 alone) and "
+                        "malicious-colluding-servers (both, pooling shares) run on their own")
     p.add_argument("--aux", choices=AUX_CHOICES, default="letters",  # checked against the data
                    help="the attacker's auxiliary data for querying the owner's oracle")
     p.add_argument("--aux-size", type=_positive(int, "--aux-size", 100_000), default=6000,

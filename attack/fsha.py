@@ -93,7 +93,8 @@ class FeatureSpaceHijacker:
     def __init__(
         self, input_shape: tuple[int, int, int], cut_shape: tuple[int, ...], aux: np.ndarray,
         *, seed: int, lr: float = 1e-3, lr_critic: float = 1e-4, gp_weight: float = 500.0,
-        grad_scale: float = 1.0, batch_size: int = 64, warmup: int = 0,
+        grad_scale: float = 1.0, batch_size: int = 64, warmup: int = 0, critic_steps: int = 1,
+        pilot_lr: float | None = None,
         encoder_factory: Callable[[], nn.Module] | None = None,
     ) -> None:
         shape = check_input_shape(input_shape, "FSHA")
@@ -102,10 +103,14 @@ class FeatureSpaceHijacker:
         self.cut_shape = tuple(int(d) for d in cut_shape)
         if not self.cut_shape or min(self.cut_shape) < 1:
             raise ConfigError(f"FSHA cut_shape must be positive sizes, got {cut_shape}")
-        if lr <= 0 or lr_critic <= 0 or gp_weight < 0 or batch_size < 2 or warmup < 0:
+        pilot_lr = lr if pilot_lr is None else pilot_lr
+        if (lr <= 0 or lr_critic <= 0 or gp_weight < 0 or batch_size < 2 or warmup < 0
+                or critic_steps < 1 or not pilot_lr >= 0):
             raise ConfigError(f"FSHA needs lr, lr_critic > 0, gp_weight >= 0, batch_size >= 2, "
-                              f"warmup >= 0; got lr={lr} lr_critic={lr_critic} "
-                              f"gp_weight={gp_weight} batch_size={batch_size} warmup={warmup}")
+                              f"warmup >= 0, critic_steps >= 1; got lr={lr} "
+                              f"lr_critic={lr_critic} gp_weight={gp_weight} "
+                              f"batch_size={batch_size} warmup={warmup} "
+                              f"critic_steps={critic_steps}, pilot_lr={pilot_lr} (>= 0)")
         if not math.isfinite(grad_scale) or grad_scale <= 0:
             raise ConfigError(f"FSHA grad_scale must be a finite number > 0, got {grad_scale}")
         x = check_images(aux, "FSHA auxiliary images")
@@ -114,6 +119,7 @@ class FeatureSpaceHijacker:
                              f"{', '.join(map(str, self.input_shape))}), got {x.shape}")
         self.aux = torch.from_numpy(np.ascontiguousarray(x))
         self.gp_weight, self.grad_scale, self.batch_size = gp_weight, grad_scale, batch_size
+        self.critic_steps = critic_steps
         self.gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -123,8 +129,9 @@ class FeatureSpaceHijacker:
             self.critic = default_discriminator(self.cut_shape)
         self._check_encoder()
         self.decoder.start_at(float(x.mean()))
-        self.opt_ae = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()],
-                                       lr=lr)
+        self.opt_ae = torch.optim.Adam([{"params": list(self.encoder.parameters())},
+                                        {"params": list(self.decoder.parameters())}], lr=lr)
+        self.pilot_lr = pilot_lr
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=lr_critic)
         self.steps = 0
         self._perm = torch.randperm(len(self.aux), generator=self.gen)
@@ -132,6 +139,9 @@ class FeatureSpaceHijacker:
         self.last: dict[str, float] = {}
         for _ in range(warmup):
             self._autoencoder_step(self._aux_batch(batch_size))
+        # After the warm-up the pilot may learn at its own rate: 0 freezes the target feature
+        # space, so the owner chases a fixed target instead of a moving one.
+        self.opt_ae.param_groups[0]["lr"] = pilot_lr
 
     def _check_encoder(self) -> None:
         with torch.no_grad():
@@ -183,8 +193,9 @@ class FeatureSpaceHijacker:
         """The owner's batch of cut activations -> the gradient to send back (same shape).
 
         The gradient is d mean(D(h)) / dh under the critic as it stands (before this step's
-        update, as in the authors' single tape); then the autoencoder and the critic take one
-        step each on an auxiliary batch of the same size.
+        update, as in the authors' single tape); then the autoencoder takes one step on an
+        auxiliary batch of the same size and the critic ``critic_steps`` (the authors: one;
+        more make the critic's gradient a better guide when the owner's steps are large).
         """
         z_priv = self.check_cut(h).requires_grad_(True)
         self.critic.train()
@@ -195,15 +206,24 @@ class FeatureSpaceHijacker:
         z_priv_d = z_priv.detach()
         if len(z_priv_d) != n:  # the critic compares equal-sized batches
             z_priv_d = z_priv_d[torch.randint(len(z_priv_d), (n,), generator=self.gen)]
-        self.opt_critic.zero_grad()
-        wasserstein = self.critic(z_pub).mean() - self.critic(z_priv_d).mean()
-        loss = wasserstein + self.gp_weight * self._gradient_penalty(z_priv_d, z_pub)
-        loss.backward()
-        self.opt_critic.step()
+        for k in range(self.critic_steps):
+            if k:  # further critic steps: fresh public features, same private batch
+                with torch.no_grad():
+                    z_pub = self.encoder(self._aux_batch(n))
+            loss, wasserstein = self._critic_step(z_priv_d, z_pub)
         self.steps += 1
         self.last.update(owner_loss=float(owner_loss.detach()), critic_loss=float(loss.detach()),
                          wasserstein=float(wasserstein.detach()))
         return (grad * self.grad_scale).numpy().astype(np.float32)
+
+    def _critic_step(self, z_priv: torch.Tensor,
+                     z_pub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.opt_critic.zero_grad()
+        wasserstein = self.critic(z_pub).mean() - self.critic(z_priv).mean()
+        loss = wasserstein + self.gp_weight * self._gradient_penalty(z_priv, z_pub)
+        loss.backward()
+        self.opt_critic.step()
+        return loss, wasserstein
 
     @torch.no_grad()
     def reconstruct(self, h: np.ndarray, batch: int = 500) -> np.ndarray:

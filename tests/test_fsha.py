@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from actors.malicious import LAB_SETTINGS
 from attack import metrics, validator
 from attack.fsha import FeatureSpaceHijacker, fresh_copy
 from protocol.errors import ConfigError, ShapeError
@@ -104,8 +105,8 @@ def _hijack(steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return recon, test_x, test_y, mean_ssim
 
 
-#: The lab's settings for the malicious server (actors.malicious), at test scale.
-FAST = {"grad_scale": 1e-3, "lr_critic": 1e-3, "warmup": 200}
+#: The lab's settings for the malicious server (actors.malicious), a shorter warm-up.
+FAST = LAB_SETTINGS | {"warmup": 200}
 
 
 def test_fsha_rebuilds_digits_from_a_hijacked_first_part() -> None:

@@ -1,0 +1,77 @@
+"""A malicious compute server (FSHA) in a whole run, in-process (LocalBackend: no Ray).
+
+Plaintext at small scale: the owner's first part, trained only on the server's hijacking
+gradients, ends in the server's feature space, so its decoder rebuilds the private test digits
+(SSIM well above the mean image's, validator far above chance) and the curve over training
+is scored against the true training batches. Secret-shared, server 0 alone: it sees one
+uniformly random share of each batch, so what it rebuilds stays at chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actors.backend import LocalBackend
+from actors.data import load_target
+from actors.lab import RunConfig, run_protocol
+from actors.malicious import MALICIOUS_SERVER, MaliciousServer, MaliciousShareServer
+from attack.validator import train_validator
+from protocol.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    data = load_target(seed=0, n_train=1024, n_test=200)
+    judge = train_validator(data.train.x, data.train.y, data.classes, seed=0, epochs=2)
+    return data, lambda: judge
+
+
+def _run(setting, protocol: str, epochs: int):
+    data, judge = setting
+    cfg = RunConfig(protocol=protocol, epochs=epochs, seed=0, aux="holdout",
+                    adversaries=(MALICIOUS_SERVER,))
+    backend = LocalBackend()
+    # The attacker's public data: the holdout digits (the authors' setting, same distribution).
+    (result,) = run_protocol(backend, cfg, data, data.holdout.x, judge)
+    return result, backend
+
+
+def test_fsha_rebuilds_private_digits_on_plaintext(setting):
+    result, backend = _run(setting, "plaintext", epochs=16)  # 256 steps
+    assert result.adversary == MALICIOUS_SERVER and result.attack_method == "fsha"
+    assert isinstance(backend.party("server"), MaliciousServer)
+    assert result.attack.ssim > result.baseline["ssim"] + 0.2, (result.attack, result.baseline)
+    assert result.attack.validator_accuracy > 0.5
+    curve = result.fsha_curve
+    assert [p["step"] for p in curve] == sorted(p["step"] for p in curve) and len(curve) >= 10
+    assert curve[-1]["step"] == 256
+    # Scored against the batches the owner really sent: the end is far better than the start.
+    assert curve[-1]["ssim"] > curve[0]["ssim"] + 0.1
+    assert result.to_json()["fsha_curve"] == curve
+
+
+def test_one_malicious_share_server_stays_at_chance(setting):
+    result, backend = _run(setting, "secret-shared", epochs=1)  # 16 steps
+    server = backend.party("server:0")
+    assert isinstance(server, MaliciousShareServer) and server.fsha.steps == 16
+    assert result.attack.validator_accuracy <= 0.2
+    assert result.attack.ssim < result.baseline["ssim"] + 0.05
+    assert np.isfinite(result.target_accuracy)
+
+
+def test_a_malicious_server_runs_alone():
+    from actors.api import LabOptions
+
+    with pytest.raises(ConfigError, match="on its own"):
+        LabOptions(adversaries=(MALICIOUS_SERVER, "eavesdropper"))
+    LabOptions(adversaries=(MALICIOUS_SERVER,))
