@@ -5,12 +5,12 @@
 Each cell runs the lab in-process (``LocalBackend``: every role an object in this process, the
 real wire codec in between) on the plaintext protocol, once per seed:
 
-- ``fsha``: the compute server is the feature-space hijacker (:mod:`attack.fsha`, wrapped as a
-  :class:`HijackingServer` that answers every batch with the critic's gradient), the owner runs
-  one detector; recorded: detected or not, the step, and what the hijacker can rebuild of the
-  private test set from the first part as it stood when training stopped (SSIM, validator
-  accuracy of its decoder's reconstructions). One ``fsha`` cell without a detector gives what
-  the hijacker reaches by the end of the run;
+- ``fsha``: the compute server is the lab's ``--adversary malicious-server`` (FSHA,
+  :mod:`actors.malicious`: it answers every batch with the critic's gradient), the owner runs
+  one detector; recorded: detected or not, the step, the best SSIM / validator accuracy of the
+  hijacker's attack curve up to that step (its decoder on the batches it was sent), and what it
+  rebuilds of the private test set from the first part as it stood when training stopped. One
+  ``fsha`` cell without a detector gives what the hijacker reaches by the end of the run;
 - ``honest``: the honest server, the owner with a detector, alone and beside each of the lab's
   other defences (noise, nopeek, dropout): any detection is a false positive;
 - ``baseline``: the honest server without a detector (the same defences): the detector's cost
@@ -22,14 +22,12 @@ Prints a table and writes JSON (``--out``). Wall times are of one process on one
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import secrets
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from actors import lab  # noqa: E402
+from actors import hijack_lab, lab  # noqa: E402
 from actors.backend import LocalBackend  # noqa: E402
 from actors.data import TargetData, load_target  # noqa: E402
+from actors.malicious import MALICIOUS_SERVER  # noqa: E402
 from actors.nets.zoo import ModelSpec, build_network  # noqa: E402
 from actors.owner import DataOwner  # noqa: E402
 from actors.owner_host import OwnerHost  # noqa: E402
-from actors.server import ComputeServer  # noqa: E402
 from attack import metrics, validator  # noqa: E402
 from attack.auxiliary import load_aux  # noqa: E402
 
@@ -58,52 +56,20 @@ OTHER_DEFENCES = {
 }
 
 
-class HijackingServer(ComputeServer):
-    """A compute server running FSHA: it speaks the protocol, and answers every training batch
-    with the hijacker's gradient instead of the task's (the labels are never used)."""
-
-    aux: np.ndarray | None = None  # set by :func:`malicious_server` (the attacker's public data)
-    seed: int = 0
-
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        from attack.fsha import FeatureSpaceHijacker
-
-        assert self.aux is not None
-        self.hijacker = FeatureSpaceHijacker(self.net.input_shape, self.net.cut_shape, self.aux,
-                                             seed=self.seed)
-
-    def train_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-        grad = self.hijacker.step(h)
-        self.steps += 1
-        return grad, float(self.hijacker.last.get("owner_loss", 0.0))
-
-
-@contextlib.contextmanager
-def malicious_server(aux: np.ndarray, seed: int) -> Iterator[None]:
-    """Start roles with :class:`HijackingServer` as the lab's compute server."""
-    cls = type("SeededHijackingServer", (HijackingServer,), {"aux": aux, "seed": seed})
-    saved = lab.ComputeServer
-    lab.ComputeServer = cls  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        lab.ComputeServer = saved  # type: ignore[misc]
-
-
 def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server: str,
             defences: tuple[str, ...], seed: int, epochs: int) -> dict[str, Any]:
     """One training run in-process; detection, accuracy, seconds, and FSHA's reconstruction."""
     net = build_network(ModelSpec("mlp"), seed, data.input_shape, data.classes)
+    adversaries = (MALICIOUS_SERVER,) if server == "fsha" else ("eavesdropper",)
     cfg = lab.RunConfig(protocol="plaintext", epochs=epochs, seed=seed,
-                        adversaries=("eavesdropper",), defences=defences,
+                        adversaries=adversaries, defences=defences,
                         train=lab.TrainConfig(seed=seed))
     backend = LocalBackend()
-    scope = malicious_server(aux, seed) if server == "fsha" else contextlib.nullcontext()
-    with scope:
-        cast = lab.start_roles(backend, cfg, net, data, secrets.randbits(64))
+    cast = lab.start_roles(backend, cfg, net, data, secrets.randbits(64))
     backend.connect()
     lab.pin_identities(backend, cast.parties)
+    n_steps = epochs * -(-len(cast.train_shards[0]) // cfg.train.batch_size)
+    hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps)
     t0 = time.perf_counter()
     _, _, _, steps, detection = lab.train(backend, cfg, cast, net)
     seconds = time.perf_counter() - t0
@@ -121,9 +87,15 @@ def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server
         x = torch.from_numpy(data.test.x)
         with torch.no_grad():
             h = owner.defences.apply(owner.model(x)).numpy()
-        recon = backend.roles[lab.SERVER].hijacker.reconstruct(h)
+        recon = backend.roles[lab.SERVER].fsha.reconstruct(h)
         row["fsha_ssim"] = metrics.ssim(recon, data.test.x)
         row["fsha_validator_accuracy"] = validator.accuracy(judge, recon, data.test.y)
+        # The attack curve (its decoder on the batches it was sent) up to the stop.
+        curve = hijack_lab.score_curve(backend, cfg.adversaries, cast.servers, data,
+                                       cast.train_shards[0], seed, cfg.train.batch_size, judge)
+        row["fsha_curve"] = curve
+        row["fsha_best_ssim"] = max((p["ssim"] for p in curve), default=None)
+        row["fsha_best_validator"] = max((p["validator_accuracy"] for p in curve), default=None)
     return row
 
 
@@ -149,6 +121,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["fsha_ssim_mean"] = statistics.mean(r["fsha_ssim"] for r in rows)
         out["fsha_ssim_max"] = max(r["fsha_ssim"] for r in rows)
         out["fsha_validator_mean"] = statistics.mean(r["fsha_validator_accuracy"] for r in rows)
+        best = [r["fsha_best_ssim"] for r in rows if r["fsha_best_ssim"] is not None]
+        out["fsha_curve_best_ssim_max"] = max(best) if best else None
+        best = [r["fsha_best_validator"] for r in rows if r["fsha_best_validator"] is not None]
+        out["fsha_curve_best_validator_max"] = max(best) if best else None
     return out
 
 
@@ -168,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"config": vars(args), "machine": platform.processor() or
                                platform.machine(), "cells": {}}
     print(f"{'cell':38} {'detect':>7} {'step med/max':>12} {'acc':>6} {'train s':>8} "
-          f"{'FSHA SSIM':>9} {'FSHA val':>8}", flush=True)
+          f"{'FSHA SSIM':>9} {'FSHA val':>8} {'best SSIM':>9} {'best val':>8}", flush=True)
     for name, server, detector, other in cells(args.seeds):
         if args.only and args.only not in name:
             continue
@@ -185,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 else "-")
         ssim = f"{s['fsha_ssim_mean']:.3f}" if "fsha_ssim_mean" in s else "-"
         val = f"{s['fsha_validator_mean']:.3f}" if "fsha_validator_mean" in s else "-"
+        best = (f"{s['fsha_curve_best_ssim_max']:.3f}"
+                if s.get("fsha_curve_best_ssim_max") is not None else "-")
+        best_val = (f"{s['fsha_curve_best_validator_max']:.3f}"
+                    if s.get("fsha_curve_best_validator_max") is not None else "-")
         print(f"{name:38} {s['detection_rate']:7.2f} {step:>12} {s['target_accuracy']:6.3f} "
-              f"{s['train_seconds']:8.2f} {ssim:>9} {val:>8}", flush=True)
+              f"{s['train_seconds']:8.2f} {ssim:>9} {val:>8} {best:>9} {best_val:>8}",
+              flush=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
     return 0

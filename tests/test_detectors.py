@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from actors import lab
 from actors.data import load_target
 from actors.simulate import main
 from attack.auxiliary import load_aux
@@ -51,13 +50,10 @@ def test_detector_flags_fsha_and_not_the_honest_server(setting, detector):
     assert honest["target_accuracy"] > 0.75  # the probes did not spoil training
 
 
-def test_an_aborted_run_writes_its_results_and_capture(tmp_path, monkeypatch, capsys):
-    data = load_target(seed=0, n_train=500)
-    aux = np.ascontiguousarray(load_aux("letters", 300, 0, data.input_shape))
-    hijacker = type("Hijacker", (detectors.HijackingServer,), {"aux": aux, "seed": 0})
-    monkeypatch.setattr(lab, "ComputeServer", hijacker)
+def test_an_aborted_run_writes_its_results_and_capture(tmp_path, capsys):
     out, capture = tmp_path / "run", tmp_path / "wire.swcap"
-    code = main(["--protocol", "plaintext", "--adversary", "server", "--backend", "local",
+    code = main(["--protocol", "plaintext", "--adversary", "malicious-server",
+                 "--backend", "local",
                  "--epochs", "1", "--train-size", "500", "--aux-size", "300",
                  "--attack-epochs", "1", "--defence", "splitout:seed=0", "--quiet",
                  "--capture", str(capture), "--out", str(out)])
@@ -71,6 +67,7 @@ def test_an_aborted_run_writes_its_results_and_capture(tmp_path, monkeypatch, ca
     assert "judged the server malicious" in capsys.readouterr().err
     # Everything after training still happened: inference, the attack, the figure, the wire.
     assert 0 <= run["target_accuracy"] <= 1 and run["attack"]["ssim"] is not None
+    assert run["fsha_curve"] and run["fsha_curve"][-1]["step"] <= detection["steps_trained"]
     assert (out / "reconstructions.png").stat().st_size > 0
     assert capture.stat().st_size > 0
 
