@@ -77,6 +77,7 @@ def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server
                                              for h in cast.hosts]) for r in rs]
     row: dict[str, Any] = {
         "seed": seed, "detected": detection is not None,
+        "detector": None if detection is None else detection["detector"],
         "step": None if detection is None else detection["step"],
         "score": None if detection is None else detection["score"],
         "reason": None if detection is None else detection["reason"],
