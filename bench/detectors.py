@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors import hijack_lab, lab  # noqa: E402
 from actors.backend import LocalBackend  # noqa: E402
 from actors.data import TargetData, load_target  # noqa: E402
-from actors.malicious import MALICIOUS_SERVER  # noqa: E402
+from actors.malicious import MALICIOUS_SERVER, MaliciousServer  # noqa: E402
 from actors.nets.zoo import ModelSpec, build_network  # noqa: E402
 from actors.owner import DataOwner  # noqa: E402
 from actors.owner_host import OwnerHost  # noqa: E402
@@ -57,8 +57,10 @@ OTHER_DEFENCES = {
 
 
 def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server: str,
-            defences: tuple[str, ...], seed: int, epochs: int) -> dict[str, Any]:
-    """One training run in-process; detection, accuracy, seconds, and FSHA's reconstruction."""
+            defences: tuple[str, ...], seed: int, epochs: int,
+            fsha_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One training run in-process; detection, accuracy, seconds, and FSHA's reconstruction.
+    ``fsha_settings`` override the lab's FSHA settings (``actors.malicious.LAB_SETTINGS``)."""
     net = build_network(ModelSpec("mlp"), seed, data.input_shape, data.classes)
     adversaries = (MALICIOUS_SERVER,) if server == "fsha" else ("eavesdropper",)
     cfg = lab.RunConfig(protocol="plaintext", epochs=epochs, seed=seed,
@@ -69,7 +71,10 @@ def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server
     backend.connect()
     lab.pin_identities(backend, cast.parties)
     n_steps = epochs * -(-len(cast.train_shards[0]) // cfg.train.batch_size)
-    hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps)
+    if server == "fsha" and fsha_settings:
+        backend.call(lab.SERVER, MaliciousServer.arm, aux, seed, n_steps, fsha_settings)
+    else:
+        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps)
     t0 = time.perf_counter()
     _, _, _, steps, detection = lab.train(backend, cfg, cast, net)
     seconds = time.perf_counter() - t0
