@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -153,6 +154,8 @@ class RunResult:
     #: Leakage beyond the label: re-identification, the label-only baseline, the excess.
     instance: dict[str, Any] = field(default_factory=dict)
     epsilon_run: dict[str, Any] | None = None  # the whole run's (epsilon, delta) per example
+    #: An owner's detector judged the server malicious and stopped training: who, when, why.
+    detection: dict[str, Any] | None = None
     #: A malicious server's attack over training (actors.hijack_lab.score_curve).
     fsha_curve: list[dict[str, Any]] | None = None
 
@@ -185,6 +188,7 @@ class RunResult:
             "owner_actors": self.owner_actors,
             "batches": self.batches,
             "restarts": self.restarts,
+            "detection": self.detection,
             **({"mpc": self.mpc} if self.mpc else {}),
             **({"fsha_curve": self.fsha_curve} if self.fsha_curve is not None else {}),
         }
@@ -310,9 +314,10 @@ def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[C
 
 def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
           progress: Any = None, on_checkpoint: Callable[[int], None] | None = None,
-          ) -> tuple[list[float], dict[str, int], int, int]:
-    """Train to the end (recovering from dead roles); deploy the final first part at every
-    owner. Returns the epochs' losses, the batch ledger, restarts and training steps."""
+          ) -> tuple[list[float], dict[str, int], int, int, dict[str, Any] | None]:
+    """Train to the end (recovering from dead roles) or to a detector's verdict; deploy the
+    final first part at every owner. Returns the epochs' losses, the batch ledger, restarts,
+    training steps planned and the detection (``None``: none)."""
     mpc_topology = cast.dealer is not None
     batches = [-(-len(tr) // cfg.train.batch_size) for tr in cast.train_shards]
     setup = TrainingSetup(
@@ -342,17 +347,32 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
         if progress is not None:
             progress.update(trainer.pos.epoch)
     losses = trainer.run()
+    detection = _detection(trainer)
     # Everyone deploys the final first part: the fed server's, or the last owner's, which it
-    # hands to every other owner over the wire.
-    if cast.fed_server is not None:
+    # hands to every other owner over the wire. After a detection: the part as it stood at the
+    # detecting owner (mid-turn, mid-round), handed to the others the same way.
+    if cast.fed_server is not None and detection is None:
         backend.call_all([(h, OwnerHost.each, (DataOwner.deploy, cast.fed_server))
                           for h in cast.hosts])
     else:
-        last = trainer.holder
+        last = trainer.holder if detection is None else str(detection["owner"])
         backend.call(cast.host_of[last], OwnerHost.owner_call, last, DataOwner.share_with,
                      [o for o in cast.owners if o != last])
         backend.call_all([(h, OwnerHost.each, (DataOwner.deploy,)) for h in cast.hosts])
-    return losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps
+    return (losses, trainer.counters(), trainer.ledger.restarts, trainer.total_steps,
+            detection)
+
+
+def _detection(trainer: Trainer) -> dict[str, Any] | None:
+    """results.json's ``detection``: the verdict, the owner and the training steps run."""
+    exc = trainer.detection
+    if exc is None:
+        return None
+    verdict, owner = exc.verdict, exc.owner
+    sys.stderr.write(f"{owner}: --defence {verdict.detector} judged the server malicious at "
+                     f"step {verdict.step}; training stopped ({verdict.reason})\n")
+    return verdict.to_json() | {"owner": owner, "steps_trained": verdict.step + 1,
+                                "steps_planned": trainer.total_steps}
 
 
 def attack_methods(cfg: RunConfig) -> list[str]:
@@ -488,7 +508,8 @@ def run_protocol(
                    cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
                                     for tr in cast.train_shards))
 
-    losses, batches, restarts, steps = train(backend, cfg, cast, net, progress, on_checkpoint)
+    losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
+                                                        on_checkpoint)
     after_training = _snapshot(backend, cast)
     if cast.dealer and cfg.reveal_model:
         backend.call(SERVER0, ShareServer.reveal_model)
@@ -530,6 +551,7 @@ def run_protocol(
             batches=batches, restarts=restarts, schedule=cfg.schedule,
             partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
             cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
+            detection=detection,
             fsha_curve=curve if adversary in hijack_lab.MALICIOUS else None,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done, and every

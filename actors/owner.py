@@ -13,6 +13,7 @@ from actors.faults import Crash
 from actors.nets.descriptor import SplitNetwork
 from actors.role import Role
 from actors.wire import Network
+from defences.base import Observation, OwnerContext, ServerJudgedMalicious
 from defences.spec import DefenceSpec, build_defences
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
@@ -142,6 +143,9 @@ class DataOwner(Role):
         self.train_x, self.train_y = (torch.as_tensor(a) for a in train)
         self.test_x, self.test_y = (torch.as_tensor(a) for a in test)
         self.config = config
+        if self.defences.checks:  # detectors (SplitGuard, SplitOut) learn who they guard
+            self.defences.bind(OwnerContext(net, self.train_x, self.train_y, config.batch_size,
+                                            config.lr, config.momentum, name))
         self.shared = shared or SharedWeights(net)
         self.model: torch.nn.Module | None = None  # the first part being trained, or deployed
         self.opt: torch.optim.SGD | None = None
@@ -211,10 +215,19 @@ class DataOwner(Role):
         self.opt.zero_grad()
         h = self.model(x)
         sent = self.defences.apply(h)  # dropout, clipping and noise: what goes on the wire
-        grad, loss = self.remote_step(sent.detach().numpy(), y.numpy(), step)
+        fake = self.defences.fake_labels(step, y)  # a detector's probe batch, or None
+        labels = y if fake is None else fake
+        grad, loss = self.remote_step(sent.detach().numpy(), labels.numpy(), step)
         if grad.shape != tuple(h.shape) or not np.all(np.isfinite(grad)):
             raise ShapeError(f"bad cut-layer gradient {grad.shape} for activations "
                              f"{tuple(h.shape)}")
+        if self.defences.checks:
+            verdict = self.defences.observe(
+                Observation(step, x, labels, h, grad, fake is not None, self.model))
+            if verdict is not None:  # before the update: a hijacked step is not applied
+                raise ServerJudgedMalicious(verdict, self.name)
+            if fake is not None:  # SplitGuard: the owner's part never learns from a probe
+                return loss
         penalty = self.defences.penalty(x, h)  # NoPeek: the owner's own extra loss
         outputs, grads = [sent], [torch.from_numpy(grad.astype(np.float32))]
         if penalty.requires_grad:

@@ -30,6 +30,7 @@ from actors.owner import DataOwner, TurnPlan, TurnReport
 from actors.owner_host import OwnerHost
 from actors.role import Role
 from actors.server import ComputeServer
+from defences.base import ServerJudgedMalicious
 from protocol.errors import ConfigError
 
 CHECKPOINT_FORMAT = "splitwire-checkpoint/1"
@@ -113,6 +114,8 @@ class Trainer:
         self.progress = progress
         self.on_checkpoint = on_checkpoint
         self.ledger = Ledger()
+        #: Set when an owner's detector judged the server malicious: training stopped there.
+        self.detection: ServerJudgedMalicious | None = None
         self.failures = 0  # failed calls since the last one that worked
         self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0)
         self._rewind()
@@ -149,7 +152,11 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> list[float]:
-        """Train to the end, recovering from dead roles; the mean loss of each epoch."""
+        """Train to the end, recovering from dead roles; the mean loss of each epoch.
+
+        An owner's detector may judge the server malicious (``ServerJudgedMalicious``):
+        training stops at once, :attr:`detection` says who, when and why, and the losses end
+        with the partial epoch's mean over the chunks that completed."""
         self._save()
         while self.pos.epoch < self.epochs:
             try:
@@ -159,6 +166,12 @@ class Trainer:
                     self._chunk()
             except RoleDiedError as exc:
                 self._recover(exc)
+            except ServerJudgedMalicious as exc:
+                self.detection = exc
+                self.ledger.sent = max(self.ledger.sent, exc.verdict.step + 1)
+                if self.loss_batches:
+                    self.losses.append(self.loss_sum / self.loss_batches)
+                break
         return self.losses
 
     def _step_plan(self, pos: Position) -> tuple[int, TurnPlan, Position, bool, bool]:

@@ -235,7 +235,7 @@ def run_lab(spec: Spec) -> dict[str, Any]:
     pin_identities(backend, cast.parties)
     t1 = time.perf_counter()
     clock = EpochClock(f"{spec.backend} x{spec.owners}")
-    losses, batches, restarts, steps = train(backend, cfg, cast, net, progress=clock)
+    losses, batches, restarts, steps, _ = train(backend, cfg, cast, net, progress=clock)
     t2 = time.perf_counter()
     backend.shutdown()
     if spec.backend == "ray":

@@ -8,7 +8,11 @@ cut of any shape (N, *cut_shape):
   per-query (epsilon, delta) that implies (:mod:`defences.noise`);
 * ``nopeek``  -- a distance-correlation penalty on the owner's loss (:mod:`defences.nopeek`);
 * ``dropout`` -- cut-layer dropout that stays on at inference (:mod:`defences.dropout`);
-* ``query-budget``  -- a per-party cap on answered queries (:mod:`defences.query_budget`).
+* ``query-budget``  -- a per-party cap on answered queries (:mod:`defences.query_budget`);
+* ``splitguard`` -- the owner probes its server with fake-label batches and stops training when
+  the gradients ignore the labels (:mod:`defences.splitguard`);
+* ``splitout`` -- the owner fits an outlier detector on a local simulation of honest training
+  and stops training when the server's gradients are outliers (:mod:`defences.splitout`).
 
 Each is an :class:`OwnerDefence` (:mod:`defences.base`) listed in the registry
 (:mod:`defences.registry`). They are chosen with the repeatable ``--defence NAME:key=value,...``
@@ -19,10 +23,15 @@ by :func:`build_defences` (:mod:`defences.spec`).
 from __future__ import annotations
 
 from defences.base import (
+    Observation,
+    OwnerContext,
     OwnerDefence,
     Param,
     QueryBudgetExceeded,
     QueryGate,
+    ServerCheck,
+    ServerJudgedMalicious,
+    Verdict,
     defence_generator,
     derive_seed,
 )
@@ -40,6 +49,8 @@ from defences.nopeek import NoPeek, distance_correlation
 from defences.query_budget import QueryBudget
 from defences.registry import DEFENCES, PARAMETERS, register_defence, unregister_defence
 from defences.spec import Defences, DefenceSpec, build_defences, parse_defence
+from defences.splitguard import SplitGuard
+from defences.splitout import SplitOut
 
 __all__ = [
     "DEFENCES",
@@ -50,11 +61,18 @@ __all__ = [
     "DefenceSpec",
     "Defences",
     "NoPeek",
+    "Observation",
+    "OwnerContext",
     "OwnerDefence",
     "Param",
     "QueryBudget",
     "QueryBudgetExceeded",
     "QueryGate",
+    "ServerCheck",
+    "ServerJudgedMalicious",
+    "SplitGuard",
+    "SplitOut",
+    "Verdict",
     "analytic_gaussian_epsilon",
     "build_defences",
     "classic_gaussian_epsilon",

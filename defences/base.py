@@ -12,7 +12,11 @@ defence is a small object with up to four hooks, all optional:
   given the inputs and the *clean* activations (before any transform); the terms are summed;
 * :meth:`OwnerDefence.epsilon` -- the per-query ``(epsilon, delta)`` the defence guarantees for
   whatever reaches it;
-* a query gate (subclass :class:`QueryGate`) -- how many of a party's oracle queries to answer.
+* a query gate (subclass :class:`QueryGate`) -- how many of a party's oracle queries to answer;
+* a *detector* (subclass :class:`ServerCheck`) -- the owner verifying its compute server:
+  :meth:`ServerCheck.fake_labels` may turn a training batch into a probe (other labels, no
+  local update) and :meth:`ServerCheck.observe_gradient` sees every gradient the server sends
+  back; a :class:`Verdict` stops training (the owner raises :class:`ServerJudgedMalicious`).
 
 A defence declares its ``--defence`` name and its parameter table (:class:`Param` per key) as
 class attributes; the parser types each ``key=value`` from that table and the class checks the
@@ -27,8 +31,9 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from protocol.errors import ConfigError, SplitWireError
@@ -138,3 +143,84 @@ def derive_seed(seed: int, stream: int | str, name: str) -> int:
 def defence_generator(seed: int, stream: int | str, name: str) -> torch.Generator:
     """A CPU generator for one owner's draws: seeded, reproducible and device independent."""
     return torch.Generator().manual_seed(derive_seed(seed, check_stream(stream), name))
+
+
+# --- detectors: the owner checks its compute server ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A detector's judgement that the server is malicious, and why (results.json's
+    ``detection``)."""
+
+    detector: str
+    step: int  # the global training step at which it was judged
+    score: float  # the detector's statistic at that step (its meaning: ``reason``)
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"detector": self.detector, "step": self.step, "score": self.score,
+                "reason": self.reason}
+
+
+class ServerJudgedMalicious(SplitWireError):
+    """An owner's detector judged the compute server malicious: training stops here.
+
+    Raised by the owner inside its training step; the trainer catches it, stops training, and
+    the lab goes on to deployment, inference, attacks and reporting (nothing is lost).
+    """
+
+    def __init__(self, verdict: Verdict, owner: str = "") -> None:
+        super().__init__(f"{owner or 'the owner'}: --defence {verdict.detector} judged the "
+                         f"server malicious at step {verdict.step}: {verdict.reason}")
+        self.verdict, self.owner = verdict, owner
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across processes (Ray) whole
+        return (type(self), (self.verdict, self.owner))
+
+
+@dataclass(frozen=True)
+class OwnerContext:
+    """What an owner tells its detectors once, when it is built: its network (the run's
+    initial weights), its private training shard and its optimiser settings, so a detector
+    can simulate honest training locally (SplitOut)."""
+
+    net: Any  # actors.nets.descriptor.SplitNetwork (not imported: defences stay below actors)
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    batch_size: int
+    lr: float
+    momentum: float
+    name: str = "owner:0"
+    #: The owner's other (non-detector) defences, in transform order: a simulation of honest
+    #: training applies them as the owner does (filled in by ``Defences.bind``).
+    others: tuple[OwnerDefence, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One training step as the owner saw it, for a detector."""
+
+    step: int  # global step id
+    x: torch.Tensor  # (N, C, H, W) inputs
+    y: torch.Tensor  # the labels sent (the fake ones on a fake batch)
+    h: torch.Tensor  # clean activations, still attached to ``model``'s graph
+    grad: np.ndarray  # the cut-layer gradient the server sent back, same shape as h
+    fake: bool  # True on a probe batch from :meth:`ServerCheck.fake_labels`
+    model: torch.nn.Module  # the first part being trained
+
+
+class ServerCheck(OwnerDefence):
+    """A defence that verifies the compute server from the gradients it sends back."""
+
+    def bind(self, context: OwnerContext) -> None:  # noqa: B027 - optional hook
+        """Called once when the owner is built (before any training step)."""
+
+    def fake_labels(self, step: int, y: torch.Tensor) -> torch.Tensor | None:
+        """Labels to send instead of ``y`` to make this batch a probe (the owner then does
+        not update its part on it); ``None``: a regular batch. Default: never."""
+        return None
+
+    @abstractmethod
+    def observe_gradient(self, obs: Observation) -> Verdict | None:
+        """See one step's gradient; a :class:`Verdict` if the server is judged malicious."""

@@ -16,9 +16,12 @@ from defences.dropout import CutLayerDropout
 from defences.noise import CutLayerNoise
 from defences.nopeek import NoPeek
 from defences.query_budget import QueryBudget
+from defences.splitguard import SplitGuard
+from defences.splitout import SplitOut
 from protocol.errors import ConfigError
 
-_BUILT_IN: tuple[type[OwnerDefence], ...] = (CutLayerNoise, NoPeek, CutLayerDropout, QueryBudget)
+_BUILT_IN: tuple[type[OwnerDefence], ...] = (CutLayerNoise, NoPeek, CutLayerDropout, QueryBudget,
+                                             SplitGuard, SplitOut)
 
 #: ``--defence`` name -> the class built from its parameters.
 DEFENCES: dict[str, type[OwnerDefence]] = {cls.name: cls for cls in _BUILT_IN}

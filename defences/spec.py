@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from defences.base import OwnerDefence, Param, QueryGate, check_stream
+from defences.base import (
+    Observation,
+    OwnerContext,
+    OwnerDefence,
+    Param,
+    QueryGate,
+    ServerCheck,
+    Verdict,
+    check_stream,
+)
 from defences.dropout import CutLayerDropout
 from defences.noise import CutLayerNoise
 from defences.nopeek import NoPeek
@@ -160,6 +169,34 @@ class Defences:
         """
         pairs = [e for e in (member.epsilon() for member in self.members) if e is not None]
         return min(pairs) if pairs else None
+
+    # --- detectors (defences.base.ServerCheck): the owner checks its server ----------------
+    @property
+    def checks(self) -> tuple[ServerCheck, ...]:
+        return tuple(m for m in self.members if isinstance(m, ServerCheck))
+
+    def bind(self, context: OwnerContext) -> None:
+        """Tell every detector about its owner (once, when the owner is built)."""
+        others = tuple(m for m in self.members if not isinstance(m, ServerCheck))
+        context = replace(context, others=others)
+        for check in self.checks:
+            check.bind(context)
+
+    def fake_labels(self, step: int, y: torch.Tensor) -> torch.Tensor | None:
+        """The first detector's probe labels for this batch, or ``None`` (a regular batch)."""
+        for check in self.checks:
+            fake = check.fake_labels(step, y)
+            if fake is not None:
+                return fake
+        return None
+
+    def observe(self, obs: Observation) -> Verdict | None:
+        """Every detector sees the step; the first verdict, or ``None``."""
+        verdict = None
+        for check in self.checks:
+            found = check.observe_gradient(obs)
+            verdict = verdict or found
+        return verdict
 
     def get(self, name: str) -> OwnerDefence | None:
         """The member named ``name``, or ``None``."""

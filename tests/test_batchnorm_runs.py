@@ -37,7 +37,7 @@ def train_run(cfg, net, data, on_checkpoint=None):
     cast = start_roles(backend, cfg, net, data, session=3)
     backend.connect()
     pin_identities(backend, cast.parties)
-    losses, batches, _, steps = train(backend, cfg, cast, net, on_checkpoint=on_checkpoint)
+    losses, batches, _, steps, _ = train(backend, cfg, cast, net, on_checkpoint=on_checkpoint)
     parts = [net.owner_from(backend.call(cast.host_of[o], "owner_call", o,
                                          "first_part_weights")) for o in cast.owners]
     return losses, batches, steps, parts
