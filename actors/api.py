@@ -80,6 +80,7 @@ class LabOptions:
     reveal_model: bool = False
     channel_encryption: bool = True
     tap: str = "all"
+    fsha_warmup: int | None = None  # malicious server: autoencoder warm-up steps (None: 500)
     snaplen: int = 512
     seed: int = 0
     out: str | None = None  # where checkpoints go (the CLI also writes results there)
@@ -237,7 +238,7 @@ def run_config(options: LabOptions, protocol: str, net: SplitNetwork | None = No
         owner_actors=options.owner_actors, chaos=options.chaos,
         checkpoint_every=options.checkpoint_every,
         checkpoint_dir=str(out / f"checkpoint-{protocol}") if out else None,
-        resume=options.resume)
+        resume=options.resume, fsha_warmup=options.fsha_warmup)
 
 
 def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None = None,

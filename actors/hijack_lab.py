@@ -65,12 +65,14 @@ def malicious_adversaries(adversaries: tuple[str, ...], mpc: bool,
 
 
 def arm(backend: Backend, adversaries: tuple[str, ...], servers: list[str], aux: np.ndarray,
-        seed: int, total_steps: int) -> None:
-    """Hand the malicious server its public data before the owner's first batch."""
+        seed: int, total_steps: int, settings: dict[str, Any] | None = None) -> None:
+    """Hand the malicious server its public data (and any FSHA ``settings`` over the lab's)
+    before the owner's first batch."""
     if malicious_kind(adversaries) is None:
         return
     leader = SERVER0 if SERVER0 in servers else servers[0]
-    backend.call(leader, MaliciousServer.arm, np.ascontiguousarray(aux), seed, total_steps)
+    backend.call(leader, MaliciousServer.arm, np.ascontiguousarray(aux), seed, total_steps,
+                 settings)
 
 
 def batch_order(seed: int, owner: str, epoch: int, n: int) -> torch.Tensor:

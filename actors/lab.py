@@ -98,6 +98,9 @@ class RunConfig:
     checkpoint_every: int = 25  # training steps between the lab's checkpoints
     checkpoint_dir: str | None = None  # where each epoch's checkpoint is written (--resume)
     resume: str | None = None  # continue training from this checkpoint directory
+    # A malicious server's autoencoder steps on its public data before training (None: the
+    # lab's FSHA setting, 500); small runs and tests shorten it.
+    fsha_warmup: int | None = None
 
     def __post_init__(self) -> None:
         # Specs may be given as their flag text (tests, notebooks): parsed here, once.
@@ -506,7 +509,8 @@ def run_protocol(
     pin_identities(backend, cast.parties)
     hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, cfg.seed,
                    cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
-                                    for tr in cast.train_shards))
+                                    for tr in cast.train_shards),
+                   None if cfg.fsha_warmup is None else {"warmup": cfg.fsha_warmup})
 
     losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
                                                         on_checkpoint)

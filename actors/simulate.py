@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int, "--batch-size", 4096), default=64)
     p.add_argument("--lr", type=_positive(float, "--lr", 100.0), default=None,
                    help="SGD learning rate (default: the model's: 0.1; cnn 0.05)")
+    p.add_argument("--fsha-warmup", type=_positive(int, "--fsha-warmup", 100_000),
+                   default=None, help="--adversary malicious-server: the autoencoder's steps "
+                   "on its public data before training (default 500)")
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
     p.add_argument("--partition", default="iid", type=_partition,
@@ -259,6 +262,7 @@ def options_from(args: argparse.Namespace) -> Any:
         turn_batches=args.turn_batches or None, owner_actors=args.owner_actors,
         placement=args.placement, data_plane=args.data_plane, chaos=tuple(args.chaos),
         checkpoint_every=args.checkpoint_every, resume=args.resume,
+        fsha_warmup=args.fsha_warmup,
         defences=tuple(args.defence), frac_bits=args.frac_bits,
         reveal_model=args.reveal_model, channel_encryption=not args.no_channel_encryption,
         tap=args.tap, snaplen=args.snaplen, seed=args.seed, out=args.out,

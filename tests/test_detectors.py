@@ -59,6 +59,7 @@ def test_an_aborted_run_writes_its_results_and_capture(tmp_path, capsys):
                  "--backend", "local",
                  "--epochs", "1", "--train-size", "500", "--aux-size", "300",
                  "--attack-epochs", "1", "--defence", "splitout:seed=0", "--quiet",
+                 "--fsha-warmup", "20",
                  "--capture", str(capture), "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
