@@ -50,6 +50,8 @@ class LabOptions:
 
     model: str | SplitNetwork = "mlp"
     cut: str | None = None
+    topology: str = "vanilla"  # or "u-shaped": the owner keeps the tail and the labels
+    tail_cut: str | None = None  # u-shaped: the middle's last layer (default: all but the last)
     dataset: str | DatasetSpec | TargetData = "mnist-small"
     data_dir: str | None = None
     download: bool = False
@@ -89,6 +91,11 @@ class LabOptions:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ConfigError(f"unknown attack {unknown[0]!r}: choose from {', '.join(ATTACKS)}")
+        from actors.nets.zoo import TOPOLOGIES
+
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"unknown topology {self.topology!r}: choose from "
+                              f"{', '.join(TOPOLOGIES)}")
         bad = [a for a in self.adversaries if a not in ADVERSARIES]
         if bad:
             raise ConfigError(f"unknown adversary {bad[0]!r}: choose from "
@@ -149,12 +156,16 @@ def build(options: LabOptions, data: TargetData) -> SplitNetwork:
     """The run's split network, checked against the dataset's shapes."""
     if isinstance(options.model, SplitNetwork):
         net = options.model
+        if net.topology != options.topology:
+            raise ConfigError(f"network {net.name} is a {net.topology} split; topology "
+                              f"{options.topology} needs one built that way")
         if (net.input_shape, net.classes) != (data.input_shape, data.classes):
             raise ConfigError(f"network {net.name} takes {net.input_shape} inputs and "
                               f"{net.classes} classes; the dataset has {data.input_shape} and "
                               f"{data.classes}")
         return net
-    return build_network(parse_model(options.model, options.cut), options.seed,
+    return build_network(parse_model(options.model, options.cut, options.topology,
+                                     options.tail_cut), options.seed,
                          data.input_shape, data.classes)
 
 
@@ -182,6 +193,9 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
         return f"unknown protocol {protocol!r}: choose from {', '.join(codec_names())}"
     if get_codec(protocol).topology != "mpc":
         return None
+    if net.topology == "u-shaped":
+        return ("secret-shared cannot run --topology u-shaped yet: its servers reveal only "
+                "logits to the owner, and sharing the middle's output is not built")
     if set(options.attacks) == {"output"}:
         return "--attack output: the output point is a server's softmax, secret sharing has none"
     try:
@@ -189,6 +203,17 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
     except ConfigError as exc:
         return str(exc)
     return None
+
+
+def _check_label_defences(options: LabOptions, net: SplitNetwork) -> None:
+    from actors.ushaped import check_topology
+    from defences.spec import build_defences
+
+    if net.topology == "vanilla":
+        check_topology("vanilla", mpc=False, attacks=options.attacks,
+                       label_defences=build_defences(options.defences).label_defences)
+    elif options.attacks and set(options.attacks) <= {"output"}:
+        check_topology("u-shaped", mpc=False, attacks=options.attacks, label_defences=[])
 
 
 def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn.Module], str]:
@@ -245,6 +270,7 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
         raise ConfigError(f"--clients {options.clients} exceeds the {len(data.train.y)} "
                           "training images (every owner needs one)")
     net = build(options, data)
+    _check_label_defences(options, net)
     protocols, skipped = runnable_protocols(options, net)
     for protocol, reason in skipped.items():
         sys.stderr.write(f"skipping --protocol {protocol}: {reason}\n")

@@ -41,6 +41,7 @@ from actors.partition import Partition, parse_partition, split_indices
 from actors.role import Role
 from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
+from actors.ushaped import check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.baselines import instance_report, label_only_scores
@@ -61,7 +62,10 @@ ADVERSARIES = ("eavesdropper", "server", "colluding-servers")
 INFER_BATCH = 250
 #: Frames the eavesdropper always keeps whole (its attack inverts them), whatever its snaplen.
 FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE,
-                        MessageKind.PREDICTIONS})
+                        MessageKind.PREDICTIONS,
+                        # u-shaped: the label attack's input (the eavesdropper keeps a ring of
+                        # the last ones whole, the capture their snaplen prefix)
+                        MessageKind.MIDDLE_GRADIENTS})
 
 
 def owner_name(i: int) -> str:
@@ -152,6 +156,9 @@ class RunResult:
     #: Leakage beyond the label: re-identification, the label-only baseline, the excess.
     instance: dict[str, Any] = field(default_factory=dict)
     epsilon_run: dict[str, Any] | None = None  # the whole run's (epsilon, delta) per example
+    topology: str = "vanilla"  # or "u-shaped" (actors.ushaped)
+    #: What this adversary infers of the training labels (attack.labels), beside chance.
+    label_leak: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -182,6 +189,8 @@ class RunResult:
             "owner_actors": self.owner_actors,
             "batches": self.batches,
             "restarts": self.restarts,
+            "topology": self.topology,
+            "labels": self.label_leak,
             **({"mpc": self.mpc} if self.mpc else {}),
         }
 
@@ -232,13 +241,17 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
         links = frozenset(link(o, SERVER0) for o in owners)
     taps = {EAVESDROPPER: Tap(links, cfg.snaplen, FULL_KINDS)}
 
-    backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits, **common)
+    check_topology(net.topology, mpc=mpc_topology, attacks=cfg.attacks,
+                   label_defences=build_defences(cfg.defences).label_defences)
+    backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits,
+                  snaplen=cfg.snaplen, **common)
     if mpc_topology:
         servers, adversaries = _start_share_servers(backend, cfg, net, taps, common)
         owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
     else:
-        backend.start(SERVER, ComputeServer, taps, config=cfg.train, **common)
-        owner_cls, owner_kw = DataOwner, {"server": SERVER}
+        owner_cls, server_cls = role_classes(net.topology == "u-shaped")
+        backend.start(SERVER, server_cls, taps, config=cfg.train, **common)
+        owner_kw = {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
                        "server": (SERVER, ComputeServer.attack)}
@@ -315,7 +328,9 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
                    "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                    "defences": cfg.defence_texts, "epochs": cfg.epochs,
-                   "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut}
+                   "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut,
+                   **({"topology": net.topology, "tail_cut": net.tail_cut}
+                      if net.tail_cut is not None else {})}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
@@ -472,6 +487,8 @@ def run_protocol(
     if net is None:
         net = build_network(ModelSpec("mlp"), cfg.seed, data.input_shape, data.classes)
     methods = attack_methods(cfg)
+    if net.tail is not None:  # u-shaped: the outputs never leave the owner's tail
+        methods = [m for m in methods if intercept_point(m) != "output"]
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
     cast = start_roles(backend, cfg, net, data, session)
     backend.connect()
@@ -515,6 +532,10 @@ def run_protocol(
     # Counted once the attacks (whose oracle queries cross the wire too) are done, and every
     # role's mirrored frames have reached the taps (servers and the dealer included).
     backend.call_all([(n, Role.flush_taps, ()) for n in cast.parties])
+    leaks = label_reports(backend, cast, list(dict.fromkeys(r.adversary for r in results)),
+                          cfg.protocol, net, data.train.y)
+    for r in results:
+        r.topology, r.label_leak = net.topology, leaks.get(r.adversary, {})
     stats = sum(backend.call_all([(n, Role.wire_stats, ()) for n in cast.parties]),
                 WireStats())
     placement = backend.placement()

@@ -13,12 +13,14 @@ from collections.abc import Iterator, Mapping
 
 from defences.base import OwnerDefence, Param
 from defences.dropout import CutLayerDropout
+from defences.labels import GradientNoise, MarvellNoise, MaxNormNoise
 from defences.noise import CutLayerNoise
 from defences.nopeek import NoPeek
 from defences.query_budget import QueryBudget
 from protocol.errors import ConfigError
 
-_BUILT_IN: tuple[type[OwnerDefence], ...] = (CutLayerNoise, NoPeek, CutLayerDropout, QueryBudget)
+_BUILT_IN: tuple[type[OwnerDefence], ...] = (CutLayerNoise, NoPeek, CutLayerDropout, QueryBudget,
+                                             MaxNormNoise, GradientNoise, MarvellNoise)
 
 #: ``--defence`` name -> the class built from its parameters.
 DEFENCES: dict[str, type[OwnerDefence]] = {cls.name: cls for cls in _BUILT_IN}
