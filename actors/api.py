@@ -193,9 +193,6 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
         return f"unknown protocol {protocol!r}: choose from {', '.join(codec_names())}"
     if get_codec(protocol).topology != "mpc":
         return None
-    if net.topology == "u-shaped":
-        return ("secret-shared cannot run --topology u-shaped yet: its servers reveal only "
-                "logits to the owner, and sharing the middle's output is not built")
     if set(options.attacks) == {"output"}:
         return "--attack output: the output point is a server's softmax, secret sharing has none"
     try:
@@ -210,10 +207,10 @@ def _check_label_defences(options: LabOptions, net: SplitNetwork) -> None:
     from defences.spec import build_defences
 
     if net.topology == "vanilla":
-        check_topology("vanilla", mpc=False, attacks=options.attacks,
+        check_topology("vanilla", attacks=options.attacks,
                        label_defences=build_defences(options.defences).label_defences)
     elif options.attacks and set(options.attacks) <= {"output"}:
-        check_topology("u-shaped", mpc=False, attacks=options.attacks, label_defences=[])
+        check_topology("u-shaped", attacks=options.attacks, label_defences=[])
 
 
 def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn.Module], str]:

@@ -41,7 +41,7 @@ from actors.partition import Partition, parse_partition, split_indices
 from actors.role import Role
 from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
-from actors.ushaped import check_topology, label_reports, role_classes
+from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.baselines import instance_report, label_only_scores
@@ -241,13 +241,14 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
         links = frozenset(link(o, SERVER0) for o in owners)
     taps = {EAVESDROPPER: Tap(links, cfg.snaplen, FULL_KINDS)}
 
-    check_topology(net.topology, mpc=mpc_topology, attacks=cfg.attacks,
+    check_topology(net.topology, attacks=cfg.attacks,
                    label_defences=build_defences(cfg.defences).label_defences)
     backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits,
                   snaplen=cfg.snaplen, **common)
     if mpc_topology:
         servers, adversaries = _start_share_servers(backend, cfg, net, taps, common)
-        owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
+        owner_cls = UShapedSharingOwner if net.tail is not None else SharingOwner
+        owner_kw = {"frac_bits": cfg.frac_bits}
     else:
         owner_cls, server_cls = role_classes(net.topology == "u-shaped")
         backend.start(SERVER, server_cls, taps, config=cfg.train, **common)

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", choices=["vanilla", "u-shaped"], default="vanilla",
                    help="vanilla: the server computes the loss (the owner sends its labels); "
                         "u-shaped: the owner keeps the last layers and its labels, the server "
-                        "runs the middle (plaintext and encrypted)")
+                        "runs the middle (every protocol; secret-shared: on shares)")
     p.add_argument("--tail-cut", default=None,
                    help="u-shaped: the last layer of the server's middle; the owner's tail is "
                         "every layer after it (default: the final layer, the Linear to the "
@@ -215,9 +215,6 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
          "--resume continues one run: give --protocol plaintext or encrypted"),
         (args.tail_cut is not None and args.topology != "u-shaped",
          "--tail-cut needs --topology u-shaped (a vanilla split has no tail)"),
-        (args.topology == "u-shaped" and args.protocol == "secret-shared",
-         "--topology u-shaped runs on one server (plaintext, encrypted): secret sharing the "
-         "middle's output is not built yet"),
         (args.topology == "u-shaped" and args.attack == "output",
          "--attack output needs --topology vanilla: under u-shaped the outputs never leave "
          "the owner's tail"),

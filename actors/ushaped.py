@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from actors.mpc_roles import SERVER1, Op, SharingOwner
 from actors.owner import DataOwner
 from actors.server import MAX_REPLIES, ComputeServer
 from protocol.endpoint import Message
@@ -177,13 +178,53 @@ class UShapedServer(ComputeServer):
                           "the tail is the owner's")
 
 
+class UShapedSharingOwner(SharingOwner):
+    """Secret-shared u-shaped: the servers compute the middle on shares; the owner reveals
+    its output (as a vanilla sharing owner reveals the logits), runs its tail and loss, and
+    sends d loss / d middle back as two shares (``GRAD_SHARE``). No server ever holds more
+    than one share of anything the owner sends: no labels, no usable gradient."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        if self.net.tail is None:
+            raise ConfigError(f"{name}: a u-shaped owner needs a network with a tail")
+
+    def remote_step(self, h: np.ndarray, y: np.ndarray,
+                    step: int = 0) -> tuple[np.ndarray, float]:
+        assert self.model is not None
+        h0, h1 = self._shares(h)
+        self.request(SERVER1, [(K.SHARE, h1)])
+        middle = self._collect(K.SHARE, h0, Op.LOGITS)
+        _finite_batch(middle, len(h), self.net.middle_shape, "the middle's output")
+        m = torch.from_numpy(middle.astype(np.float32)).requires_grad_(True)
+        labels = torch.from_numpy(y)
+        loss = F.cross_entropy(self.model.tail(m), labels)
+        loss.backward()
+        assert m.grad is not None
+        # The label defences see the mean loss's gradient (as on one server); the shares carry
+        # the summed loss's (entries ~1 survive fixed point; the servers divide lr by B).
+        g = self.defences.gradient(m.grad.detach(), labels) * len(y)
+        g0, g1 = self._shares(g.numpy())
+        self.request(SERVER1, [(K.GRAD_SHARE, g1)])
+        dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
+        return dh, float(loss.detach())
+
+    def remote_logits(self, h: np.ndarray) -> np.ndarray:
+        middle = super().remote_logits(h)
+        _finite_batch(middle, len(h), self.net.middle_shape, "the middle's output")
+        tail = self._deployed().tail
+        with torch.no_grad():
+            tail.eval()
+            return tail(torch.from_numpy(middle.astype(np.float32))).numpy()
+
+
 # --- what the lab calls --------------------------------------------------------------------
 def role_classes(u_shaped: bool) -> tuple[type[DataOwner], type[ComputeServer]]:
     """The owner and server classes of a one-server topology."""
     return (UShapedOwner, UShapedServer) if u_shaped else (DataOwner, ComputeServer)
 
 
-def check_topology(topology: str, *, mpc: bool, attacks: tuple[str, ...],
+def check_topology(topology: str, *, attacks: tuple[str, ...],
                    label_defences: list[str]) -> None:
     """One line for each combination a topology cannot run."""
     if topology != "u-shaped":
@@ -192,11 +233,6 @@ def check_topology(topology: str, *, mpc: bool, attacks: tuple[str, ...],
                               "owner sends back: it needs --topology u-shaped (under vanilla "
                               "the server is sent the labels themselves)")
         return
-    if mpc:
-        raise ConfigError("--topology u-shaped runs on one server (plaintext, encrypted): the "
-                          "secret-shared servers reveal only logits to the owner and take a "
-                          "share of their gradient; sharing the middle's output instead is "
-                          "not built yet")
     if attacks and {"output"} >= set(attacks):
         raise ConfigError("--attack output needs --topology vanilla: under u-shaped the "
                           "outputs never leave the owner's tail")
@@ -212,6 +248,13 @@ def label_reports(backend: Any, cast: Any, adversaries: list[str], protocol: str
         counts = np.bincount(np.asarray(train_labels, np.int64), minlength=net.classes)
         chance = float(counts.max() / max(counts.sum(), 1))
         return {a: vanilla_labels(a, protocol, net.classes, chance) for a in adversaries}
+    if cast.dealer is not None:  # secret-shared: each server holds one share of each gradient
+        return {a: {"via": "one share of each returned gradient (GRAD_SHARE)",
+                    "label_accuracy": None, "chance": None,
+                    "note": "uniformly random shares: nothing beyond chance"
+                    if a != "colluding-servers" else "not measured: pooling both servers' "
+                    "GRAD_SHARE shares would give the plaintext gradients (and their leak)"}
+                for a in adversaries}
     labels = {o: backend.call(cast.host_of[o], OwnerHost.owner_call, o, UShapedOwner.sent_labels)
               for o in cast.owners}
     out = {}

@@ -87,7 +87,6 @@ def test_u_shaped_networks_keep_the_vanilla_initial_weights_and_carry_the_tail()
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--topology", "u-shaped", "--protocol", "secret-shared"], "one server"),
     (["--topology", "u-shaped", "--attack", "output"], "never leave"),
     (["--tail-cut", "fc2"], "needs --topology u-shaped"),
     (["--defence", "max-norm"], "needs --topology u-shaped"),
@@ -122,3 +121,15 @@ def test_the_sweep_plot_gains_a_label_leakage_panel(tmp_path):
     plot(tmp_path / "labels.png", records)
     wide, plain = (mpimg.imread(tmp_path / n).shape[1] for n in ("labels.png", "plain.png"))
     assert wide > plain  # a fourth panel: label leakage against target accuracy
+
+
+def test_two_owners_hand_the_tail_on_and_a_killed_server_recovers_exactly_once():
+    from actors.faults import parse_chaos
+
+    options = LabOptions(topology="u-shaped", clients=2, chaos=(parse_chaos("server@7"),),
+                         checkpoint_every=4, **FAST | {"adversaries": ("server",)})
+    run = run_lab(options).runs[0]
+    assert run.restarts == 1 and run.batches["sent"] == run.batches["applied"], run.batches
+    assert run.target_accuracy > 0.15 and run.label_leak["examples"] > 0
+    # both owners deployed the same final head and tail (the last holder shared it)
+    assert len(run.per_owner) == 2
