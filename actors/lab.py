@@ -62,10 +62,10 @@ ADVERSARIES = ("eavesdropper", "server", "colluding-servers")
 INFER_BATCH = 250
 #: Frames the eavesdropper always keeps whole (its attack inverts them), whatever its snaplen.
 FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE,
-                        MessageKind.PREDICTIONS,
-                        # u-shaped: the label attack's input (the eavesdropper keeps a ring of
-                        # the last ones whole, the capture their snaplen prefix)
-                        MessageKind.MIDDLE_GRADIENTS})
+                        MessageKind.PREDICTIONS})
+#: Also handed to the eavesdropper whole: u-shaped returned gradients, the label attack's
+#: input (it keeps a ring of the last ones whole; its capture keeps their snaplen prefix).
+TAPPED_WHOLE = FULL_KINDS | {MessageKind.MIDDLE_GRADIENTS}
 
 
 def owner_name(i: int) -> str:
@@ -239,7 +239,7 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
     links = None
     if mpc_topology and cfg.tap == "one":  # only the owners' links to server 0
         links = frozenset(link(o, SERVER0) for o in owners)
-    taps = {EAVESDROPPER: Tap(links, cfg.snaplen, FULL_KINDS)}
+    taps = {EAVESDROPPER: Tap(links, cfg.snaplen, TAPPED_WHOLE)}
 
     check_topology(net.topology, attacks=cfg.attacks,
                    label_defences=build_defences(cfg.defences).label_defences)
