@@ -44,6 +44,15 @@ def _finite_batch(t: np.ndarray, rows: int, shape: tuple[int, ...], what: str) -
                          f"got {t.dtype} {t.shape}")
 
 
+def _defended(defences: Any, g: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The label defences' output, refused with one line if it is no longer finite."""
+    out = defences.gradient(g, labels)
+    if not bool(torch.isfinite(out).all()):
+        raise ShapeError("the gradient to send back is not finite after the label defences: "
+                         "training diverged (lower the defence's strength or --lr)")
+    return out
+
+
 class UShapedOwner(DataOwner):
     """A data owner that keeps the tail: computes the loss on its own labels."""
 
@@ -70,7 +79,7 @@ class UShapedOwner(DataOwner):
         # the head's (one optimiser, one momentum state, both in the handed-on flat state).
         loss.backward()
         assert m.grad is not None
-        g = self.defences.gradient(m.grad.detach(), labels)
+        g = _defended(self.defences, m.grad.detach(), labels)
         self.label_log.append(np.array(y, np.int64))
         replies = self.request(self.server, [(K.MIDDLE_GRADIENTS,
                                               g.numpy().astype(np.float32, copy=False))])
@@ -203,7 +212,7 @@ class UShapedSharingOwner(SharingOwner):
         assert m.grad is not None
         # The label defences see the mean loss's gradient (as on one server); the shares carry
         # the summed loss's (entries ~1 survive fixed point; the servers divide lr by B).
-        g = self.defences.gradient(m.grad.detach(), labels) * len(y)
+        g = _defended(self.defences, m.grad.detach(), labels) * len(y)
         g0, g1 = self._shares(g.numpy())
         self.request(SERVER1, [(K.GRAD_SHARE, g1)])
         dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
