@@ -52,6 +52,8 @@ class LabOptions:
 
     model: str | SplitNetwork = "mlp"
     cut: str | None = None
+    topology: str = "vanilla"  # or "u-shaped": the owner keeps the tail and the labels
+    tail_cut: str | None = None  # u-shaped: the middle's last layer (default: all but the last)
     dataset: str | DatasetSpec | TargetData = "mnist-small"
     data_dir: str | None = None
     download: bool = False
@@ -92,11 +94,20 @@ class LabOptions:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ConfigError(f"unknown attack {unknown[0]!r}: choose from {', '.join(ATTACKS)}")
+        from actors.nets.zoo import TOPOLOGIES
+
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"unknown topology {self.topology!r}: choose from "
+                              f"{', '.join(TOPOLOGIES)}")
         bad = [a for a in self.adversaries if a not in (*ADVERSARIES, *MALICIOUS)]
         if bad:
             raise ConfigError(f"unknown adversary {bad[0]!r}: choose from "
                               f"{', '.join((*ADVERSARIES, *MALICIOUS))}")
-        malicious_kind(tuple(self.adversaries))  # a malicious server runs alone
+        kind = malicious_kind(tuple(self.adversaries))  # a malicious server runs alone
+        if kind is not None and self.topology != "vanilla":
+            raise ConfigError(f"--adversary {kind} needs --topology vanilla: FSHA answers the "
+                              "cut layer's activations, which a u-shaped server does not get "
+                              "with labels")
 
     def config_json(self) -> dict[str, Any]:
         """Every option, as results.json's ``config`` records it (specs as their flag text)."""
@@ -153,12 +164,16 @@ def build(options: LabOptions, data: TargetData) -> SplitNetwork:
     """The run's split network, checked against the dataset's shapes."""
     if isinstance(options.model, SplitNetwork):
         net = options.model
+        if net.topology != options.topology:
+            raise ConfigError(f"network {net.name} is a {net.topology} split; topology "
+                              f"{options.topology} needs one built that way")
         if (net.input_shape, net.classes) != (data.input_shape, data.classes):
             raise ConfigError(f"network {net.name} takes {net.input_shape} inputs and "
                               f"{net.classes} classes; the dataset has {data.input_shape} and "
                               f"{data.classes}")
         return net
-    return build_network(parse_model(options.model, options.cut), options.seed,
+    return build_network(parse_model(options.model, options.cut, options.topology,
+                                     options.tail_cut), options.seed,
                          data.input_shape, data.classes)
 
 
@@ -195,6 +210,17 @@ def _cannot_run(protocol: str, options: LabOptions, net: SplitNetwork) -> str | 
     except ConfigError as exc:
         return str(exc)
     return None
+
+
+def _check_label_defences(options: LabOptions, net: SplitNetwork) -> None:
+    from actors.ushaped import check_topology
+    from defences.spec import build_defences
+
+    if net.topology == "vanilla":
+        check_topology("vanilla", attacks=options.attacks,
+                       label_defences=build_defences(options.defences).label_defences)
+    elif options.attacks and set(options.attacks) <= {"output"}:
+        check_topology("u-shaped", attacks=options.attacks, label_defences=[])
 
 
 def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn.Module], str]:
@@ -253,6 +279,7 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
         raise ConfigError(f"--clients {options.clients} exceeds the {len(data.train.y)} "
                           "training images (every owner needs one)")
     net = build(options, data)
+    _check_label_defences(options, net)
     protocols, skipped = runnable_protocols(options, net)
     for protocol, reason in skipped.items():
         sys.stderr.write(f"skipping --protocol {protocol}: {reason}\n")

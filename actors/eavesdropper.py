@@ -10,6 +10,7 @@ reads each payload as the tensor the (cleartext) header claims, as well as the b
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,8 +48,14 @@ class Eavesdropper(Role, InversionAttacker):
     """A passive tap plus an attacker that may use the public oracle like any customer."""
 
     def __init__(self, name: str, *, codec: str, session: int, network: Network,
-                 net: SplitNetwork, frac_bits: int = ring.DEFAULT_FRAC_BITS) -> None:
+                 net: SplitNetwork, frac_bits: int = ring.DEFAULT_FRAC_BITS,
+                 snaplen: int = 0) -> None:
         super().__init__(name, codec, session, network)
+        # U-shaped: the tap hands over returned-gradient frames whole; the capture keeps them
+        # to ``snaplen`` like any big training frame, the label attacker a ring of the last ones
+        # per sender (a sniffer's ring buffer: memory bounded however long the run).
+        self.snaplen = snaplen
+        self.gradient_frames: dict[str, deque[tuple[float, bytes]]] = {}
         self.net = net  # shapes only: the architecture is public, the frames say it anyway
         self.frac_bits = frac_bits  # a public parameter of the secret-shared protocol
         self.records: list[TapRecord] = []
@@ -58,7 +65,13 @@ class Eavesdropper(Role, InversionAttacker):
     # --- the tap -------------------------------------------------------------------------
     def intercept(self, records: list[TapRecord]) -> int:
         # Own copies: a transport may hand over views of shared buffers it wants back.
-        self.records.extend((t, n, bytes(frame)) for t, n, frame in records)
+        for t, n, frame in records:
+            data = bytes(frame)
+            if len(data) == n and data[6] == MessageKind.MIDDLE_GRADIENTS:  # byte 6: the kind
+                self._keep_gradient(t, data)
+                if self.snaplen and n > self.snaplen:
+                    data = data[: self.snaplen]
+            self.records.append((t, n, data))
         self.in_order = False
         return len(self.records)
 
@@ -73,6 +86,31 @@ class Eavesdropper(Role, InversionAttacker):
 
     def capture_size(self) -> int:
         return len(self.records)
+
+    def _keep_gradient(self, t: float, data: bytes) -> None:
+        from actors.ushaped import LABEL_WINDOW
+
+        try:
+            sender = decode_frame(data).header.sender
+        except FrameError:
+            self.unparseable += 1
+            return
+        # A little slack: mirrors may arrive out of order; the oldest are dropped after sorting.
+        ring_ = self.gradient_frames.setdefault(sender, deque(maxlen=LABEL_WINDOW + 16))
+        ring_.append((t, data))
+
+    def held_gradients(self, owner: str) -> list[np.ndarray]:
+        """U-shaped: the gradients ``owner`` sent back in its last batches, read as the float
+        tensors their (cleartext) headers claim: exact in plaintext, ciphertext read as floats
+        when encrypted. Oldest first."""
+        from actors.ushaped import LABEL_WINDOW
+
+        out = []
+        for _, data in sorted(self.gradient_frames.get(owner, ()), key=lambda r: r[0]):
+            frame = decode_frame(data)
+            if tuple(frame.header.shape[1:]) == self.net.middle_shape:
+                out.append(best_effort_tensor(frame))
+        return out[-LABEL_WINDOW:]
 
     def _whole_frames(self, count_bad: bool = True) -> Iterator[Frame]:
         """Every tapped frame kept whole (a snaplen prefix has nothing to invert), parsed with

@@ -43,6 +43,7 @@ from actors.partition import Partition, parse_partition, split_indices
 from actors.role import Role
 from actors.server import ComputeServer
 from actors.training import Trainer, TrainingSetup
+from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.baselines import instance_report, label_only_scores
@@ -64,6 +65,9 @@ INFER_BATCH = 250
 #: Frames the eavesdropper always keeps whole (its attack inverts them), whatever its snaplen.
 FULL_KINDS = frozenset({MessageKind.INFER_ACTIVATIONS, MessageKind.INFER_SHARE,
                         MessageKind.PREDICTIONS})
+#: Also handed to the eavesdropper whole: u-shaped returned gradients, the label attack's
+#: input (it keeps a ring of the last ones whole; its capture keeps their snaplen prefix).
+TAPPED_WHOLE = FULL_KINDS | {MessageKind.MIDDLE_GRADIENTS}
 
 
 def owner_name(i: int) -> str:
@@ -161,6 +165,9 @@ class RunResult:
     detection: dict[str, Any] | None = None
     #: A malicious server's attack over training (actors.hijack_lab.score_curve).
     fsha_curve: list[dict[str, Any]] | None = None
+    topology: str = "vanilla"  # or "u-shaped" (actors.ushaped)
+    #: What this adversary infers of the training labels (attack.labels), beside chance.
+    label_leak: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -192,6 +199,8 @@ class RunResult:
             "batches": self.batches,
             "restarts": self.restarts,
             "detection": self.detection,
+            "topology": self.topology,
+            "labels": self.label_leak,
             **({"mpc": self.mpc} if self.mpc else {}),
             **({"fsha_curve": self.fsha_curve} if self.fsha_curve is not None else {}),
         }
@@ -241,16 +250,22 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
     links = None
     if mpc_topology and cfg.tap == "one":  # only the owners' links to server 0
         links = frozenset(link(o, SERVER0) for o in owners)
-    taps = {EAVESDROPPER: Tap(links, cfg.snaplen, FULL_KINDS)}
+    taps = {EAVESDROPPER: Tap(links, cfg.snaplen, TAPPED_WHOLE)}
 
-    backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits, **common)
+    check_topology(net.topology, attacks=cfg.attacks,
+                   label_defences=build_defences(cfg.defences).label_defences)
+    backend.start(EAVESDROPPER, Eavesdropper, taps, frac_bits=cfg.frac_bits,
+                  snaplen=cfg.snaplen, **common)
     if mpc_topology:
         servers, adversaries = _start_share_servers(backend, cfg, net, taps, common)
-        owner_cls, owner_kw = SharingOwner, {"frac_bits": cfg.frac_bits}
+        owner_cls = UShapedSharingOwner if net.tail is not None else SharingOwner
+        owner_kw = {"frac_bits": cfg.frac_bits}
     else:
-        backend.start(SERVER, hijack_lab.one_server_class(cfg.adversaries), taps,
-                      config=cfg.train, **common)
-        owner_cls, owner_kw = DataOwner, {"server": SERVER}
+        owner_cls, server_cls = role_classes(net.topology == "u-shaped")
+        if hijack_lab.malicious_kind(cfg.adversaries) is not None:
+            server_cls = hijack_lab.one_server_class(cfg.adversaries)
+        backend.start(SERVER, server_cls, taps, config=cfg.train, **common)
+        owner_kw = {"server": SERVER}
         servers = [SERVER]
         adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
                        "server": (SERVER, ComputeServer.attack),
@@ -331,7 +346,9 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
                    "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                    "defences": cfg.defence_texts, "epochs": cfg.epochs,
-                   "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut}
+                   "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut,
+                   **({"topology": net.topology, "tail_cut": net.tail_cut}
+                      if net.tail_cut is not None else {})}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
@@ -503,6 +520,8 @@ def run_protocol(
     if net is None:
         net = build_network(ModelSpec("mlp"), cfg.seed, data.input_shape, data.classes)
     methods = attack_methods(cfg)
+    if net.tail is not None:  # u-shaped: the outputs never leave the owner's tail
+        methods = [m for m in methods if intercept_point(m) != "output"]
     session = secrets.randbits(64)  # fresh per run: frames of one run are refused by another
     cast = start_roles(backend, cfg, net, data, session)
     backend.connect()
@@ -561,6 +580,10 @@ def run_protocol(
     # Counted once the attacks (whose oracle queries cross the wire too) are done, and every
     # role's mirrored frames have reached the taps (servers and the dealer included).
     backend.call_all([(n, Role.flush_taps, ()) for n in cast.parties])
+    leaks = label_reports(backend, cast, list(dict.fromkeys(r.adversary for r in results)),
+                          cfg.protocol, net, data.train.y)
+    for r in results:
+        r.topology, r.label_leak = net.topology, leaks.get(r.adversary, {})
     stats = sum(backend.call_all([(n, Role.wire_stats, ()) for n in cast.parties]),
                 WireStats())
     placement = backend.placement()

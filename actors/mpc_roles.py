@@ -285,7 +285,9 @@ class ShareServer(Role, InversionAttacker):
         return super().on_message(msg)
 
     def _check_share(self, t: np.ndarray, kind: K) -> None:
-        shape = (self.net.classes,) if kind == K.GRAD_SHARE else self.net.cut_shape
+        # GRAD_SHARE: d loss / d (the server part's output): logits, or a u-shaped middle's
+        out_shape = self.net.middle_shape if self.net.tail is not None else (self.net.classes,)
+        shape = out_shape if kind == K.GRAD_SHARE else self.net.cut_shape
         if t.dtype != np.uint64 or tuple(t.shape[1:]) != shape or len(t) < 1:
             raise ShapeError(f"{kind.name} must be uint64 (B, {', '.join(map(str, shape))}), "
                              f"got {t.dtype} {t.shape}")

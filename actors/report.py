@@ -56,7 +56,34 @@ def table(runs: list[RunResult]) -> str:
         lines.append(f"re-id@1: reconstructions whose nearest private image (pixels or the "
                      f"validator's features) is their own, of N = {n} (chance {1 / n:.1%}); "
                      "+re-id: points above the label-only baseline (the class-mean image)")
+    lines += label_lines(runs)
     return "\n".join(lines)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def label_lines(runs: list[RunResult]) -> list[str]:
+    """What each adversary infers of the training labels (once per protocol and adversary)."""
+    seen, out = set(), []
+    for r in runs:
+        leak = r.label_leak
+        if not leak or (r.protocol, r.adversary) in seen:
+            continue
+        seen.add((r.protocol, r.adversary))
+        if not out:
+            out.append(f"labels ({r.topology}): {'protocol':<14}{'adversary':<19}"
+                       f"{'norm AUC':>9}{'cos AUC':>9}{'label acc':>10}{'chance':>8}  via")
+        out.append(f"{'':<{len(r.topology) + 11}}{r.protocol:<14}{r.adversary:<19}"
+                   f"{_num(leak.get('norm_auc')):>9}{_num(leak.get('cosine_auc')):>9}"
+                   f"{_pct(leak.get('label_accuracy')):>10}{_pct(leak.get('chance')):>8}  "
+                   f"{leak.get('via', '-')}")
+    return out
 
 
 def _reid(r: RunResult) -> tuple[str, str]:

@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut", default=None,
                    help="the layer the owner's part ends with (default: the model's own); "
                         "--list-cuts shows them")
+    p.add_argument("--topology", choices=["vanilla", "u-shaped"], default="vanilla",
+                   help="vanilla: the server computes the loss (the owner sends its labels); "
+                        "u-shaped: the owner keeps the last layers and its labels, the server "
+                        "runs the middle (every protocol; secret-shared: on shares)")
+    p.add_argument("--tail-cut", default=None,
+                   help="u-shaped: the last layer of the server's middle; the owner's tail is "
+                        "every layer after it (default: the final layer, the Linear to the "
+                        "logits: fc3 for mlp and cnn)")
     p.add_argument("--list-cuts", action="store_true",
                    help="print the model's cut points, one per line with the cut's shape")
     p.add_argument("--dataset", default="mnist-small", type=_dataset,
@@ -215,13 +223,21 @@ def _flag_problems(args: argparse.Namespace) -> list[str]:
          "--turn-batches must be in 0..1000000 (0: a whole shard per turn)"),
         (args.resume is not None and args.protocol == "all",
          "--resume continues one run: give --protocol plaintext or encrypted"),
+        (args.tail_cut is not None and args.topology != "u-shaped",
+         "--tail-cut needs --topology u-shaped (a vanilla split has no tail)"),
+        (args.topology == "u-shaped" and args.attack == "output",
+         "--attack output needs --topology vanilla: under u-shaped the outputs never leave "
+         "the owner's tail"),
     ]
     problems = [text for bad, text in checks if bad]
     if not problems:
         try:
             from defences.spec import build_defences
 
-            build_defences(args.defence)
+            shield = build_defences(args.defence)
+            if shield.label_defences and args.topology != "u-shaped":
+                problems.append(f"--defence {shield.label_defences[0]} perturbs the gradient a "
+                                "u-shaped owner sends back: it needs --topology u-shaped")
         except SplitWireError as exc:
             problems.append(str(exc))
     return problems
@@ -251,7 +267,8 @@ def options_from(args: argparse.Namespace) -> Any:
     from attack.ladder import ATTACKS
 
     return LabOptions(
-        model=args.model, cut=args.cut, dataset=args.dataset, data_dir=args.data_dir,
+        model=args.model, cut=args.cut, topology=args.topology, tail_cut=args.tail_cut,
+        dataset=args.dataset, data_dir=args.data_dir,
         download=args.download, train_size=args.train_size,
         protocols=() if args.protocol == "all" else (args.protocol,),
         adversaries=ADVERSARIES if args.adversary == "all" else (args.adversary,),

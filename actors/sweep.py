@@ -85,6 +85,11 @@ def _defence_grid(args: argparse.Namespace) -> list[Cell]:
     cells += [Cell("nopeek", w, (f"nopeek:weight={w:g}",)) for w in args.nopeek_weights]
     cells += [Cell("dropout", r, (f"dropout:rate={r:g}",)) for r in args.dropout_rates]
     cells += [Cell("query-budget", n, (f"query-budget:limit={int(n)}",)) for n in args.budgets]
+    # Label defences (u-shaped only): the gradient the owner returns to the middle.
+    cells += [Cell("max-norm", s, (f"max-norm:scale={s:g}",)) for s in args.max_norm_scales]
+    cells += [Cell("grad-noise", r, (f"grad-noise:ratio={r:g}",))
+              for r in args.grad_noise_ratios]
+    cells += [Cell("marvell", s, (f"marvell:scale={s:g}",)) for s in args.marvell_scales]
     # Defences stacked in one cell (as Titcombe et al. pair noise with NoPeek): specs joined
     # by "+"; the "strength" axis of their curve is just their order on the command line.
     from defences.spec import parse_defence
@@ -106,7 +111,8 @@ def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
 
     torch.set_num_threads(1)
     # Where to split is itself a defence: each cell may cut the network elsewhere.
-    net = build_network(parse_model(settings.get("model", "mlp"), cell.cut), settings["seed"],
+    net = build_network(parse_model(settings.get("model", "mlp"), cell.cut,
+                                    settings.get("topology", "vanilla")), settings["seed"],
                         data.input_shape, data.classes)
     lr = settings["lr"] if settings.get("lr") is not None else default_lr(net)
     train = TrainConfig(lr=lr, seed=settings["seed"])
@@ -126,6 +132,7 @@ def run_cell(cell: Cell, settings: dict[str, Any], data: Any, aux: Any,
             "aux": r.aux, "target_accuracy": r.target_accuracy,
             "attack_metrics": r.attack.to_dict(), "queries_used": r.queries_used,
             "epsilon": doc["epsilon"],
+            "topology": r.topology, "labels": r.label_leak,
             **_instance_fields(doc, r, cell, settings, data, judge),
             "seconds": time.perf_counter() - t0,
         })
@@ -240,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--combined", nargs="*", default=[], metavar="SPEC+SPEC",
                    help="cells that stack defences, e.g. "
                         "noise:mechanism=laplace,scale=0.5,clip=64+nopeek:weight=1")
+    p.add_argument("--topology", choices=["vanilla", "u-shaped"], default="vanilla",
+                   help="u-shaped: the owner keeps the tail and the labels; the label defences "
+                        "below need it, and the plot gains a label-leakage panel")
+    p.add_argument("--max-norm-scales", type=float, nargs="*", default=[],
+                   help="u-shaped: max-norm label defence cells (1 = Li et al.'s)")
+    p.add_argument("--grad-noise-ratios", type=float, nargs="*", default=[],
+                   help="u-shaped: isotropic gradient-noise cells (ratio of the batch's max norm)")
+    p.add_argument("--marvell-scales", type=float, nargs="*", default=[],
+                   help="u-shaped: Marvell cells (power = scale x the class-mean gap squared)")
     p.add_argument("--model", default="mlp",
                    help="the split network (as python -m actors.simulate --model)")
     p.add_argument("--cuts", nargs="+", default=None, metavar="LAYER",
@@ -265,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    numbers = [*args.noise_scales, *args.nopeek_weights, *args.dropout_rates, args.noise_clip]
+    numbers = [*args.noise_scales, *args.nopeek_weights, *args.dropout_rates, args.noise_clip,
+               *args.max_norm_scales, *args.grad_noise_ratios, *args.marvell_scales]
     if any(not (x > 0 and math.isfinite(x)) for x in numbers):
         parser.error("scales, weights, rates and the clip must be finite and > 0")
     if any(r >= 1 for r in args.dropout_rates) or any(b < 1 for b in args.budgets):
@@ -278,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         from actors.nets.zoo import parse_model
 
         for cut in args.cuts or [None]:
-            parse_model(args.model, cut)
+            parse_model(args.model, cut, args.topology)
+        labelled = args.max_norm_scales or args.grad_noise_ratios or args.marvell_scales
+        if labelled and args.topology != "u-shaped":
+            parser.error("--max-norm-scales, --grad-noise-ratios and --marvell-scales are label "
+                         "defences: they need --topology u-shaped")
     except SplitWireError as exc:
         parser.error(str(exc))
     if args.cuts is not None and len(set(args.cuts)) != len(args.cuts):
@@ -305,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {"aux": args.aux, "aux_size": args.aux_size, "epochs": args.epochs,
                 "lr": args.lr, "attack_epochs": args.attack_epochs, "seed": args.seed,
                 "attacks": list(args.attacks), "model": args.model}
+    if args.topology != "vanilla":  # only then: older sweep.json files stay resumable
+        settings["topology"] = args.topology
     path = out / "sweep.json"
     records = load(path, settings)
     done = {r["cell"] for r in records}

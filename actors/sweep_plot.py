@@ -157,6 +157,37 @@ def _decorate(axes: list[Any], has_reid: bool) -> None:
     reid.set_ylim(min(lo, -0.02), max(hi, GOAL_REID_EXCESS + 0.02))
 
 
+def _label_panel(ax: Any, records: list[dict[str, Any]], numbers: dict[str, int],
+                 style: dict[str, Any]) -> list[tuple[float, float, str]]:
+    """U-shaped sweeps: the label-inference accuracy (Li et al.'s attacks, the best of norm and
+    direction) against target accuracy, one point per cell, beside chance."""
+    cells = {r["cell"]: r for r in records if (r.get("labels") or {}).get("label_accuracy")
+             is not None}
+    points = []
+    for family, colour in style["colours"].items():
+        pts = sorted((r for r in cells.values() if r["family"] == family),
+                     key=lambda r: r["strength"])
+        if not pts:
+            continue
+        xs = [r["target_accuracy"] for r in pts]
+        ys = [r["labels"]["label_accuracy"] for r in pts]
+        if family not in ("none", "combined"):
+            ax.plot(xs, ys, "-", color=colour, lw=1, alpha=0.6)
+        ax.plot(xs, ys, "o", color=colour, ms=6)
+        points += [(x, y, str(numbers[r["cell"]])) for r, x, y in zip(pts, xs, ys, strict=True)]
+    chance = [r["labels"].get("chance") for r in cells.values() if r["labels"].get("chance")]
+    if chance:
+        ax.axhline(max(chance), color="grey", lw=0.8, ls=":")
+    ax.fill_between([GOAL_ACCURACY, 1.0], 0, max(chance, default=0.1) + 0.05, color="green",
+                    alpha=0.08)
+    ax.set_xlabel("target accuracy (utility)")
+    ax.set_ylabel("label inference accuracy (u-shaped; dotted: chance)", fontsize=8)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    return points
+
+
 def short(cell: str) -> str:
     """A cell's key for the plot: ``noise:mechanism=laplace,scale=0.5`` -> ``noise laplace
     scale=0.5``; stacked defences joined by `` + ``."""
@@ -210,13 +241,18 @@ def plot(path: Path, records: list[dict[str, Any]], order: list[str] | None = No
              "markers": {a: MARKERS[i % len(MARKERS)]
                          for i, a in enumerate(sorted({r["attack"] for r in records}))}}
     numbers = _numbering(records, order)
-    fig = plt.figure(figsize=(17, 5.4))
-    grid = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 0.95])
+    labelled = any((r.get("labels") or {}).get("label_accuracy") is not None for r in records)
+    panels = 4 if labelled else 3
+    fig = plt.figure(figsize=(17 + 4 * (panels - 3), 5.4))
+    grid = fig.add_gridspec(1, panels + 1, width_ratios=[1] * panels + [0.95])
     axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
     points = [_panel(ax, records, metric, numbers, style)
               for ax, (metric, _) in zip(axes, PANELS, strict=True)]
     _decorate(axes, has_reid=bool(points[2]))
-    _legend_and_key(fig, fig.add_subplot(grid[0, 3]), records, numbers, style)
+    if labelled:
+        points.append(_label_panel(fig.add_subplot(grid[0, 3]), records, numbers, style))
+        axes.append(fig.axes[-1])
+    _legend_and_key(fig, fig.add_subplot(grid[0, panels]), records, numbers, style)
     fig.suptitle("SplitWire: privacy against utility, per defence setting (numbers: the key "
                  "on the right)")
     fig.tight_layout()

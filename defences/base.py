@@ -17,6 +17,8 @@ defence is a small object with up to four hooks, all optional:
   :meth:`ServerCheck.fake_labels` may turn a training batch into a probe (other labels, no
   local update) and :meth:`ServerCheck.observe_gradient` sees every gradient the server sends
   back; a :class:`Verdict` stops training (the owner raises :class:`ServerJudgedMalicious`).
+* :meth:`OwnerDefence.gradient` ``(g, y) -> g`` -- U-shaped splits: rewrite the per-example
+  gradient the owner sends back to the server's middle (label defences, ``defences.labels``).
 
 A defence declares its ``--defence`` name and its parameter table (:class:`Param` per key) as
 class attributes; the parser types each ``key=value`` from that table and the class checks the
@@ -80,6 +82,15 @@ class OwnerDefence(ABC):  # every hook is optional: the ABC marks the interface
     def epsilon(self) -> tuple[float, float] | None:
         """Per-query ``(epsilon, delta)`` for one input, if the defence guarantees one."""
         return None
+
+    def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """U-shaped splits only: what to send back instead of the per-example gradient ``g``
+        (B, *middle_shape) of the owner's loss w.r.t. the middle's output, given the batch's
+        labels ``y`` (B,) (label defences: ``max-norm``, ``marvell``); default: ``g``."""
+        return g
+
+    #: True if the defence rewrites :meth:`gradient` (it then needs ``--topology u-shaped``).
+    label_defence: ClassVar[bool] = False
 
 
 class QueryBudgetExceeded(SplitWireError):

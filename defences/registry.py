@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 
 from defences.base import OwnerDefence, Param
 from defences.dropout import CutLayerDropout
+from defences.labels import GradientNoise, MarvellNoise, MaxNormNoise
 from defences.noise import CutLayerNoise
 from defences.nopeek import NoPeek
 from defences.query_budget import QueryBudget
@@ -21,7 +22,8 @@ from defences.splitout import SplitOut
 from protocol.errors import ConfigError
 
 _BUILT_IN: tuple[type[OwnerDefence], ...] = (CutLayerNoise, NoPeek, CutLayerDropout, QueryBudget,
-                                             SplitGuard, SplitOut)
+                                             SplitGuard, SplitOut, MaxNormNoise, GradientNoise,
+                                             MarvellNoise)
 
 #: ``--defence`` name -> the class built from its parameters.
 DEFENCES: dict[str, type[OwnerDefence]] = {cls.name: cls for cls in _BUILT_IN}

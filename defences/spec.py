@@ -198,6 +198,18 @@ class Defences:
             verdict = verdict or found
         return verdict
 
+    def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """U-shaped: the gradient w.r.t. the middle's output as sent back, after every
+        member's ``gradient`` hook (label defences), in order."""
+        for member in self.members:
+            g = member.gradient(g, y)
+        return g
+
+    @property
+    def label_defences(self) -> list[str]:
+        """Names of the members that perturb the returned gradient (u-shaped only)."""
+        return [m.name for m in self.members if m.label_defence]
+
     def get(self, name: str) -> OwnerDefence | None:
         """The member named ``name``, or ``None``."""
         return next((m for m in self.members if m.name == name), None)

@@ -92,6 +92,9 @@ class MessageKind(enum.IntEnum):
     QUERY_OUTPUT = 21  # raw inputs sent to the owner's public prediction API (whole model)
     API_ACTIVATIONS = 22  # the prediction API's cut-layer activations (owner -> server)
     API_PREDICTIONS = 23  # the server's logits for them (server -> owner)
+    MIDDLE = 24  # u-shaped: the middle's output for a training batch (server -> owner)
+    MIDDLE_GRADIENTS = 25  # u-shaped: dLoss/d(middle output), per example (owner -> server)
+    INFER_MIDDLE = 26  # u-shaped: the middle's output for an inference batch (server -> owner)
 
 
 class DType(enum.IntEnum):

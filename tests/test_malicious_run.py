@@ -75,3 +75,10 @@ def test_a_malicious_server_runs_alone():
     with pytest.raises(ConfigError, match="on its own"):
         LabOptions(adversaries=(MALICIOUS_SERVER, "eavesdropper"))
     LabOptions(adversaries=(MALICIOUS_SERVER,))
+
+
+def test_a_malicious_server_needs_the_vanilla_topology():
+    from actors.api import LabOptions
+
+    with pytest.raises(ConfigError, match="topology vanilla"):
+        LabOptions(adversaries=(MALICIOUS_SERVER,), topology="u-shaped")

@@ -10,6 +10,12 @@ Weights travel as state dicts, buffers included (BatchNorm running statistics): 
 :class:`StateLayout` flattens a part's ``state_dict()`` into one float32 vector in a fixed key
 order that both ends derive from the same descriptor, so a ``WEIGHTS`` frame carries numbers
 only (no keys, nothing pickled) and loads back with every parameter and buffer in place.
+
+A U-shaped split (``--topology u-shaped``) has a third part, the owner's *tail* (the last
+layers, to the logits): the server's part is then the *middle*, and the owner's part is
+:class:`HeadAndTail`, whose forward is the head alone, so everything that runs "the first part"
+(oracle, attacks, deployment) runs the head, while the tail's weights and momentum travel in the
+same flat state (hand-offs, checkpoints, SplitFed averages) as the head's.
 """
 
 from __future__ import annotations
@@ -119,6 +125,19 @@ class StateLayout:
         return out
 
 
+class HeadAndTail(nn.Module):
+    """The owner's two parts under a U-shaped split: ``forward`` is the head (the cut layer's
+    output); ``tail`` maps the middle's output to the logits, at the owner."""
+
+    def __init__(self, head: nn.Module, tail: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.tail = tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
 @dataclass(frozen=True)
 class SplitNetwork:
     """A network split at a cut: what every part of the lab reads its shapes from."""
@@ -131,11 +150,18 @@ class SplitNetwork:
     cut: str
     cut_shape: Shape = field(default=())  # derived by ``build``
     owner_layout: StateLayout = field(default=StateLayout(()), repr=False)
+    #: U-shaped only: the last layer the server's middle runs, and the middle output's shape.
+    tail_cut: str | None = None
+    middle_shape: Shape = field(default=())
 
     @classmethod
     def build(cls, name: str, owner: nn.Module, server: nn.Module, input_shape: Shape,
-              classes: int, cut: str) -> SplitNetwork:
-        """Check the parts fit the input and the classes, and derive the cut's shape."""
+              classes: int, cut: str, tail: nn.Module | None = None,
+              tail_cut: str | None = None) -> SplitNetwork:
+        """Check the parts fit the input and the classes, and derive the cut's shape.
+
+        With ``tail`` the split is U-shaped: ``server`` is the middle, ``tail`` (the owner's)
+        takes the middle's output to the logits."""
         input_shape = tuple(int(d) for d in input_shape)
         if len(input_shape) != 3 or min(input_shape) < 1:
             raise ConfigError(f"network {name}: input shape must be (C, H, W), got {input_shape}")
@@ -145,6 +171,8 @@ class SplitNetwork:
             raise ConfigError(f"network {name}: the owner's part up to {cut} has no weights "
                               "(the raw input would cross the wire): cut after a layer with "
                               "parameters")
+        if isinstance(owner, HeadAndTail):  # a U-shaped network's parts, rebuilt
+            owner, tail = owner.head, owner.tail
         probe = torch.zeros((2, *input_shape))
         owner, server = owner.eval(), server.eval()
         with torch.no_grad():
@@ -161,12 +189,34 @@ class SplitNetwork:
             except (RuntimeError, ValueError, TypeError) as exc:
                 raise ConfigError(f"network {name}: the server part does not take the cut "
                                   f"{dims(tuple(h.shape[1:]))}: {_first_line(exc)}") from None
+            middle: Shape = ()
+            if tail is not None:
+                middle = _middle_shape(name, out)
+                try:
+                    out = tail.eval()(out)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ConfigError(f"network {name}: the owner's tail does not take the "
+                                      f"middle's output {dims(middle)}: {_first_line(exc)}"
+                                      ) from None
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
             got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ConfigError(f"network {name}: the output is {got}, not the dataset's "
                               f"{classes} classes")
-        return cls(name, owner.train(), server.train(), input_shape, int(classes), cut,
-                   tuple(int(d) for d in h.shape[1:]), StateLayout.of(owner))
+        mine: nn.Module = owner.train() if tail is None else HeadAndTail(owner, tail).train()
+        return cls(name, mine, server.train(), input_shape, int(classes), cut,
+                   tuple(int(d) for d in h.shape[1:]), StateLayout.of(mine),
+                   tail_cut if tail is not None else None, middle)
+
+    @property
+    def topology(self) -> str:
+        """``vanilla`` (the server computes the loss) or ``u-shaped`` (the owner keeps a tail
+        and its labels)."""
+        return "vanilla" if self.tail_cut is None else "u-shaped"
+
+    @property
+    def tail(self) -> nn.Module | None:
+        """The owner's tail (its initial weights), or None for a vanilla split."""
+        return self.owner.tail if isinstance(self.owner, HeadAndTail) else None
 
     # --- fresh parts ---------------------------------------------------------------------------
     def owner_part(self) -> nn.Module:
@@ -195,12 +245,20 @@ class SplitNetwork:
     def check_logits(self, z: np.ndarray, what: str) -> None:
         check_batch(z, (self.classes,), what)
 
+    def check_middle(self, m: np.ndarray, what: str) -> None:
+        """A U-shaped split's middle output (or its gradient): (B, *middle_shape)."""
+        check_batch(m, self.middle_shape, what)
+
     def with_parts(self, owner: nn.Module, server: nn.Module) -> SplitNetwork:
         """The same network and cut with other initial weights (same architecture)."""
         return SplitNetwork.build(self.name, owner, server, self.input_shape, self.classes,
-                                  self.cut)
+                                  self.cut, tail_cut=self.tail_cut)
 
     def describe(self) -> str:
+        if self.tail_cut is not None:
+            return (f"{self.name} u-shaped, cut at {self.cut} and {self.tail_cut}: input "
+                    f"{dims(self.input_shape)} -> cut {dims(self.cut_shape)} -> middle "
+                    f"{dims(self.middle_shape)} -> the owner's tail -> {self.classes} classes")
         return (f"{self.name} cut at {self.cut}: input {dims(self.input_shape)} -> cut "
                 f"{dims(self.cut_shape)} -> {self.classes} classes")
 
@@ -213,6 +271,12 @@ def check_batch(tensor: np.ndarray, shape: Shape, what: str) -> None:
                          f"{tensor.shape}")
     if tensor.dtype.kind != "f":
         raise ShapeError(f"{what} must be floating point, got {tensor.dtype}")
+
+
+def _middle_shape(name: str, out: object) -> Shape:
+    if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != 2:
+        raise ConfigError(f"network {name}: the server's middle must return a (B, ...) tensor")
+    return tuple(int(d) for d in out.shape[1:])
 
 
 def dims(shape: Shape) -> str:

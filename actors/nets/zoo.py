@@ -103,16 +103,30 @@ class ModelSpec:
 
     name: str
     cut: str | None = None
+    topology: str = "vanilla"  # or "u-shaped": the owner keeps a tail and the labels
+    tail_cut: str | None = None  # u-shaped: the middle's last layer (default: all but the last)
 
     @property
     def is_builtin(self) -> bool:
         return self.name in BUILTINS
 
     def __str__(self) -> str:
-        return self.name if self.cut is None else f"{self.name} --cut {self.cut}"
+        text = self.name if self.cut is None else f"{self.name} --cut {self.cut}"
+        if self.topology != "vanilla":
+            text += f" --topology {self.topology}"
+        return text if self.tail_cut is None else f"{text} --tail-cut {self.tail_cut}"
 
 
-def parse_model(name: str, cut: str | None = None) -> ModelSpec:
+TOPOLOGIES = ("vanilla", "u-shaped")
+
+
+def parse_model(name: str, cut: str | None = None, topology: str = "vanilla",
+                tail_cut: str | None = None) -> ModelSpec:
+    if topology not in TOPOLOGIES:
+        raise ConfigError(f"unknown --topology {topology!r}: choose one of "
+                          f"{', '.join(TOPOLOGIES)}")
+    if tail_cut is not None and topology != "u-shaped":
+        raise ConfigError("--tail-cut needs --topology u-shaped (a vanilla split has no tail)")
     name = name.strip()
     if name not in BUILTINS and ":" not in name:
         raise ConfigError(f"unknown model {name!r} for --model: choose one of "
@@ -122,7 +136,7 @@ def parse_model(name: str, cut: str | None = None) -> ModelSpec:
         if cut not in cuts:
             raise ConfigError(f"unknown cut {cut!r} for --model {name}: choose one of "
                               f"{', '.join(cuts)}")
-    return ModelSpec(name, cut)
+    return ModelSpec(name, cut, topology, tail_cut)
 
 
 def _seeded(seed: int, make: Callable[[], object]) -> object:
@@ -136,8 +150,13 @@ def _seeded(seed: int, make: Callable[[], object]) -> object:
 
 
 def split_sequential(name: str, net: nn.Sequential, cut: str | int, input_shape: Shape,
-                     classes: int) -> SplitNetwork:
-    """Cut a sequential network after layer ``cut`` (a name or an index)."""
+                     classes: int, tail_cut: str | None = None,
+                     u_shaped: bool = False) -> SplitNetwork:
+    """Cut a sequential network after layer ``cut`` (a name or an index).
+
+    ``u_shaped``: cut a second time after ``tail_cut`` (default: the last layer but one), so
+    the server runs the middle and the owner keeps the tail (the final layer to the logits by
+    default) and its labels."""
     names = [n for n, _ in net.named_children()]
     if isinstance(cut, int) and not isinstance(cut, bool):
         if not 0 <= cut < len(names) - 1:
@@ -151,8 +170,31 @@ def split_sequential(name: str, net: nn.Sequential, cut: str | int, input_shape:
                           f"{', '.join(names[:-1])}")
     children = list(net.named_children())
     owner = nn.Sequential(OrderedDict(children[:index + 1]))
-    server = nn.Sequential(OrderedDict(children[index + 1:]))
-    return SplitNetwork.build(name, owner, server, input_shape, classes, names[index])
+    if not u_shaped:
+        server = nn.Sequential(OrderedDict(children[index + 1:]))
+        return SplitNetwork.build(name, owner, server, input_shape, classes, names[index])
+    tail_at = _tail_index(name, names, index, tail_cut)
+    middle = nn.Sequential(OrderedDict(children[index + 1:tail_at + 1]))
+    tail = nn.Sequential(OrderedDict(children[tail_at + 1:]))
+    return SplitNetwork.build(name, owner, middle, input_shape, classes, names[index],
+                              tail=tail, tail_cut=names[tail_at])
+
+
+def _tail_index(name: str, names: list[str], cut_index: int, tail_cut: str | None) -> int:
+    """Where the middle ends: after ``tail_cut``, which must leave the middle at least one
+    layer after ``--cut`` and the owner's tail at least one layer."""
+    if tail_cut is None:
+        at = len(names) - 2  # default: the tail is the final layer (Linear to the logits)
+    elif tail_cut in names[:-1]:
+        at = names.index(tail_cut)
+    else:
+        raise ConfigError(f"unknown --tail-cut {tail_cut!r} for network {name}: choose one of "
+                          f"{', '.join(names[cut_index + 1:-1])}")
+    if at <= cut_index:
+        raise ConfigError(f"--tail-cut {names[at]} must come after --cut {names[cut_index]} "
+                          f"(the server's middle needs a layer): choose one of "
+                          f"{', '.join(names[cut_index + 1:-1]) or 'none: move --cut earlier'}")
+    return at
 
 
 def cuts(spec: ModelSpec, seed: int = 0, input_shape: Shape | None = None,
@@ -184,7 +226,7 @@ def build_network(spec: ModelSpec, seed: int = 0, input_shape: Shape | None = No
                 f"classes; the dataset has {dims(want_in)} and {want_classes}")
         net = _seeded(seed, lambda: nn.Sequential(b.layers()))
         return split_sequential(spec.name, net, spec.cut or b.default_cut, b.input_shape,
-                                b.classes)
+                                b.classes, spec.tail_cut, spec.topology == "u-shaped")
     return _user_network(spec, seed, input_shape, classes)
 
 
@@ -205,6 +247,9 @@ def _user_network(spec: ModelSpec, seed: int, input_shape: Shape | None,
         net = made if spec.cut is None else None
         if net is None:
             raise ConfigError(f"--model {spec.name} returns a split network: --cut is not used")
+        if net.topology != spec.topology:
+            raise ConfigError(f"--model {spec.name} returns a {net.topology} split network; "
+                              f"--topology {spec.topology} needs it built with a tail")
         found = (net.input_shape, net.classes)
         if found != (tuple(input_shape), classes):
             raise ConfigError(f"--model {spec.name} takes {dims(net.input_shape)} inputs and "
@@ -215,6 +260,7 @@ def _user_network(spec: ModelSpec, seed: int, input_shape: Shape | None,
             and isinstance(made[1], (int, str))):
         seq, cut = made
         return split_sequential(spec.name, seq, spec.cut if spec.cut is not None else cut,
-                                tuple(input_shape), classes)
+                                tuple(input_shape), classes, spec.tail_cut,
+                                spec.topology == "u-shaped")
     raise ConfigError(f"--model {spec.name} must return a SplitNetwork or (nn.Sequential, cut), "
                       f"got {type(made).__name__}")

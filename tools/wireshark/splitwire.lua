@@ -26,7 +26,8 @@ local KINDS = {
   [9] = "HANDSHAKE", [10] = "SHARE", [11] = "CONTROL", [12] = "OPEN", [13] = "LOGITS_SHARE",
   [14] = "GRAD_SHARE", [15] = "CUT_GRAD_SHARE", [16] = "TRIPLE_REQUEST", [17] = "TRIPLES",
   [18] = "INFER_SHARE", [19] = "STEP", [20] = "MODEL_REQUEST", [21] = "QUERY_OUTPUT",
-  [22] = "API_ACTIVATIONS", [23] = "API_PREDICTIONS",
+  [22] = "API_ACTIVATIONS", [23] = "API_PREDICTIONS", [24] = "MIDDLE", [25] = "MIDDLE_GRADIENTS",
+  [26] = "INFER_MIDDLE",
 }
 local DTYPES = {
   [1] = "FLOAT32", [2] = "FLOAT64", [3] = "INT64", [4] = "UINT64", [5] = "UINT8", [6] = "INT32",
