@@ -1,4 +1,5 @@
-"""Shared fixtures: one loopback-only local Ray cluster for the tests that need Ray."""
+"""Shared fixtures: one loopback-only local Ray cluster for the tests that need Ray; how the
+suite is split between pytest-xdist's workers."""
 
 from __future__ import annotations
 
@@ -6,10 +7,44 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from actors.ray_env import prepare
 
 prepare()  # before anything imports Ray
+# One intra-op thread per test process: the README's command runs two xdist workers, which fill
+# two cores; more threads each would only fight over them (each Ray role uses one as well).
+torch.set_num_threads(1)
+
+#: The xdist work unit that every test starting Ray belongs to: one cluster at a time, in one
+#: worker, in file order (test_cluster shuts the single-node cluster down and starts its own).
+RAY_GROUP = "ray"
+#: Work units that take longest, handed out first so no worker is left with a long one at the
+#: end (longest-first scheduling; measured with --durations, see /README "Tests").
+LONGEST_FIRST = ("test_secret_shared_run", RAY_GROUP, "test_networks_cli", "test_defended_run",
+                 "test_encrypted_run", "test_many_owners", "test_output_point", "test_plugins")
+
+
+def work_unit(item: pytest.Item) -> str:
+    """Every module is one xdist unit, so its module-scoped runs are trained once, in one
+    worker; every test that starts Ray joins the one Ray unit."""
+    if item.get_closest_marker("ray") or item.get_closest_marker("cluster"):
+        return RAY_GROUP
+    return item.module.__name__.rsplit(".", 1)[-1]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    units = {id(item): work_unit(item) for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(units[id(item)]))
+
+    def rank(item: pytest.Item) -> int:
+        unit = units[id(item)]
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
+        items.sort(key=rank)  # stable: file order within a unit and among the rest
 
 
 @pytest.fixture(scope="session")
