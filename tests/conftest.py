@@ -3,9 +3,12 @@ suite is split between pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import socket
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +75,46 @@ def lab_setting():
     aux = load_aux("letters", 2500, 0, data.input_shape)
     judge = train_validator(data.train.x, data.train.y, data.classes, seed=0, epochs=2)
     return data, aux, lambda: judge
+
+
+#: Validators trained in this process: (model, torch's global RNG state right after training).
+_VALIDATORS: dict[tuple[object, ...], tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
+def train_validator_once(x: np.ndarray, y: np.ndarray, classes: int, *, seed: int = 0,
+                         epochs: int = 4, batch_size: int = 64) -> torch.nn.Module:
+    """attack.validator.train_validator, trained once per process for each input. The lab
+    trains its judge from the run's images, labels and seed alone, so every in-process CLI or
+    API run on mnist-small with seed 0 trained the same network again (seconds each). A cached
+    call returns a copy of that network and leaves torch's global RNG where training left it
+    (training reseeds it), so the run goes on bit for bit as it would have."""
+    from attack.validator import train_validator
+
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype == object or y.dtype == object:  # not images: let the real check refuse them
+        return train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+    key = (x.shape, x.dtype.str, hashlib.sha256(x.tobytes()).hexdigest(), y.shape,
+           y.dtype.str, hashlib.sha256(y.tobytes()).hexdigest(), classes, seed, epochs,
+           batch_size)
+    if key not in _VALIDATORS:
+        model = train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+        _VALIDATORS[key] = (model, torch.get_rng_state())
+    model, rng_after = _VALIDATORS[key]
+    torch.set_rng_state(rng_after)
+    return copy.deepcopy(model)
+
+
+@pytest.fixture(autouse=True)
+def validator_trained_once(request: pytest.FixtureRequest,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process lab (actors.api) trains its judge through train_validator_once. Not
+    for tests that start Ray: there the judge trains in a Ray task, which must get the real
+    function."""
+    if request.node.get_closest_marker("ray") or request.node.get_closest_marker("cluster"):
+        return
+    import actors.api
+
+    monkeypatch.setattr(actors.api, "train_validator", train_validator_once)
 
 
 class NetworkUsed(Exception):
