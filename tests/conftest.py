@@ -22,32 +22,50 @@ torch.set_num_threads(1)
 #: The xdist work unit that every test starting Ray belongs to: one cluster at a time, in one
 #: worker, in file order (test_cluster shuts the single-node cluster down and starts its own).
 RAY_GROUP = "ray"
+#: The files whose tests start Ray (marked ray or cluster); collection fails if a Ray test is
+#: found anywhere else, so a new one cannot run beside another cluster unnoticed.
+RAY_FILES = ("tests/test_cluster.py", "tests/test_ray_integration.py", "tests/test_sweep.py")
 #: Work units that take longest, handed out first so no worker is left with a long one at the
-#: end (longest-first scheduling; measured with --durations, see /README "Tests").
-LONGEST_FIRST = ("test_secret_shared_run", RAY_GROUP, "test_networks_cli", "test_defended_run",
-                 "test_encrypted_run", "test_many_owners", "test_output_point", "test_plugins")
+#: end (longest-first scheduling; measured with --durations).
+LONGEST_FIRST = ("test_secret_shared_run", RAY_GROUP, "test_networks_cli", "test_encrypted_run",
+                 "test_defended_run", "test_many_owners", "test_api", "test_cli")
 
 
-def work_unit(item: pytest.Item) -> str:
+def work_unit(nodeid: str) -> str:
     """Every module is one xdist unit, so its module-scoped runs are trained once, in one
-    worker; every test that starts Ray joins the one Ray unit."""
-    if item.get_closest_marker("ray") or item.get_closest_marker("cluster"):
+    worker; the Ray files are one more unit. (A scheduler, not xdist_group marks: with
+    pytest 9, xdist 3.8's loadgroup no longer renames the tests it groups.)"""
+    path = nodeid.split("::", 1)[0]
+    if path in RAY_FILES:
         return RAY_GROUP
-    return item.module.__name__.rsplit(".", 1)[-1]
+    return path.rsplit("/", 1)[-1].removesuffix(".py")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    units = {id(item): work_unit(item) for item in items}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(units[id(item)]))
+    strays = [item.nodeid for item in items
+              if (item.get_closest_marker("ray") or item.get_closest_marker("cluster"))
+              and work_unit(item.nodeid) != RAY_GROUP]
+    if strays:
+        raise pytest.UsageError(f"Ray tests outside RAY_FILES in tests/conftest.py: {strays}")
 
     def rank(item: pytest.Item) -> int:
-        unit = units[id(item)]
+        unit = work_unit(item.nodeid)
         return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    if config.pluginmanager.hasplugin("xdist") and getattr(config.option, "numprocesses", None):
-        items.sort(key=rank)  # stable: file order within a unit and among the rest
+    # Every process sorts alike (xdist checks the workers collected one order); the scheduler
+    # hands the units out in this order (--no-loadscope-reorder).
+    items.sort(key=rank)  # stable: file order within a unit and among the rest
 
 
 @pytest.fixture(scope="session")
