@@ -1,15 +1,71 @@
-"""Shared fixtures: one loopback-only local Ray cluster for the tests that need Ray."""
+"""Shared fixtures: one loopback-only local Ray cluster for the tests that need Ray; how the
+suite is split between pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import socket
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
+import torch
 
 from actors.ray_env import prepare
 
 prepare()  # before anything imports Ray
+# One intra-op thread per test process: the README's command runs two xdist workers, which fill
+# two cores; more threads each would only fight over them (each Ray role uses one as well).
+torch.set_num_threads(1)
+
+#: The xdist work unit that every test starting Ray belongs to: one cluster at a time, in one
+#: worker, in file order (test_cluster shuts the single-node cluster down and starts its own).
+RAY_GROUP = "ray"
+#: The files whose tests start Ray (marked ray or cluster); collection fails if a Ray test is
+#: found anywhere else, so a new one cannot run beside another cluster unnoticed.
+RAY_FILES = ("tests/test_cluster.py", "tests/test_ray_integration.py", "tests/test_sweep.py")
+#: Work units that take longest, handed out first so no worker is left with a long one at the
+#: end (longest-first scheduling; measured with --durations).
+LONGEST_FIRST = ("test_secret_shared_run", RAY_GROUP, "test_networks_cli", "test_encrypted_run",
+                 "test_defended_run", "test_many_owners", "test_api", "test_cli")
+
+
+def work_unit(nodeid: str) -> str:
+    """Every module is one xdist unit, so its module-scoped runs are trained once, in one
+    worker; the Ray files are one more unit. (A scheduler, not xdist_group marks: with
+    pytest 9, xdist 3.8's loadgroup no longer renames the tests it groups.)"""
+    path = nodeid.split("::", 1)[0]
+    if path in RAY_FILES:
+        return RAY_GROUP
+    return path.rsplit("/", 1)[-1].removesuffix(".py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return UnitScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    strays = [item.nodeid for item in items
+              if (item.get_closest_marker("ray") or item.get_closest_marker("cluster"))
+              and work_unit(item.nodeid) != RAY_GROUP]
+    if strays:
+        raise pytest.UsageError(f"Ray tests outside RAY_FILES in tests/conftest.py: {strays}")
+
+    def rank(item: pytest.Item) -> int:
+        unit = work_unit(item.nodeid)
+        return LONGEST_FIRST.index(unit) if unit in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    # Every process sorts alike (xdist checks the workers collected one order); the scheduler
+    # hands the units out in this order (--no-loadscope-reorder).
+    items.sort(key=rank)  # stable: file order within a unit and among the rest
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +93,46 @@ def lab_setting():
     aux = load_aux("letters", 2500, 0, data.input_shape)
     judge = train_validator(data.train.x, data.train.y, data.classes, seed=0, epochs=2)
     return data, aux, lambda: judge
+
+
+#: Validators trained in this process: (model, torch's global RNG state right after training).
+_VALIDATORS: dict[tuple[object, ...], tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
+def train_validator_once(x: np.ndarray, y: np.ndarray, classes: int, *, seed: int = 0,
+                         epochs: int = 4, batch_size: int = 64) -> torch.nn.Module:
+    """attack.validator.train_validator, trained once per process for each input. The lab
+    trains its judge from the run's images, labels and seed alone, so every in-process CLI or
+    API run on mnist-small with seed 0 trained the same network again (seconds each). A cached
+    call returns a copy of that network and leaves torch's global RNG where training left it
+    (training reseeds it), so the run goes on bit for bit as it would have."""
+    from attack.validator import train_validator
+
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype == object or y.dtype == object:  # not images: let the real check refuse them
+        return train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+    key = (x.shape, x.dtype.str, hashlib.sha256(x.tobytes()).hexdigest(), y.shape,
+           y.dtype.str, hashlib.sha256(y.tobytes()).hexdigest(), classes, seed, epochs,
+           batch_size)
+    if key not in _VALIDATORS:
+        model = train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+        _VALIDATORS[key] = (model, torch.get_rng_state())
+    model, rng_after = _VALIDATORS[key]
+    torch.set_rng_state(rng_after)
+    return copy.deepcopy(model)
+
+
+@pytest.fixture(autouse=True)
+def validator_trained_once(request: pytest.FixtureRequest,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process lab (actors.api) trains its judge through train_validator_once. Not
+    for tests that start Ray: there the judge trains in a Ray task, which must get the real
+    function."""
+    if request.node.get_closest_marker("ray") or request.node.get_closest_marker("cluster"):
+        return
+    import actors.api
+
+    monkeypatch.setattr(actors.api, "train_validator", train_validator_once)
 
 
 class NetworkUsed(Exception):

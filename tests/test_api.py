@@ -11,6 +11,7 @@ from actors.nets.zoo import ModelSpec, build_network
 from protocol.errors import ConfigError
 
 
+@pytest.mark.e2e
 def test_audit_a_builtin_cut_returns_typed_results():
     report = audit("cnn", cut="pool2", backend="local", protocols=("plaintext",), lr=0.05,
                    adversaries=("eavesdropper", "server"), attacks=("mlp",), epochs=1,

@@ -15,6 +15,8 @@ from actors.lab import RunConfig, pin_identities, start_roles, train
 from actors.nets.zoo import split_sequential
 from actors.owner import TrainConfig
 
+pytestmark = pytest.mark.e2e
+
 BASE = RunConfig(protocol="plaintext", epochs=2, seed=0, clients=2, adversaries=(),
                  checkpoint_every=5, train=TrainConfig(batch_size=100))
 

@@ -63,6 +63,7 @@ def test_help_exits_0():
     assert proc.returncode == 0 and "--protocol" in proc.stdout and "--capture" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_small_local_run_writes_results_figure_and_capture(tmp_path, capsys):
     out, cap = tmp_path / "out", tmp_path / "wire.cap"
     code = main(["--protocol", "plaintext", "--adversary", "eavesdropper", "--backend", "local",

@@ -30,6 +30,7 @@ def run(setting, defences=(), attacks=("mlp",), epochs=1):
     return run_protocol(backend, cfg, data, aux, judge), backend
 
 
+@pytest.mark.e2e
 def test_query_budget_caps_what_the_attacker_gets(setting):
     (result,), backend = run(setting, ("query-budget:limit=700",))
     assert result.queries_used == 700  # 500, then 200 of the next 500, then refused
@@ -38,6 +39,7 @@ def test_query_budget_caps_what_the_attacker_gets(setting):
     assert owner.queries_answered == 700
 
 
+@pytest.mark.e2e
 def test_each_intercept_point_gets_the_whole_budget(setting):
     # mlp and conv share the cut-layer answers; the output rung is another way to spend the
     # same budget, so it is scored as if the attacker had spent all of it there.
@@ -49,6 +51,7 @@ def test_each_intercept_point_gets_the_whole_budget(setting):
     assert owner.defences.budget.answered("eavesdropper") == 300  # the output rung's spend
 
 
+@pytest.mark.e2e
 def test_an_adversary_with_the_weights_ignores_the_budget(setting):
     # The budget starves the oracle-trained decoder; one that runs the known first part
     # itself needs no query and reconstructs far better.
@@ -59,6 +62,7 @@ def test_an_adversary_with_the_weights_ignores_the_budget(setting):
     assert local.attack.validator_accuracy > starved.attack.validator_accuracy + 0.2
 
 
+@pytest.mark.e2e
 def test_too_few_images_to_train_on_give_the_mean_guess(setting):
     # One answered query, or one auxiliary image for the weights-holder: no decoder can be
     # fit on a single pair, so every rung falls back to the mean image instead of failing.
@@ -71,6 +75,7 @@ def test_too_few_images_to_train_on_give_the_mean_guess(setting):
         assert np.allclose(r.reconstructions, aux[:1]), r.attack_method
 
 
+@pytest.mark.e2e
 def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     (plain,), _ = run(setting)
     (noisy,), backend = run(setting, ("noise:mechanism=laplace,scale=0.5,clip=64",))
@@ -87,6 +92,7 @@ def test_noise_reports_its_epsilon_and_perturbs_the_wire(setting):
     assert noisy.target_accuracy < plain.target_accuracy + 0.02
 
 
+@pytest.mark.e2e
 def test_whitebox_attack_runs_without_queries(setting):
     (result,), _ = run(setting, attacks=("whitebox",))
     assert result.attack_method == "whitebox" and result.queries_used == 0

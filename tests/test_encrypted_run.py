@@ -9,6 +9,8 @@ import pytest
 from actors.backend import LocalBackend
 from actors.lab import ADVERSARIES, EAVESDROPPER, RunConfig, run_protocol
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def setting(lab_setting):

@@ -83,6 +83,7 @@ def test_server_applies_a_retried_step_once():
     assert server.counters()["applied"] == 2
 
 
+@pytest.mark.e2e
 def test_many_owners_on_few_hosts_with_label_skew(small, clean):
     result, backend = run(small, clients=5, partition="dirichlet:0.5")
     assert len(backend.roles) == 2 + 2  # eavesdropper, server and two owner hosts
@@ -96,6 +97,7 @@ def test_many_owners_on_few_hosts_with_label_skew(small, clean):
     assert len(result.reconstructions) == len(small[0].test.y)
 
 
+@pytest.mark.e2e
 def test_server_killed_mid_run_recovers_exactly_once(small, clean):
     result, _ = run(small, chaos=("server@20",))
     assert result.restarts == 1
@@ -106,6 +108,7 @@ def test_server_killed_mid_run_recovers_exactly_once(small, clean):
     assert result.target_accuracy == pytest.approx(clean.target_accuracy, abs=0.002)
 
 
+@pytest.mark.e2e
 def test_owner_killed_mid_run_replays_from_the_servers_cache(small, clean):
     result, backend = run(small, chaos=("owner:1@30",))
     assert result.restarts == 1  # the host of owner:1 (and of owner:... sharing it)
@@ -115,6 +118,7 @@ def test_owner_killed_mid_run_replays_from_the_servers_cache(small, clean):
     assert result.epoch_losses == pytest.approx(clean.epoch_losses, rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_splitfed_averages_every_round(small):
     result, backend = run(small, schedule="splitfed")
     fed = backend.party("fed-server")
@@ -141,6 +145,7 @@ def test_fed_server_takes_the_example_weighted_mean():
     assert fed.wire_stats().dropped["ShapeError"] == 1
 
 
+@pytest.mark.e2e
 def test_resume_continues_a_stopped_run(small, clean, tmp_path):
     data, aux, judge = small
 

@@ -55,6 +55,7 @@ def user_module(tmp_path, monkeypatch):
     return "tiny_user_net:build"
 
 
+@pytest.mark.e2e
 def test_a_network_from_outside_the_repository_trains_and_is_attacked(user_module, tmp_path):
     """A user's module, a rank-4 cut (N x 4 x 12 x 12) crossing the wire, attacked end to end;
     --protocol all skips secret sharing (it cannot run a Conv2d server part yet) and says so."""
@@ -76,6 +77,7 @@ def test_a_network_from_outside_the_repository_trains_and_is_attacked(user_modul
     assert shapes and all(len(s) == 4 and s[1:] == (4, 12, 12) for s in shapes)
 
 
+@pytest.mark.e2e
 def test_protocol_all_skips_what_cannot_run_and_says_why(user_module, tmp_path, capsys):
     code = main(["--model", user_module, "--protocol", "all", *FAST, "--epochs", "1",
                  "--out", str(tmp_path / "o")])
@@ -96,6 +98,7 @@ def test_secret_shared_by_name_refuses_the_layer_it_cannot_run(user_module, tmp_
     assert "Tanh" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_generated_colour_images_run_through_plaintext_and_encrypted(tmp_path):
     """cnn-rgb on 3x32x32 arrays of the user's own (npz): both one-server protocols."""
     from actors.api import audit

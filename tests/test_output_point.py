@@ -22,6 +22,7 @@ def plaintext(lab_setting):
     return run_protocol(backend, CFG, data, aux, judge), backend
 
 
+@pytest.mark.e2e
 def test_both_adversaries_attack_the_output(plaintext, lab_setting):
     results, backend = plaintext
     data = lab_setting[0]
@@ -42,6 +43,7 @@ def test_both_adversaries_attack_the_output(plaintext, lab_setting):
                                server.intercepted_outputs("owner:0"), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_encryption_hides_the_output_from_the_wire(lab_setting):
     data, aux, judge = lab_setting
     (eaves,) = run_protocol(LocalBackend(), dataclasses.replace(

@@ -66,6 +66,7 @@ def plugins():
     unregister_defence("toy-shift")
 
 
+@pytest.mark.e2e
 def test_a_registered_rung_and_defence_run_through_the_cli(plugins, tmp_path):
     out = tmp_path / "o"
     code = main(["--protocol", "plaintext", "--adversary", "eavesdropper", "--backend", "local",

@@ -115,6 +115,7 @@ def assert_tshark_agrees(path: Path) -> int:
     return len(rows)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("protocol", ["encrypted", "secret-shared"])
 def test_tshark_decodes_every_frame_as_inspect_does(captures, protocol):
     path, records = captures[protocol]
@@ -184,6 +185,7 @@ def test_tshark_and_inspect_agree_on_mutated_frames(tmp_path):
     assert assert_tshark_agrees(path) == len(mutants)
 
 
+@pytest.mark.e2e
 def test_the_library_reads_the_capture(captures):
     path, records = captures["encrypted"]
     with open(path, "rb") as f:
@@ -214,6 +216,7 @@ def test_the_library_reads_the_capture(captures):
     assert MessageKind.PREDICTIONS in kinds and MessageKind.HANDSHAKE in kinds
 
 
+@pytest.mark.e2e
 def test_secret_shared_capture_is_in_interception_order(captures):
     path, records = captures["secret-shared"]
     times = [t for t, _, _ in records]
@@ -230,6 +233,7 @@ def _doc_block_after(marker: str) -> list[str]:
     return block[block.index("\n") + 1:block.index("```")].splitlines()
 
 
+@pytest.mark.e2e
 def test_the_docs_inspect_example_is_a_real_capture(captures, capsys):
     path, _ = captures["encrypted"]
     example = _doc_block_after("`python -m protocol.inspect FILE` lists it")
@@ -266,6 +270,7 @@ def _fits(pattern: str, name: str) -> bool:
     return pattern == name
 
 
+@pytest.mark.e2e
 def test_the_kinds_table_names_every_link_each_kind_crossed(captures):
     seen = set()
     for protocol in captures:
@@ -288,6 +293,7 @@ def test_the_docs_name_the_kinds_kept_whole():
     assert re.search(r"`LOGITS_SHARE`\s+included, is kept as its first `--snaplen` bytes", DOC)
 
 
+@pytest.mark.e2e
 def test_logits_shares_are_snapped_as_the_docs_say(captures):
     path, _ = captures["secret-shared"]
     shares = [p for p in read_packets(path) if p.data[6] == MessageKind.LOGITS_SHARE]
