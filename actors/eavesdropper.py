@@ -23,7 +23,7 @@ from actors.wire import Network, TapRecord
 from protocol import ring
 from protocol.capture import order_records
 from protocol.errors import FrameError, ShapeError
-from protocol.frame import DType, Frame, MessageKind, decode_frame, numpy_dtype
+from protocol.frame import DType, Frame, MessageKind, decode_frame, numpy_dtype, peek_kind
 
 
 def best_effort_array(frame: Frame) -> np.ndarray:
@@ -67,7 +67,7 @@ class Eavesdropper(Role, InversionAttacker):
         # Own copies: a transport may hand over views of shared buffers it wants back.
         for t, n, frame in records:
             data = bytes(frame)
-            if len(data) == n and data[6] == MessageKind.MIDDLE_GRADIENTS:  # byte 6: the kind
+            if len(data) == n and peek_kind(data) == MessageKind.MIDDLE_GRADIENTS:
                 self._keep_gradient(t, data)
                 if self.snaplen and n > self.snaplen:
                     data = data[: self.snaplen]

@@ -44,6 +44,16 @@ MAX_PAYLOAD = 64 * 1024 * 1024
 
 _FIXED = struct.Struct("<4sBBBBBBBBQQI")
 FIXED_HEADER_SIZE = _FIXED.size  # 32
+#: Byte offset of the message kind in the fixed header (magic 4s, version B, codec B, kind B).
+KIND_OFFSET = 6
+
+
+def peek_kind(data: bytes) -> int | None:
+    """The kind byte of a frame's fixed header without decoding it (None if too short); a
+    tap uses it to pick frames to keep whole, and decodes (with every check) only later."""
+    return data[KIND_OFFSET] if len(data) >= FIXED_HEADER_SIZE else None
+
+
 #: The longest header: eight shape words and two names of MAX_NAME bytes.
 MAX_HEADER_SIZE = FIXED_HEADER_SIZE + 4 * MAX_NDIM + 2 * MAX_NAME  # 128
 #: The longest frame a decoder with the default limit accepts; captures refuse longer records.
