@@ -24,13 +24,6 @@ from tests.helpers import mlp_net
 SHAPE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _aux(n: int = 32, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from actors.backend import LocalBackend
 from actors.data import load_target
@@ -19,14 +18,6 @@ from actors.lab import RunConfig, run_protocol
 from actors.malicious import MALICIOUS_SERVER, MaliciousServer, MaliciousShareServer
 from attack.validator import train_validator
 from protocol.errors import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
