@@ -53,6 +53,22 @@ def _defended(defences: Any, g: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return out
 
 
+def _tail_backward(owner: DataOwner, middle: np.ndarray,
+                   y: np.ndarray) -> tuple[torch.Tensor, float]:
+    """The owner's tail on the middle's output for a training batch: the loss, its backward
+    (the tail's gradients accumulate; train_step's optimiser step applies them with the
+    head's: one optimiser, one momentum state, both in the handed-on flat state), and the
+    label-defended gradient w.r.t. the middle's output that goes back to the server."""
+    assert owner.model is not None
+    _finite_batch(middle, len(y), owner.net.middle_shape, "the middle's output")
+    m = torch.from_numpy(middle.astype(np.float32)).requires_grad_(True)
+    labels = torch.from_numpy(y)
+    loss = F.cross_entropy(owner.model.tail(m), labels)
+    loss.backward()
+    assert m.grad is not None
+    return _defended(owner.defences, m.grad.detach(), labels), float(loss.detach())
+
+
 class UShapedOwner(DataOwner):
     """A data owner that keeps the tail: computes the loss on its own labels."""
 
@@ -71,20 +87,12 @@ class UShapedOwner(DataOwner):
         replies = self.request(self.server, [(K.STEP, np.array([step], np.int64)),
                                              (K.ACTIVATIONS, h)])
         middle = self.expect(replies, K.MIDDLE, self.server).tensor
-        _finite_batch(middle, len(h), self.net.middle_shape, "the middle's output")
-        m = torch.from_numpy(middle.astype(np.float32)).requires_grad_(True)
-        labels = torch.from_numpy(y)
-        loss = F.cross_entropy(self.model.tail(m), labels)
-        # The tail's gradients accumulate here; train_step's optimiser step applies them with
-        # the head's (one optimiser, one momentum state, both in the handed-on flat state).
-        loss.backward()
-        assert m.grad is not None
-        g = _defended(self.defences, m.grad.detach(), labels)
+        g, loss = _tail_backward(self, middle, y)
         self.label_log.append(np.array(y, np.int64))
         replies = self.request(self.server, [(K.MIDDLE_GRADIENTS,
                                               g.numpy().astype(np.float32, copy=False))])
         grad = self.expect(replies, K.GRADIENTS, self.server).tensor
-        return grad, float(loss.detach())
+        return grad, loss
 
     def _tail_logits(self, middle: np.ndarray, rows: int) -> np.ndarray:
         _finite_batch(middle, rows, self.net.middle_shape, "the middle's output")
@@ -204,19 +212,13 @@ class UShapedSharingOwner(SharingOwner):
         h0, h1 = self._shares(h)
         self.request(SERVER1, [(K.SHARE, h1)])
         middle = self._collect(K.SHARE, h0, Op.LOGITS)
-        _finite_batch(middle, len(h), self.net.middle_shape, "the middle's output")
-        m = torch.from_numpy(middle.astype(np.float32)).requires_grad_(True)
-        labels = torch.from_numpy(y)
-        loss = F.cross_entropy(self.model.tail(m), labels)
-        loss.backward()
-        assert m.grad is not None
-        # The label defences see the mean loss's gradient (as on one server); the shares carry
+        g, loss = _tail_backward(self, middle, y)
+        # The label defences saw the mean loss's gradient (as on one server); the shares carry
         # the summed loss's (entries ~1 survive fixed point; the servers divide lr by B).
-        g = _defended(self.defences, m.grad.detach(), labels) * len(y)
-        g0, g1 = self._shares(g.numpy())
+        g0, g1 = self._shares((g * len(y)).numpy())
         self.request(SERVER1, [(K.GRAD_SHARE, g1)])
         dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
-        return dh, float(loss.detach())
+        return dh, loss
 
     def remote_logits(self, h: np.ndarray) -> np.ndarray:
         middle = super().remote_logits(h)
