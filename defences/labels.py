@@ -40,17 +40,23 @@ def _flat(g: torch.Tensor) -> torch.Tensor:
     return g.reshape(len(g), -1)
 
 
-class MaxNormNoise(OwnerDefence):
-    name: ClassVar[str] = "max-norm"
+class _ScaledLabelNoise(OwnerDefence):
+    """A label defence with a strength ``scale`` in (0, 1000] and its own seeded draws."""
+
     params = {"scale": Param("float"), "seed": Param("int")}
     random: ClassVar[bool] = True
     label_defence: ClassVar[bool] = True
 
     def __init__(self, scale: float = 1.0, seed: int = 0, stream: int | str = 0) -> None:
+        flag = f"--defence {self.name}"
         if not 0 < scale <= 1e3:
-            raise ConfigError(f"--defence max-norm: scale must be in (0, 1000], got {scale}")
+            raise ConfigError(f"{flag}: scale must be in (0, 1000], got {scale}")
         self.scale = float(scale)
-        self.gen = defence_generator(check_seed("--defence max-norm", seed), stream, self.name)
+        self.gen = defence_generator(check_seed(flag, seed), stream, self.name)
+
+
+class MaxNormNoise(_ScaledLabelNoise):
+    name: ClassVar[str] = "max-norm"
 
     def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         flat = _flat(g)
@@ -108,17 +114,8 @@ def solve_marvell(u: float, v: float, d: int, gap: float, p: float, power: float
     return lam
 
 
-class MarvellNoise(OwnerDefence):
+class MarvellNoise(_ScaledLabelNoise):
     name: ClassVar[str] = "marvell"
-    params = {"scale": Param("float"), "seed": Param("int")}
-    random: ClassVar[bool] = True
-    label_defence: ClassVar[bool] = True
-
-    def __init__(self, scale: float = 1.0, seed: int = 0, stream: int | str = 0) -> None:
-        if not 0 < scale <= 1e3:
-            raise ConfigError(f"--defence marvell: scale must be in (0, 1000], got {scale}")
-        self.scale = float(scale)
-        self.gen = defence_generator(check_seed("--defence marvell", seed), stream, self.name)
 
     def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         flat = _flat(g).to(torch.float64)
