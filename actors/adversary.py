@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from actors.nets.descriptor import Shape, SplitNetwork
+from attack.base import Rung
+from attack.fit_sharing import fit_digest
 from attack.ladder import (
     attack_params,
     intercept_point,
@@ -52,6 +54,25 @@ def stack(owner: str, items: list[tuple[int, np.ndarray]], cut_shape: Shape) -> 
 
 #: Fewest (activation, image) pairs a decoder is trained on: batch statistics need two.
 MIN_FIT = 2
+#: The name ``attack`` prepares under when called on its own (not by the lab).
+SOLO = "solo"
+
+
+@dataclass
+class Prepared:
+    """One adversary's attack between ``prepare_attack`` and ``attack_with``."""
+
+    rung: Rung
+    point: str  # the intercept point: "cut" or "output"
+    used: int  # oracle queries answered
+    trained: bool
+    inputs: tuple[np.ndarray, np.ndarray] | None  # what ``fit`` trains on, until it has
+    aux: np.ndarray
+
+    def fit(self) -> None:
+        if self.inputs is not None:
+            self.rung.fit(*self.inputs)
+            self.inputs, self.trained = None, True
 
 
 class InversionAttacker(ABC):
@@ -92,45 +113,85 @@ class InversionAttacker(ABC):
         ``whitebox-conv`` trains the decoder on its own run of the defended first part.
         ``unsplit`` gets only the first part's architecture (a fresh module of the public
         descriptor, whose weights it redraws): no queries, no auxiliary data, no weights.
+
+        The lab runs the same three steps apart (:meth:`prepare_attack`, :meth:`fit_attack`,
+        :meth:`attack_with`) so that adversaries whose fits are identical fit once.
+        """
+        self.prepare_attack(SOLO, owners, aux, epochs, seed, method, weights, defences)
+        return self.attack_with(SOLO, owners, None)
+
+    def prepare_attack(self, adversary: str, owners: list[str], aux: np.ndarray, epochs: int,
+                       seed: int, method: str = "mlp", weights: np.ndarray | None = None,
+                       defences: tuple[str, ...] = ()) -> str | None:
+        """Build the rung and gather what it fits on (the oracle queries happen here).
+
+        The oracle is the first owner's. Returns the fit's digest
+        (:func:`attack.fit_sharing.fit_digest`: the rung, its settings and every byte it
+        would train on), or None when this rung does not fit. ``adversary`` names the
+        prepared attack: one role may play two adversaries.
         """
         point = intercept_point(method)
-        trained = False
+        inputs: tuple[np.ndarray, np.ndarray] | None = None
+        used, trained = 0, False
         if needs_weights(method):
             part = self.net.owner_from(np.asarray(weights)).eval()
-            used = 0
             if trains_locally(method):  # a decoder on its own outputs of the known part
-                inversion = make_attack(method, **self._params(method, epochs, seed))
+                rung = make_attack(method, **self._params(method, epochs, seed))
                 if len(aux) >= MIN_FIT:
-                    inversion.fit(local_answers(part, defences, aux, seed), aux)
-                    trained = True
+                    inputs = (local_answers(part, defences, aux, seed), aux)
             else:
-                inversion = make_adapted_attack(method, defences, part=part,
-                                                **self._params(method, None, seed))
+                rung = make_adapted_attack(method, defences, part=part,
+                                           **self._params(method, None, seed))
                 trained = True
         elif needs_architecture(method):
-            inversion = make_attack(method, architecture=self.net.owner_part,
-                                    **self._params(method, epochs, seed))
-            used, trained = 0, True
+            rung = make_attack(method, architecture=self.net.owner_part,
+                               **self._params(method, epochs, seed))
+            trained = True
         else:
-            inversion = make_attack(method, **self._params(method, epochs, seed))
-            acts, images = self.collect(owners[0], aux, inversion.query_batch, point)
+            rung = make_attack(method, **self._params(method, epochs, seed))
+            acts, images = self.collect(owners[0], aux, rung.query_batch, point)
             used = len(images)
             if used >= MIN_FIT:
-                inversion.fit(acts, images)
-                trained = True
+                inputs = (acts, images)
         self.network.flush()
+        prepared = Prepared(rung, point, used, trained, inputs, aux)
+        self.__dict__.setdefault("_prepared", {})[adversary] = prepared
+        return None if inputs is None else fit_digest(rung, *inputs)
+
+    def fit_attack(self, adversary: str) -> Rung:
+        """Fit the rung ``prepare_attack`` built for ``adversary``; returns it, fitted."""
+        prepared = self._prepared_for(adversary)
+        prepared.fit()
+        return prepared.rung
+
+    def attack_with(self, adversary: str, owners: list[str],
+                    fitted: Rung | None = None) -> list[Reconstruction]:
+        """Reconstruct every owner's inputs with ``adversary``'s prepared rung, or with
+        ``fitted``: the same rung fitted on byte-identical inputs (by this role or another)."""
+        prepared = self._prepared_for(adversary)
+        del self._prepared[adversary]
+        if fitted is not None:
+            prepared.rung, prepared.trained, prepared.inputs = fitted, True, None
+        else:
+            prepared.fit()
         out = []
         for owner in owners:
-            got = (self.intercepted_outputs(owner) if point == "output"
+            got = (self.intercepted_outputs(owner) if prepared.point == "output"
                    else self.intercepted_activations(owner).acts)
             if len(got) == 0:  # an owner with no private test images sent nothing
                 images = np.zeros((0, *self.net.input_shape), np.float32)
-            elif trained:
-                images = inversion.reconstruct(got)
+            elif prepared.trained:
+                images = prepared.rung.reconstruct(got)
             else:  # too little to train on: the best guess is the mean auxiliary image
-                images = np.repeat(aux.mean(0, keepdims=True), len(got), axis=0)
-            out.append(Reconstruction(owner, images.astype(np.float32), used))
+                images = np.repeat(prepared.aux.mean(0, keepdims=True), len(got), axis=0)
+            out.append(Reconstruction(owner, images.astype(np.float32), prepared.used))
         return out
+
+    def _prepared_for(self, adversary: str) -> Prepared:
+        prepared = self.__dict__.get("_prepared", {}).get(adversary)
+        if prepared is None:
+            raise ConfigError(f"{type(self).__name__}: no attack prepared for {adversary!r}")
+        return prepared
 
     def _params(self, method: str, epochs: int | None, seed: int) -> dict[str, object]:
         """The settings the lab gives a rung, those it takes (a plug-in rung need not take

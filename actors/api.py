@@ -36,7 +36,8 @@ from actors.nets.shareable import check_shareable
 from actors.nets.zoo import DEFAULT_LR, build_network, default_lr, parse_model
 from actors.owner import TrainConfig
 from actors.partition import Partition
-from attack.auxiliary import load_aux
+from attack.auxiliary import check_aux, load_aux
+from attack.fit_sharing import FitLedger
 from attack.ladder import ATTACKS
 from attack.validator import train_validator
 from defences.spec import DefenceSpec
@@ -89,6 +90,9 @@ class LabOptions:
     address: str | None = None
     backend: str = "ray"  # or "local": every role in this process
     quiet: bool = True
+    #: Adversaries whose attack fits train on identical bytes fit once (attack.fit_sharing);
+    #: False: each fits its own (the same numbers, slower: tests check they agree).
+    share_fits: bool = True
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -237,6 +241,31 @@ def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn
     return functools.cache(lambda: ray.get(ref)), where
 
 
+@dataclass(frozen=True)
+class _Aux:
+    """The auxiliary set, loaded now or coming from a Ray task (``get`` waits for it)."""
+
+    get: Callable[[], np.ndarray]
+    size: int
+
+
+def _aux(options: LabOptions, data: TargetData) -> _Aux:
+    """The attacker's auxiliary set. Rendering the letters takes seconds of CPU that no one
+    needs before the first attack, so on Ray a task renders them while the first protocol
+    trains (its checks still fail at once); every other set is read here."""
+    args = (options.aux, options.aux_size, options.seed, data.input_shape)
+    if options.backend == "ray" and options.aux == "letters":
+        from actors.ray_backend import ray
+
+        check_aux(options.aux, options.aux_size, data.input_shape)
+        ref = ray.remote(num_cpus=0)(load_aux).remote(*args)
+        return _Aux(functools.cache(lambda: np.ascontiguousarray(ray.get(ref))),
+                    options.aux_size)
+    aux = np.ascontiguousarray(load_aux(*args, holdout=data.holdout.x, data_dir=options.data_dir,
+                                        download=options.download))
+    return _Aux(lambda: aux, len(aux))
+
+
 def _backend_factory(options: LabOptions) -> Callable[[], Any]:
     if options.backend == "ray":
         from actors.ray_backend import RayBackend
@@ -283,21 +312,22 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     protocols, skipped = runnable_protocols(options, net)
     for protocol, reason in skipped.items():
         sys.stderr.write(f"skipping --protocol {protocol}: {reason}\n")
-    aux = load_aux(options.aux, options.aux_size, options.seed, data.input_shape,
-                   holdout=data.holdout.x, data_dir=options.data_dir, download=options.download)
     judge, where = _judge(options, data)
+    aux = _aux(options, data)
     if not options.quiet:
         print(f"SplitWire: {net.describe()}; {len(data.train.y)} train / {len(data.test.y)} "
-              f"private test images of {data.name}, aux={options.aux} ({len(aux)} images), "
+              f"private test images of {data.name}, aux={options.aux} ({aux.size} images), "
               f"protocols: {', '.join(protocols)}, Ray: {where}", flush=True)
     report = LabReport(options, net, skipped=skipped)
     make_backend = _backend_factory(options)
+    fits = FitLedger(share=options.share_fits)  # one fit per distinct set of attack inputs
     for protocol in protocols:
         backend = make_backend()
         bar = progress(protocol, options.epochs) if progress else None
         try:
             report.runs += run_protocol(backend, run_config(options, protocol, net), data,
-                                        np.ascontiguousarray(aux), judge, progress=bar, net=net)
+                                        aux.get, judge, progress=bar, net=net,
+                                        fits=fits)
             if after_protocol is not None:
                 after_protocol(protocol, backend)
         finally:

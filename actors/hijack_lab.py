@@ -61,7 +61,7 @@ def malicious_adversaries(adversaries: tuple[str, ...], mpc: bool,
         return {}
     cls = (ColludingShareServer if kind == MALICIOUS_COLLUDING
            else MaliciousShareServer if mpc else MaliciousServer)
-    return {kind: (server, cls.attack)}
+    return {kind: (server, cls.attack_with)}
 
 
 def arm(backend: Backend, adversaries: tuple[str, ...], servers: list[str], aux: np.ndarray,

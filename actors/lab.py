@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from actors import hijack_lab
-from actors.adversary import Reconstruction
+from actors.adversary import InversionAttacker, Reconstruction
 from actors.backend import Backend, Method
 from actors.data import Split, TargetData
 from actors.eavesdropper import Eavesdropper
@@ -47,6 +47,7 @@ from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, r
 from actors.wire import Tap, link
 from attack import metrics, validator
 from attack.baselines import instance_report, label_only_scores
+from attack.fit_sharing import FitLedger
 from attack.ladder import intercept_point, needs_weights
 from defences.accounting import run_epsilon
 from defences.spec import DefenceSpec, build_defences, parse_defence
@@ -168,6 +169,9 @@ class RunResult:
     topology: str = "vanilla"  # or "u-shaped" (actors.ushaped)
     #: What this adversary infers of the training labels (attack.labels), beside chance.
     label_leak: dict[str, Any] = field(default_factory=dict)
+    #: The attack's fit: its digest and who ran it (shared when another adversary's was
+    #: byte-identical; attack.fit_sharing). None for rungs that do not fit.
+    fit: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -203,6 +207,7 @@ class RunResult:
             "labels": self.label_leak,
             **({"mpc": self.mpc} if self.mpc else {}),
             **({"fsha_curve": self.fsha_curve} if self.fsha_curve is not None else {}),
+            "fit": self.fit,
         }
 
 
@@ -221,7 +226,7 @@ class Cast:
 
     owners: list[str]
     parties: list[str]  # every started role (Ray actors): names to call
-    adversaries: dict[str, tuple[str, Method]]  # adversary -> (role, method)
+    adversaries: dict[str, tuple[str, Method]]  # adversary -> (role, its attack_with)
     servers: list[str]
     host_of: dict[str, str]  # owner -> the pool actor hosting it
     train_shards: list[np.ndarray]  # indices into the training split, per owner
@@ -267,8 +272,8 @@ def start_roles(backend: Backend, cfg: RunConfig, net: SplitNetwork, data: Targe
         backend.start(SERVER, server_cls, taps, config=cfg.train, **common)
         owner_kw = {"server": SERVER}
         servers = [SERVER]
-        adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
-                       "server": (SERVER, ComputeServer.attack),
+        adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack_with),
+                       "server": (SERVER, ComputeServer.attack_with),
                        **hijack_lab.malicious_adversaries(cfg.adversaries, False, SERVER)}
     initial = net.initial_state()
     fed = None
@@ -310,9 +315,9 @@ def _start_share_servers(backend: Backend, cfg: RunConfig, net: SplitNetwork,
                       params=shares[party], frac_bits=cfg.frac_bits, lr=cfg.train.lr,
                       momentum=cfg.train.momentum, **common)
     backend.start(DEALER, Dealer, taps, **{k: v for k, v in common.items() if k != "net"})
-    adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack),
-                   "server": (SERVER0, ShareServer.attack),
-                   "colluding-servers": (SERVER0, ShareServer.attack_colluding),
+    adversaries = {"eavesdropper": (EAVESDROPPER, Eavesdropper.attack_with),
+                   "server": (SERVER0, ShareServer.attack_with),
+                   "colluding-servers": (SERVER0, ShareServer.attack_with_colluding),
                    **hijack_lab.malicious_adversaries(cfg.adversaries, True, SERVER0)}
     return [SERVER0, SERVER1], adversaries
 
@@ -449,10 +454,15 @@ class Truth:
 
 
 def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
-                methods: list[str], budgeted: bool,
-                ) -> list[tuple[str, str, list[Reconstruction]]]:
-    """Every adversary the topology has runs every rung on what it holds: (adversary, rung,
-    one reconstruction per owner)."""
+                methods: list[str], budgeted: bool, fits: FitLedger | None = None,
+                ) -> list[Attacked]:
+    """Every adversary the topology has runs every rung on what it holds: one
+    :class:`Attacked` per (adversary, rung).
+
+    Each adversary makes its own queries; adversaries whose fits would train on the same bytes
+    (``attack.fit_sharing``) fit once, here or in an earlier protocol's run kept in ``fits``.
+    """
+    fits = FitLedger() if fits is None else fits
     owners = cast.owners
     adversaries = [a for a in cfg.adversaries if a in cast.adversaries]
     # White-box threat model: the adversary knows the first part's weights (He et al. 2019;
@@ -460,7 +470,7 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
     weights = (backend.call(cast.host_of[owners[0]], OwnerHost.owner_call, owners[0],
                             DataOwner.first_part_weights)
                if any(needs_weights(m) for m in methods) else None)
-    out: list[tuple[str, str, list[Reconstruction]]] = []
+    out: list[Attacked] = []
     points_done: set[str] = set()
     for method in methods:  # adversaries in parallel; one rung of the ladder at a time
         point = intercept_point(method)
@@ -471,16 +481,40 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
             backend.call_all([(cast.host_of[owners[0]], OwnerHost.owner_call,
                                (owners[0], DataOwner.refund_queries, p)) for p in parties])
         points_done.add(point)
-        calls = [(*cast.adversaries[a], (owners, aux, cfg.attack_epochs, cfg.seed, method,
-                                         weights, cfg.defence_texts)) for a in adversaries]
+        args = (owners, aux, cfg.attack_epochs, cfg.seed, method, weights, cfg.defence_texts)
+        prepare = [(cast.adversaries[a][0], InversionAttacker.prepare_attack, (a, *args))
+                   for a in adversaries]
         if point == "output":
             # One at a time: the owner's prediction API asks the server, which must not be
             # busy with an attack of its own (on Ray two such actors would wait on each other).
-            got = [backend.call(name, fn, *args) for name, fn, args in calls]
+            digests = [backend.call(name, fn, *a) for name, fn, a in prepare]
         else:
-            got = backend.call_all(calls)
-        out += [(a, method, recons) for a, recons in zip(adversaries, got, strict=True)]
+            digests = backend.call_all(prepare)
+        who = {a: f"{cfg.protocol} {a}" for a in adversaries}
+        digests = [fits.key(d, who[a]) for a, d in zip(adversaries, digests, strict=True)]
+        leaders: dict[str, str] = {}
+        for a, digest in zip(adversaries, digests, strict=True):
+            if digest is not None and digest not in fits and digest not in leaders:
+                leaders[digest] = a
+        fitted = backend.call_all([(cast.adversaries[a][0], InversionAttacker.fit_attack, (a,))
+                                   for a in leaders.values()])
+        for (digest, a), rung in zip(leaders.items(), fitted, strict=True):
+            fits.add(digest, rung, who[a])
+        got = backend.call_all([(*cast.adversaries[a], (a, owners, fits.get(d)))
+                                for a, d in zip(adversaries, digests, strict=True)])
+        out += [Attacked(a, method, recons, fits.report(d, who[a]))
+                for a, d, recons in zip(adversaries, digests, got, strict=True)]
     return out
+
+
+@dataclass(frozen=True)
+class Attacked:
+    """One adversary's run of one rung: its reconstructions, one per owner, and its fit."""
+
+    adversary: str
+    method: str
+    reconstructions: list[Reconstruction]
+    fit: dict[str, Any] | None  # FitLedger.report: the fit's digest and who ran it
 
 
 def _per_owner(cast: Cast, data: TargetData, recons: list[Reconstruction], adversary: str,
@@ -504,17 +538,20 @@ def run_protocol(
     backend: Backend,
     cfg: RunConfig,
     data: TargetData,
-    aux: np.ndarray,
+    aux: np.ndarray | Callable[[], np.ndarray],
     judge: Callable[[], torch.nn.Module],
     progress: Any = None,
     on_checkpoint: Callable[[int], None] | None = None,
     net: SplitNetwork | None = None,
+    fits: FitLedger | None = None,
 ) -> list[RunResult]:
     """Train ``net`` (default: the built-in ``mlp`` from ``cfg.seed``) with ``cfg.clients``
     owners, infer the private test set, attack it, score it.
 
     Training and inference happen once; each adversary in ``cfg.adversaries`` that the
     protocol's topology has then attacks what it holds, giving one result per adversary.
+    ``fits`` carries fitted attacks between the protocols of one lab run (byte-identical
+    inputs only: ``attack.fit_sharing``).
     """
     t0 = time.perf_counter()
     if net is None:
@@ -526,10 +563,13 @@ def run_protocol(
     cast = start_roles(backend, cfg, net, data, session)
     backend.connect()
     pin_identities(backend, cast.parties)
-    hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, cfg.seed,
-                   cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
-                                    for tr in cast.train_shards),
-                   None if cfg.fsha_warmup is None else {"warmup": cfg.fsha_warmup})
+    # The auxiliary set may still be rendering on a spare core: wait only where it is needed.
+    aux_of = aux if callable(aux) else functools.partial(np.asarray, aux)
+    if hijack_lab.malicious_kind(cfg.adversaries) is not None:
+        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux_of(), cfg.seed,
+                       cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
+                                        for tr in cast.train_shards),
+                       None if cfg.fsha_warmup is None else {"warmup": cfg.fsha_warmup})
 
     losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
                                                         on_checkpoint)
@@ -548,7 +588,8 @@ def run_protocol(
     truth = Truth.of(data, cast, judge())  # the judge trained concurrently; wait only now
     # The owners' defences as the lab sees them (whether a budget binds, the epsilon).
     shield = build_defences(cfg.defences)
-    attacks = run_attacks(backend, cfg, cast, aux, methods, shield.budget is not None)
+    attacks = run_attacks(backend, cfg, cast, aux_of(), methods, shield.budget is not None,
+                          fits)
     curve = (hijack_lab.score_curve(backend, cfg.adversaries, cast.servers, data,
                                     cast.train_shards[0], cfg.seed, cfg.train.batch_size,
                                     truth.judge)
@@ -557,7 +598,8 @@ def run_protocol(
     epsilon = shield.epsilon()
     epsilon_run = run_epsilon(shield.noise, cfg.epochs, n_examples=len(data.train.y))
     results = []
-    for adversary, method, recons in attacks:
+    for attacked in attacks:
+        adversary, method, recons = attacked.adversary, attacked.method, attacked.reconstructions
         if adversary in hijack_lab.MALICIOUS:
             if method != methods[0]:
                 continue  # FSHA's decoder is one attack, whatever rungs the ladder has
@@ -576,6 +618,7 @@ def run_protocol(
             cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
             detection=detection,
             fsha_curve=curve if adversary in hijack_lab.MALICIOUS else None,
+            fit=attacked.fit,
         ))
     # Counted once the attacks (whose oracle queries cross the wire too) are done, and every
     # role's mirrored frames have reached the taps (servers and the dealer included).

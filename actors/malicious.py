@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from actors.adversary import Reconstruction
 from actors.mpc_roles import SERVER0, SERVER1, Op, ShareServer, _to_ring, owner_index
 from actors.server import ComputeServer
+from attack.base import Rung
 from attack.fsha import FeatureSpaceHijacker, fresh_copy
 from protocol import ring
 from protocol.errors import ConfigError, ShapeError
@@ -125,6 +126,18 @@ class _Hijacking:
         if self.fsha is None:
             raise ShapeError(f"{type(self).__name__} was not armed before training")
         return [Reconstruction(o, self.fsha.reconstruct(self._held(o)), 0) for o in owners]
+
+    def prepare_attack(self, adversary: str, owners: list[str], aux: np.ndarray, epochs: int,
+                       seed: int, method: str = "mlp", weights: np.ndarray | None = None,
+                       defences: tuple[str, ...] = ()) -> str | None:
+        """Nothing to prepare and nothing to fit: FSHA's decoder trained during training."""
+        del adversary, owners, aux, epochs, seed, method, weights, defences
+        return None
+
+    def attack_with(self, adversary: str, owners: list[str],
+                    fitted: Rung | None = None) -> list[Reconstruction]:
+        del adversary, fitted
+        return self.attack(owners, np.zeros((0,)), 0, 0)
 
     def _held(self, owner: str) -> np.ndarray:
         return self.intercepted_activations(owner).acts  # type: ignore[attr-defined]
@@ -222,6 +235,18 @@ class ColludingShareServer(MaliciousShareServer):
                 raise ShapeError(f"no training share of {owner} to hand over")
             return [self.reply(SERVER0, K.SHARE, share)]
         return super()._control(sender, code)
+
+    def prepare_attack(self, adversary: str, owners: list[str], aux: np.ndarray, epochs: int,
+                       seed: int, method: str = "mlp", weights: np.ndarray | None = None,
+                       defences: tuple[str, ...] = ()) -> str | None:
+        """Nothing to prepare and nothing to fit: FSHA's decoder trained during training."""
+        del adversary, owners, aux, epochs, seed, method, weights, defences
+        return None
+
+    def attack_with(self, adversary: str, owners: list[str],
+                    fitted: Rung | None = None) -> list[Reconstruction]:
+        del adversary, fitted
+        return self.attack(owners, np.zeros((0,)), 0, 0)
 
     def _held(self, owner: str) -> np.ndarray:
         if self.party != 0:

@@ -25,6 +25,7 @@ from actors.nets.descriptor import SplitNetwork
 from actors.owner import DataOwner
 from actors.role import Role
 from actors.wire import Network
+from attack.base import Rung
 from protocol import beaver, mpc, ring, shared
 from protocol.beaver import TripleSpec, TripleStore
 from protocol.endpoint import Message
@@ -512,6 +513,15 @@ class ShareServer(Role, InversionAttacker):
         self.colluding = True
         try:
             return self.attack(owners, aux, epochs, seed, method, weights, defences)
+        finally:
+            self.colluding = False
+
+    def attack_with_colluding(self, adversary: str, owners: list[str],
+                              fitted: Rung | None = None) -> list:
+        """``attack_with`` on the activations both servers' shares reveal together."""
+        self.colluding = True
+        try:
+            return self.attack_with(adversary, owners, fitted)
         finally:
             self.colluding = False
 

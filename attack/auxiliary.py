@@ -120,18 +120,7 @@ def load_aux(
     (M, 28, 28) or (M, 1, 28, 28), upright (MNIST orientation), uint8 0-255 or float 0-1;
     without it they are read through torchvision from ``data_dir`` (``download`` to fetch).
     """
-    if name not in AUX_CHOICES:
-        raise ConfigError(
-            f"unknown auxiliary set {name!r} for --aux: choose one of {', '.join(AUX_CHOICES)}"
-        )
-    if n < 1:
-        raise ConfigError(f"--aux-size must be at least 1, got {n}")
-    shape = _check_shape(input_shape)
-    if name in MNIST_STYLE and shape != MNIST_SHAPE:
-        raise ConfigError(
-            f"--aux {name} is {_fmt(MNIST_SHAPE)} grayscale, the target's images are "
-            f"{_fmt(shape)}: use --aux holdout or noise"
-        )
+    shape = check_aux(name, n, input_shape)
     rng = np.random.default_rng(seed)
     if name == "letters":
         return render_letters(n, seed)
@@ -144,6 +133,25 @@ def load_aux(
     if emnist is not None:
         return _emnist_from_array(emnist, n, rng)
     return _emnist_letters(n, rng, data_dir, download)
+
+
+def check_aux(name: str, n: int, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The checks ``load_aux`` makes before it loads anything (ConfigError), so a caller that
+    loads later (the lab renders letters on a spare core) still fails at once; returns the
+    target's (C, H, W)."""
+    if name not in AUX_CHOICES:
+        raise ConfigError(
+            f"unknown auxiliary set {name!r} for --aux: choose one of {', '.join(AUX_CHOICES)}"
+        )
+    if n < 1:
+        raise ConfigError(f"--aux-size must be at least 1, got {n}")
+    shape = _check_shape(input_shape)
+    if name in MNIST_STYLE and shape != MNIST_SHAPE:
+        raise ConfigError(
+            f"--aux {name} is {_fmt(MNIST_SHAPE)} grayscale, the target's images are "
+            f"{_fmt(shape)}: use --aux holdout or noise"
+        )
+    return shape
 
 
 def _check_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]:

