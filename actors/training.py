@@ -2,14 +2,17 @@
 
 Every batch of the run has a global step id, fixed before training starts (owner by owner,
 epoch by epoch), so a retry carries the id of its first try. The lab keeps a consistent
-checkpoint — the first part with its momentum, the server's second part, and where training
-stood — every ``checkpoint_every`` steps; the states stay in the object store (handles), never
+checkpoint — the first part with its momentum, the server's second part (a malicious server's
+attack state with it), the owners' detector state, and where training stood — every
+``checkpoint_every`` steps; the states stay in the object store (handles), never
 passing through the lab unless written to disk. When a call fails because a role died, the lab
 lets the backend bring it back, re-pins identities, restores what the restarted role lost, and
 replays from the checkpoint. A live server answers the replayed batches it already applied
 from its reply cache (by step id) instead of applying them again; a restarted one starts from
 the checkpoint, which holds none of them. So every batch is applied exactly once, and
-``batches.sent == batches.applied`` checks it.
+``batches.sent == batches.applied`` checks it. Every owner's detectors, live ones too, go back
+to the checkpoint with the rest, so a detector sees each replayed step once. The on-disk format
+(``--resume``) is documented in docs/checkpoint.md.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ defence is a small object with up to four hooks, all optional:
   :meth:`ServerCheck.fake_labels` may turn a training batch into a probe (other labels, no
   local update) and :meth:`ServerCheck.observe_gradient` sees every gradient the server sends
   back; a :class:`Verdict` stops training (the owner raises :class:`ServerJudgedMalicious`).
+  Its :meth:`ServerCheck.state` / :meth:`ServerCheck.load_state` (named numeric arrays) put it
+  in the lab's checkpoints, so it survives ``--chaos`` rollbacks and ``--resume``;
 * :meth:`OwnerDefence.gradient` ``(g, y) -> g`` -- U-shaped splits: rewrite the per-example
   gradient the owner sends back to the server's middle (label defences, ``defences.labels``).
 
