@@ -6,6 +6,7 @@ adversary table, arming before training, the curve after). Nothing here imports 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,14 +66,23 @@ def malicious_adversaries(adversaries: tuple[str, ...], mpc: bool,
 
 
 def arm(backend: Backend, adversaries: tuple[str, ...], servers: list[str], aux: np.ndarray,
-        seed: int, total_steps: int, settings: dict[str, Any] | None = None) -> None:
+        seed: int, total_steps: int, settings: dict[str, Any] | None = None
+        ) -> Callable[[], None] | None:
     """Hand the malicious server its public data (and any FSHA ``settings`` over the lab's)
-    before the owner's first batch."""
+    before the owner's first batch. Returns what re-arms a rebuilt server (``--chaos``) before
+    its checkpoint is restored: the same arming without the warm-up, whose result the
+    checkpoint holds; None for an honest run."""
     if malicious_kind(adversaries) is None:
-        return
+        return None
     leader = SERVER0 if SERVER0 in servers else servers[0]
-    backend.call(leader, MaliciousServer.arm, np.ascontiguousarray(aux), seed, total_steps,
-                 settings)
+    public = np.ascontiguousarray(aux)
+    backend.call(leader, MaliciousServer.arm, public, seed, total_steps, settings)
+
+    def rearm() -> None:
+        backend.call(leader, MaliciousServer.arm, public, seed, total_steps,
+                     (settings or {}) | {"warmup": 0})
+
+    return rearm
 
 
 def batch_order(seed: int, owner: str, epoch: int, n: int) -> torch.Tensor:

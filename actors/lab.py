@@ -337,23 +337,31 @@ def _check_chaos(cfg: RunConfig, mpc_topology: bool, total_steps: int) -> list[C
 
 def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
           progress: Any = None, on_checkpoint: Callable[[int], None] | None = None,
+          revive_server: Callable[[], None] | None = None,
           ) -> tuple[list[float], dict[str, int], int, int, dict[str, Any] | None]:
     """Train to the end (recovering from dead roles) or to a detector's verdict; deploy the
     final first part at every owner. Returns the epochs' losses, the batch ledger, restarts,
-    training steps planned and the detection (``None``: none)."""
+    training steps planned and the detection (``None``: none). ``revive_server``: what a
+    rebuilt server needs before its checkpoint is restored (``hijack_lab.arm``'s re-arming)."""
     mpc_topology = cast.dealer is not None
     batches = [-(-len(tr) // cfg.train.batch_size) for tr in cast.train_shards]
     setup = TrainingSetup(
         owners=cast.owners, host_of=cast.host_of, batches=batches,
         server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
-        parties=cast.parties, recoverable=not mpc_topology)
+        parties=cast.parties, recoverable=not mpc_topology,
+        checks=bool(build_defences(cfg.defences).checks), revive_server=revive_server)
     fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
                    "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                    "defences": cfg.defence_texts, "epochs": cfg.epochs,
                    "turn_batches": cfg.turn_batches, "model": net.name, "cut": net.cut,
                    **({"topology": net.topology, "tail_cut": net.tail_cut}
-                      if net.tail_cut is not None else {})}
+                      if net.tail_cut is not None else {}),
+                   # A malicious server's attack state is in the checkpoint: only the same
+                   # attack (public data, warm-up) continues it.
+                   **({"adversaries": list(cfg.adversaries), "aux": cfg.aux,
+                       "fsha_warmup": cfg.fsha_warmup}
+                      if hijack_lab.malicious_kind(cfg.adversaries) else {})}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
@@ -565,14 +573,16 @@ def run_protocol(
     pin_identities(backend, cast.parties)
     # The auxiliary set may still be rendering on a spare core: wait only where it is needed.
     aux_of = aux if callable(aux) else functools.partial(np.asarray, aux)
-    if hijack_lab.malicious_kind(cfg.adversaries) is not None:
-        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux_of(), cfg.seed,
-                       cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
-                                        for tr in cast.train_shards),
-                       None if cfg.fsha_warmup is None else {"warmup": cfg.fsha_warmup})
+    # Resumed: the checkpoint holds what the warm-up learnt, so it is not run again.
+    warmup = 0 if cfg.resume else cfg.fsha_warmup
+    rearm = (hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux_of(), cfg.seed,
+                            cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
+                                             for tr in cast.train_shards),
+                            None if warmup is None else {"warmup": warmup})
+             if hijack_lab.malicious_kind(cfg.adversaries) is not None else None)
 
     losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
-                                                        on_checkpoint)
+                                                        on_checkpoint, rearm)
     after_training = _snapshot(backend, cast)
     if cast.dealer and cfg.reveal_model:
         backend.call(SERVER0, ShareServer.reveal_model)

@@ -114,6 +114,32 @@ class _Hijacking:
     def attack_curve(self) -> list[CurvePoint]:
         return list(self.curve)
 
+    # --- the server's private checkpoint: the attack goes on after a restart ---------------
+    def hijack_state(self) -> dict[str, np.ndarray]:
+        """FSHA's state (``attack.fsha``: pilot, decoder, critic, optimisers, generator, step
+        count) and the attack curve so far, under ``fsha:`` keys; empty when not armed."""
+        if self.fsha is None:
+            return {}
+        out = {f"fsha:{k}": v for k, v in self.fsha.state_dict().items()}
+        out |= {f"fsha:curve.{i}": p.images for i, p in enumerate(self.curve)}
+        return out | {"fsha:curve.steps": np.array([p.step for p in self.curve], np.int64)}
+
+    def restore_hijack(self, state: dict[str, np.ndarray]) -> None:
+        """Continue the attack from :meth:`hijack_state`'s output. The public data is not in
+        the checkpoint: a rebuilt server is armed again first (``hijack_lab.arm``'s re-arm)."""
+        inner = {k[len("fsha:"):]: v for k, v in state.items() if k.startswith("fsha:")}
+        if self.fsha is None or not inner:
+            raise ConfigError("a malicious server's checkpoint is restored on an armed server "
+                              f"and holds its attack state (armed: {self.fsha is not None}, "
+                              f"attack state: {bool(inner)})")
+        steps = [int(s) for s in inner.pop("curve.steps", np.zeros(0, np.int64))]
+        images = [inner.pop(f"curve.{i}", None) for i in range(len(steps))]
+        if any(im is None for im in images):
+            raise ConfigError("a malicious server's checkpoint lacks curve images")
+        self.fsha.load_state_dict(inner)
+        self.curve = [CurvePoint(s, np.asarray(im, np.float32))
+                      for s, im in zip(steps, images, strict=True)]
+
     def fsha_state(self) -> dict[str, Any]:
         return {"steps": self.fsha.steps if self.fsha else 0, "pilot": self.pilot,
                 **(self.fsha.last if self.fsha else {})}
@@ -144,7 +170,17 @@ class _Hijacking:
 
 
 class MaliciousServer(_Hijacking, ComputeServer):
-    """The one-server protocols' compute server, running FSHA (see the module's docstring)."""
+    """The one-server protocols' compute server, running FSHA (see the module's docstring).
+
+    Its checkpoint holds the attack too, so a server killed by ``--chaos`` (or a resumed run)
+    goes on hijacking from where it stood instead of starting over."""
+
+    def checkpoint(self) -> dict[str, np.ndarray]:
+        return super().checkpoint() | self.hijack_state()
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        super().restore(state)
+        self.restore_hijack(state)
 
     def train_step(self, h: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         grad = self._hijack(h, self.last_seen)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,6 +258,21 @@ class DataOwner(Role):
         if logits.shape != (len(h), self.net.classes):
             raise ShapeError(f"API predictions shape {logits.shape} for {len(h)} queries")
         return logits
+
+    def check_state(self) -> dict[str, np.ndarray]:
+        """The detectors' state (SplitGuard's gradients and schedule, SplitOut's reference
+        model and window), for the lab's checkpoint; empty without a detector."""
+        return self.defences.check_state()
+
+    def load_check_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Detectors back to a checkpoint (a rollback, a restart, ``--resume``): the steps
+        replayed after it are then seen once, as on their first try."""
+        self.defences.load_check_state(state)
+
+    def adopt(self, state: np.ndarray) -> None:
+        """Hold the first part ``state`` (weights and momentum) as if training it: the lab
+        resuming a run that a detector had stopped hands the detecting owner its part."""
+        self._begin(state)
 
     def arm_chaos(self, step: int) -> None:
         """--chaos owner:I@STEP: die on reaching global training step ``step``."""

@@ -21,7 +21,7 @@ from actors.backend import Method, method_name
 from actors.owner import DataOwner, SharedWeights, TurnPlan, TurnReport
 from actors.wire import Network, TapRecord, Transport
 from protocol.endpoint import WireStats
-from protocol.errors import FrameError
+from protocol.errors import ConfigError, FrameError
 from protocol.frame import decode_header
 
 
@@ -111,6 +111,22 @@ class OwnerHost:
             reports.append(report)
             kept = out if out is not None else kept
         return reports, kept
+
+    def check_states(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each hosted owner's detector state (the lab's checkpoint); owners without a
+        detector are left out."""
+        states = {n: o.check_state() for n, o in self.owners.items()}
+        return {n: s for n, s in states.items() if s}
+
+    def load_check_states(self, states: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Every hosted owner's detectors back to ``check_states()``'s output."""
+        unknown = sorted(set(states) - set(self.owners))
+        if unknown:
+            raise ConfigError(f"detector state for owners not hosted by {self.name}: "
+                              f"{', '.join(unknown)}")
+        for name, owner in self.owners.items():
+            if owner.defences.checks:
+                owner.load_check_state(states.get(name, {}))
 
     def each(self, method: Method, *args: Any) -> list[Any]:
         """``method`` on every hosted owner, in order (identities, trust, stats, ...)."""

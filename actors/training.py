@@ -2,14 +2,17 @@
 
 Every batch of the run has a global step id, fixed before training starts (owner by owner,
 epoch by epoch), so a retry carries the id of its first try. The lab keeps a consistent
-checkpoint — the first part with its momentum, the server's second part, and where training
-stood — every ``checkpoint_every`` steps; the states stay in the object store (handles), never
+checkpoint — the first part with its momentum, the server's second part (a malicious server's
+attack state with it), the owners' detector state, and where training stood — every
+``checkpoint_every`` steps; the states stay in the object store (handles), never
 passing through the lab unless written to disk. When a call fails because a role died, the lab
 lets the backend bring it back, re-pins identities, restores what the restarted role lost, and
 replays from the checkpoint. A live server answers the replayed batches it already applied
 from its reply cache (by step id) instead of applying them again; a restarted one starts from
 the checkpoint, which holds none of them. So every batch is applied exactly once, and
-``batches.sent == batches.applied`` checks it.
+``batches.sent == batches.applied`` checks it. Every owner's detectors, live ones too, go back
+to the checkpoint with the rest, so a detector sees each replayed step once. The on-disk format
+(``--resume``) is documented in docs/checkpoint.md.
 """
 
 from __future__ import annotations
@@ -30,10 +33,14 @@ from actors.owner import DataOwner, TurnPlan, TurnReport
 from actors.owner_host import OwnerHost
 from actors.role import Role
 from actors.server import ComputeServer
-from defences.base import ServerJudgedMalicious
+from defences.base import ServerJudgedMalicious, Verdict
 from protocol.errors import ConfigError
 
-CHECKPOINT_FORMAT = "splitwire-checkpoint/1"
+#: /2 adds the owners' detector state (``checks.OWNER.DETECTOR.KEY`` arrays), a malicious
+#: server's attack state (``server.fsha:...``) and a detection record; /1 (weights and
+#: counters only) is still read for runs that need nothing more.
+CHECKPOINT_FORMAT = "splitwire-checkpoint/2"
+READABLE_FORMATS = ("splitwire-checkpoint/1", CHECKPOINT_FORMAT)
 SCHEDULES = ("sequential", "splitfed")
 
 
@@ -62,6 +69,9 @@ class Checkpoint:
     loss_sum: float
     loss_batches: int
     losses: list[float] = field(default_factory=list)
+    #: Owner host -> handle: its owners' detector state ({owner: {key: array}}); empty when
+    #: no owner runs a detector.
+    checks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,6 +85,10 @@ class TrainingSetup:
     fed_server: str | None
     parties: list[str]  # every started role (actor names)
     recoverable: bool = True
+    checks: bool = False  # the owners run detectors: their state is part of every checkpoint
+    #: What a rebuilt server needs before its checkpoint can be restored (a malicious server's
+    #: arming: its public data is not in the checkpoint); None: nothing.
+    revive_server: Callable[[], None] | None = None
 
 
 def turns(batches: list[int], turn_batches: int | None) -> list[tuple[int, int, int]]:
@@ -117,7 +131,9 @@ class Trainer:
         #: Set when an owner's detector judged the server malicious: training stopped there.
         self.detection: ServerJudgedMalicious | None = None
         self.failures = 0  # failed calls since the last one that worked
-        self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0)
+        self.hosts = list(dict.fromkeys(setup.host_of.values()))
+        self.ckpt = Checkpoint(Position(), initial, self._server_state(), 0.0, 0,
+                               checks=self._check_states())
         self._rewind()
         self.steps_per_epoch = sum(setup.batches)
         self.segments = turns(setup.batches, turn_batches)
@@ -150,13 +166,29 @@ class Trainer:
         self.backend.fetch(counters)
         return self.backend.keep(state, self.setup.server)
 
+    def _check_states(self) -> dict[str, Any]:
+        """The owners' detector state now, a handle per host (kept like the server's)."""
+        if not self.setup.checks:
+            return {}
+        return {h: self.backend.keep(self.backend.submit(h, OwnerHost.check_states), h)
+                for h in self.hosts}
+
+    def _restore_checks(self, checks: dict[str, Any]) -> None:
+        """Every owner's detectors back to the checkpoint, live ones too: the steps replayed
+        from it must not be counted twice."""
+        self.backend.call_all([(h, OwnerHost.load_check_states, (state,))
+                               for h, state in checks.items()])
+
     # --- the loop ------------------------------------------------------------------------
     def run(self) -> list[float]:
         """Train to the end, recovering from dead roles; the mean loss of each epoch.
 
         An owner's detector may judge the server malicious (``ServerJudgedMalicious``):
         training stops at once, :attr:`detection` says who, when and why, and the losses end
-        with the partial epoch's mean over the chunks that completed."""
+        with the partial epoch's mean over the chunks that completed. Resumed from such a
+        run (its checkpoint records the verdict), it trains nothing."""
+        if self.detection is not None:
+            return self.losses
         self._save()
         while self.pos.epoch < self.epochs:
             try:
@@ -171,6 +203,7 @@ class Trainer:
                 self.ledger.sent = max(self.ledger.sent, exc.verdict.step + 1)
                 if self.loss_batches:
                     self.losses.append(self.loss_sum / self.loss_batches)
+                self._save_detection(exc)
                 break
         return self.losses
 
@@ -226,7 +259,8 @@ class Trainer:
         self.ledger.sent = max(self.ledger.sent, nxt.step)
         if due:
             self.ckpt = Checkpoint(nxt, self.backend.keep(state_h, host), self._server_state(),
-                                   self.loss_sum, self.loss_batches, list(self.losses))
+                                   self.loss_sum, self.loss_batches, list(self.losses),
+                                   self._check_states())
             self._after_checkpoint(epoch_done=epoch_ends)
 
     def _round(self) -> None:
@@ -246,7 +280,8 @@ class Trainer:
         self.ledger.sent = max(self.ledger.sent, nxt.step)
         self.losses.append(loss)
         self.pos = nxt
-        self.ckpt = Checkpoint(nxt, model, self._server_state(), 0.0, 0, list(self.losses))
+        self.ckpt = Checkpoint(nxt, model, self._server_state(), 0.0, 0, list(self.losses),
+                               self._check_states())
         self._after_checkpoint(epoch_done=True)
 
     def _after_checkpoint(self, epoch_done: bool) -> None:
@@ -283,7 +318,10 @@ class Trainer:
         reached = self._reached(revived)
         self.ledger.retried += max(0, reached - self.ckpt.position.step + 1)
         if self.setup.server in revived:
+            if self.setup.revive_server is not None:
+                self.setup.revive_server()
             self.backend.call(self.setup.server, ComputeServer.restore, self.ckpt.server)
+        self._restore_checks(self.ckpt.checks)
         self._rewind()
 
     def _retrust(self, revived: list[str]) -> None:
@@ -312,8 +350,9 @@ class Trainer:
 
     # --- disk ----------------------------------------------------------------------------
     def _save(self) -> None:
-        """At every epoch's end: the checkpoint on disk, for ``--resume``. Weights only: no
-        key material (identities are made fresh by every run)."""
+        """At every epoch's end (and at a detection): the checkpoint on disk, for
+        ``--resume``. Weights, counters and detector state only: no key material (identities
+        are made fresh by every run). The format is documented in docs/checkpoint.md."""
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -321,9 +360,16 @@ class Trainer:
         if self.ckpt.server is not None:
             server = self.backend.fetch(self.ckpt.server)
             arrays |= {f"server.{k}": np.asarray(v) for k, v in server.items()}
-        meta = {"format": CHECKPOINT_FORMAT, "config": self.fingerprint,
-                "position": asdict(self.ckpt.position), "losses": self.ckpt.losses,
-                "ledger": asdict(self.ledger)}
+        for handle in self.ckpt.checks.values():
+            for owner, state in self.backend.fetch(handle).items():
+                arrays |= {f"checks.{owner}.{k}": np.asarray(v) for k, v in state.items()}
+        meta: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "config": self.fingerprint,
+            "position": asdict(self.ckpt.position), "losses": self.ckpt.losses,
+            "ledger": asdict(self.ledger)}
+        if self.detection is not None:
+            meta["detection"] = self.detection.verdict.to_json() | {
+                "owner": self.detection.owner}
         tmp = self.dir / "state.npz.tmp"
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -331,8 +377,22 @@ class Trainer:
         (self.dir / "checkpoint.json.tmp").write_text(json.dumps(meta, indent=1))
         os.replace(self.dir / "checkpoint.json.tmp", self.dir / "checkpoint.json")
 
-    def resume(self, path: Path) -> None:
-        """Continue from a checkpoint written by ``_save`` (checked against this run)."""
+    def _save_detection(self, exc: ServerJudgedMalicious) -> None:
+        """A detector stopped training: the checkpoint on disk becomes that moment's (the
+        detecting owner's first part, the server, the detectors) with the verdict, so a
+        resumed run reports the same detection instead of training past it."""
+        host = self.setup.host_of.get(exc.owner)
+        if self.dir is None or host is None:
+            return
+        first = self.backend.submit(host, OwnerHost.owner_call, exc.owner,
+                                    DataOwner.flat_weights)
+        self.ckpt = Checkpoint(self.pos, self.backend.keep(first, host), self._server_state(),
+                               self.loss_sum, self.loss_batches, list(self.losses),
+                               self._check_states())
+        self._save()
+
+    def _read(self, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """checkpoint.json and state.npz, checked against this run."""
         meta_path, state_path = path / "checkpoint.json", path / "state.npz"
         if not meta_path.is_file() or not state_path.is_file():
             raise ConfigError(f"--resume {path}: no checkpoint.json and state.npz there")
@@ -342,13 +402,23 @@ class Trainer:
                 arrays = {k: z[k] for k in z.files}
         except (ValueError, OSError) as exc:
             raise ConfigError(f"--resume {path}: unreadable checkpoint ({exc})") from None
-        if meta.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
             raise ConfigError(f"--resume {path}: not a {CHECKPOINT_FORMAT} checkpoint")
         if meta.get("config") != self.fingerprint:
             diff = sorted(k for k in set(self.fingerprint) | set(meta.get("config", {}))
                           if self.fingerprint.get(k) != meta.get("config", {}).get(k))
             raise ConfigError(f"--resume {path}: the checkpoint is of another run "
                               f"(differs in {', '.join(diff)})")
+        if self.setup.checks and meta["format"] != CHECKPOINT_FORMAT:
+            raise ConfigError(f"--resume {path}: a {meta['format']} checkpoint holds no "
+                              f"detector state; this run's detectors need {CHECKPOINT_FORMAT}")
+        return meta, arrays
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint written by ``_save`` (checked against this run): the
+        first part, the server, the owners' detectors and, if a detector had stopped the
+        run, its verdict (training does not start again)."""
+        meta, arrays = self._read(path)
         try:
             position = Position(**meta["position"])
             first = arrays["first"]
@@ -358,10 +428,42 @@ class Trainer:
             raise ConfigError(f"--resume {path}: incomplete checkpoint ({exc})") from None
         if self.setup.server is not None:
             self.backend.call(self.setup.server, ComputeServer.restore, server)
+        if self.setup.checks:
+            self._restore_checks(self._checks_by_host(path, arrays))
         self.ledger = replace(Ledger(), **meta.get("ledger", {}))
         self.ckpt = Checkpoint(position, self.backend.put(first), self._server_state(), 0.0, 0,
-                               list(meta.get("losses", [])))
+                               list(meta.get("losses", [])), self._check_states())
         self._rewind()
+        if meta.get("detection") is not None:
+            self._resume_detection(path, meta["detection"], first)
+
+    def _checks_by_host(self, path: Path, arrays: dict[str, np.ndarray]
+                        ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+        """``checks.OWNER.KEY`` arrays as each host's ``load_check_states`` argument."""
+        by_host: dict[str, dict[str, dict[str, np.ndarray]]] = {h: {} for h in self.hosts}
+        for key, value in arrays.items():
+            if not key.startswith("checks."):
+                continue
+            owner, _, name = key.removeprefix("checks.").partition(".")
+            host = self.setup.host_of.get(owner)
+            if host is None or not name:
+                raise ConfigError(f"--resume {path}: detector state {key!r} of no owner of "
+                                  f"this run")
+            by_host[host].setdefault(owner, {})[name] = value
+        return by_host
+
+    def _resume_detection(self, path: Path, record: Any, first: np.ndarray) -> None:
+        try:
+            verdict = Verdict(str(record["detector"]), int(record["step"]),
+                              float(record["score"]), str(record["reason"]))
+            owner = str(record["owner"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"--resume {path}: unreadable detection record ({exc})") from None
+        if owner not in self.setup.host_of:
+            raise ConfigError(f"--resume {path}: detection by {owner}, not an owner of this run")
+        self.backend.call(self.setup.host_of[owner], OwnerHost.owner_call, owner,
+                          DataOwner.adopt, first)
+        self.detection = ServerJudgedMalicious(verdict, owner)
 
     def counters(self) -> dict[str, int]:
         """``batches``: sent, applied (by the server's model), retried."""

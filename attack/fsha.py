@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from copy import deepcopy
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,6 +226,59 @@ class FeatureSpaceHijacker:
         self.opt_critic.step()
         return loss, wasserstein
 
+    # --- checkpoints: everything the attack has learnt, as named arrays (no pickle) ----------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Pilot, decoder and critic (parameters and buffers), both Adam optimisers (moments,
+        step counts, learning rates), the generator, the auxiliary order and cursor, the step
+        count and the last losses: :meth:`load_state_dict` continues the attack exactly."""
+        out: dict[str, np.ndarray] = {}
+        for part, module in self._modules().items():
+            out |= {f"{part}.{k}": v.detach().numpy().copy()
+                    for k, v in module.state_dict().items()}
+        for part, opt in self._optimisers().items():
+            saved = opt.state_dict()
+            for index, slots in saved["state"].items():
+                out |= {f"{part}.state.{index}.{k}": torch.as_tensor(v).numpy().copy()
+                        for k, v in slots.items()}
+            out |= {f"{part}.lr.{g}": np.array(group["lr"], np.float64)
+                    for g, group in enumerate(saved["param_groups"])}
+        out |= {f"last.{k}": np.array(v, np.float64) for k, v in self.last.items()}
+        return out | {"gen": self.gen.get_state().numpy().copy(),
+                      "perm": self._perm.numpy().copy(),
+                      "cursor": np.array(self._cursor, np.int64),
+                      "steps": np.array(self.steps, np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from :meth:`state_dict`'s output (same shapes; ``ConfigError`` if not)."""
+        try:
+            for part, module in self._modules().items():
+                module.load_state_dict(_under(state, f"{part}."))
+            for part, opt in self._optimisers().items():
+                saved = opt.state_dict()
+                slots: dict[int, dict[str, torch.Tensor]] = {}
+                for key, value in _under(state, f"{part}.state.").items():
+                    index, _, slot = key.partition(".")
+                    slots.setdefault(int(index), {})[slot] = value
+                saved["state"] = slots
+                for g, group in enumerate(saved["param_groups"]):
+                    group["lr"] = float(state[f"{part}.lr.{g}"])
+                opt.load_state_dict(saved)
+            self.gen.set_state(torch.from_numpy(np.array(state["gen"], np.uint8)))
+            perm = torch.from_numpy(np.array(state["perm"], np.int64))
+            if sorted(perm.tolist()) != list(range(len(self.aux))):
+                raise ValueError(f"an order of {len(perm)} auxiliary images for {len(self.aux)}")
+            self._perm, self._cursor = perm, int(state["cursor"])
+            self.steps = int(state["steps"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"FSHA: unusable checkpointed state ({exc})") from None
+        self.last = {k: float(v) for k, v in _under(state, "last.", tensors=False).items()}
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "decoder": self.decoder, "critic": self.critic}
+
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt_ae": self.opt_ae, "opt_critic": self.opt_critic}
+
     @torch.no_grad()
     def reconstruct(self, h: np.ndarray, batch: int = 500) -> np.ndarray:
         """(N, *cut_shape) activations -> (N, C, H, W) images in [0, 1] through the decoder."""
@@ -234,3 +288,9 @@ class FeatureSpaceHijacker:
         if not out:
             return np.zeros((0, *self.input_shape), np.float32)
         return torch.cat(out).clamp(0, 1).numpy().astype(np.float32)
+
+
+def _under(state: dict[str, np.ndarray], prefix: str, tensors: bool = True) -> dict[str, Any]:
+    """The entries of ``state`` under ``prefix``, prefix removed (as tensors by default)."""
+    return {k[len(prefix):]: torch.from_numpy(np.array(v)) if tensors else v
+            for k, v in state.items() if k.startswith(prefix)}

@@ -17,6 +17,8 @@ defence is a small object with up to four hooks, all optional:
   :meth:`ServerCheck.fake_labels` may turn a training batch into a probe (other labels, no
   local update) and :meth:`ServerCheck.observe_gradient` sees every gradient the server sends
   back; a :class:`Verdict` stops training (the owner raises :class:`ServerJudgedMalicious`).
+  Its :meth:`ServerCheck.state` / :meth:`ServerCheck.load_state` (named numeric arrays) put it
+  in the lab's checkpoints, so it survives ``--chaos`` rollbacks and ``--resume``;
 * :meth:`OwnerDefence.gradient` ``(g, y) -> g`` -- U-shaped splits: rewrite the per-example
   gradient the owner sends back to the server's middle (label defences, ``defences.labels``).
 
@@ -235,3 +237,44 @@ class ServerCheck(OwnerDefence):
     @abstractmethod
     def observe_gradient(self, obs: Observation) -> Verdict | None:
         """See one step's gradient; a :class:`Verdict` if the server is judged malicious."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the detector has gathered so far (counts, collected gradients, its
+        generator), as named arrays of numbers: the lab keeps it with the owner's checkpoint
+        and writes it into ``state.npz`` (loaded without pickle), so after a rollback or a
+        ``--resume`` the detector goes on from exactly this point and counts no replayed step
+        twice. Default: nothing (a detector without state, or one that does not survive)."""
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional
+        """Continue from :meth:`state`'s output (malformed state: ``ConfigError``)."""
+
+
+def generator_state(gen: torch.Generator) -> np.ndarray:
+    """A CPU generator's state as bytes (uint8), for a detector's :meth:`ServerCheck.state`."""
+    return gen.get_state().numpy().copy()
+
+
+def set_generator_state(gen: torch.Generator, state: np.ndarray, flag: str) -> None:
+    """Put ``gen`` back where :func:`generator_state` saw it."""
+    arr = np.asarray(state)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ConfigError(f"{flag}: a checkpointed generator state is uint8 bytes, got "
+                          f"{arr.dtype} {arr.shape}")
+    try:
+        gen.set_state(torch.from_numpy(arr.copy()))
+    except RuntimeError as exc:
+        raise ConfigError(f"{flag}: unusable checkpointed generator state ({exc})") from None
+
+
+def state_array(state: Mapping[str, np.ndarray], key: str, flag: str, kind: str,
+                ndim: int | None = None) -> np.ndarray:
+    """``state[key]``, refused with one line if it is missing, not of numpy kind ``kind``
+    ("i", "f", "b"; "f" also takes integers) or not ``ndim``-dimensional."""
+    if key not in state:
+        raise ConfigError(f"{flag}: the checkpoint's detector state has no {key!r}")
+    arr = np.asarray(state[key])
+    ok = arr.dtype.kind == kind or (kind == "f" and arr.dtype.kind in "iu")
+    if not ok or (ndim is not None and arr.ndim != ndim):
+        raise ConfigError(f"{flag}: checkpointed {key!r} is {arr.dtype} {arr.shape}")
+    return arr

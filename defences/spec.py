@@ -14,10 +14,11 @@ travels; :func:`build_defences` turns specs into one owner's :class:`Defences`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from defences.base import (
@@ -197,6 +198,19 @@ class Defences:
             found = check.observe_gradient(obs)
             verdict = verdict or found
         return verdict
+
+    def check_state(self) -> dict[str, np.ndarray]:
+        """Every detector's :meth:`~defences.base.ServerCheck.state`, keys prefixed with its
+        name (``splitguard.batches``): at most one of each kind, so the names are unique."""
+        return {f"{check.name}.{key}": value for check in self.checks
+                for key, value in check.state().items()}
+
+    def load_check_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Put every detector back where :meth:`check_state` saw it."""
+        for check in self.checks:
+            prefix = f"{check.name}."
+            check.load_state({k[len(prefix):]: v for k, v in state.items()
+                              if k.startswith(prefix)})
 
     def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """U-shaped: the gradient w.r.t. the middle's output as sent back, after every

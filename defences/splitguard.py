@@ -43,11 +43,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import ClassVar
 
+import numpy as np
 import torch
 
-from defences.base import Observation, OwnerContext, Param, ServerCheck, Verdict, defence_generator
+from defences.base import (
+    Observation,
+    OwnerContext,
+    Param,
+    ServerCheck,
+    Verdict,
+    defence_generator,
+    generator_state,
+    set_generator_state,
+    state_array,
+)
 from protocol.errors import ConfigError
 
 _FLAG = "--defence splitguard"
@@ -83,6 +95,22 @@ class _GradientSet:
     @property
     def mean_norm(self) -> float:
         return self.norms / self.n
+
+    def state(self, prefix: str) -> dict[str, np.ndarray]:
+        total = (np.zeros(0, np.float32) if self.total is None
+                 else self.total.numpy().copy())
+        return {f"{prefix}.total": total, f"{prefix}.norms": np.array(self.norms, np.float64),
+                f"{prefix}.n": np.array(self.n, np.int64)}
+
+    def load(self, state: Mapping[str, np.ndarray], prefix: str) -> None:
+        total = state_array(state, f"{prefix}.total", _FLAG, "f", ndim=1)
+        n = int(state_array(state, f"{prefix}.n", _FLAG, "i", ndim=0))
+        if n < 0 or (n == 0) != (total.size == 0):
+            raise ConfigError(f"{_FLAG}: checkpointed set {prefix} holds {n} gradients and a "
+                              f"sum of {total.size} numbers")
+        self.total = None if n == 0 else torch.from_numpy(total.astype(np.float32))
+        self.norms = float(state_array(state, f"{prefix}.norms", _FLAG, "f", ndim=0))
+        self.n = n
 
     def merged(self, other: _GradientSet) -> _GradientSet:
         out = _GradientSet()
@@ -179,6 +207,33 @@ class SplitGuard(ServerCheck):
                        f"mean SplitGuard score {mean:.3f} of the last {self.window} fake "
                        f"batches is below {self.threshold} (S={s:.3f}; fake-batch gradients "
                        f"look like regular ones: the server ignores the labels)")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The fake-batch generator, the batch count, the three gradient sets (sums, norms,
+        counts), the decision window and the score history: all SplitGuard knows."""
+        steps = np.array([s for s, _ in self.history], np.int64)
+        return {"gen": generator_state(self.gen), "batches": np.array(self.batches, np.int64),
+                **self.fakes.state("fakes"), **self.r1.state("r1"), **self.r2.state("r2"),
+                "scores": np.array(self.scores, np.float64),
+                "history.step": steps,
+                "history.score": np.array([g for _, g in self.history], np.float64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        set_generator_state(self.gen, state_array(state, "gen", _FLAG, "u"), _FLAG)
+        batches = int(state_array(state, "batches", _FLAG, "i", ndim=0))
+        scores = state_array(state, "scores", _FLAG, "f", ndim=1)
+        steps = state_array(state, "history.step", _FLAG, "i", ndim=1)
+        values = state_array(state, "history.score", _FLAG, "f", ndim=1)
+        if batches < 0 or len(scores) > self.window or len(steps) != len(values):
+            raise ConfigError(f"{_FLAG}: inconsistent checkpointed state ({batches} batches, "
+                              f"{len(scores)} scores for a window of {self.window}, "
+                              f"{len(steps)} history steps and {len(values)} scores)")
+        for gradients, prefix in ((self.fakes, "fakes"), (self.r1, "r1"), (self.r2, "r2")):
+            gradients.load(state, prefix)
+        self.batches = batches
+        self.scores = deque((float(v) for v in scores), maxlen=self.window)
+        self.history = [(int(s), float(v)) for s, v in zip(steps, values, strict=True)]
 
     def __repr__(self) -> str:
         return (f"SplitGuard(p={self.p}, start={self.start}, alpha={self.alpha}, "

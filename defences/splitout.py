@@ -39,6 +39,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -52,6 +53,9 @@ from defences.base import (
     ServerCheck,
     Verdict,
     defence_generator,
+    generator_state,
+    set_generator_state,
+    state_array,
 )
 from protocol.errors import ConfigError
 
@@ -168,20 +172,25 @@ class SplitOut(ServerCheck):
     def _fit(self) -> None:
         import time
 
-        from sklearn.ensemble import IsolationForest
-        from sklearn.neighbors import LocalOutlierFactor
-
         t0 = time.perf_counter()
         honest = self.simulate()
         # Standardised on the honest simulation, so no feature dominates the distances.
         self.centre, self.scale = honest.mean(axis=0), honest.std(axis=0) + 1e-9
-        honest = self.honest = (honest - self.centre) / self.scale
+        self._fit_detector((honest - self.centre) / self.scale)
+        self.simulation_seconds = time.perf_counter() - t0
+
+    def _fit_detector(self, honest: np.ndarray) -> None:
+        """The novelty detector on the standardised honest features (deterministic: a
+        checkpoint keeps the features and refits the same detector from them)."""
+        from sklearn.ensemble import IsolationForest
+        from sklearn.neighbors import LocalOutlierFactor
+
+        self.honest = honest
         if self.model_name == "lof":
             self.detector = LocalOutlierFactor(
                 n_neighbors=min(self.neighbors, len(honest) - 1), novelty=True).fit(honest)
         else:
             self.detector = IsolationForest(random_state=self.seed).fit(honest)
-        self.simulation_seconds = time.perf_counter() - t0
 
     # --- the check ---------------------------------------------------------------------------
     def observe_gradient(self, obs: Observation) -> Verdict | None:
@@ -201,6 +210,42 @@ class SplitOut(ServerCheck):
                        f"{sum(self.flags)} of the last {self.window} gradients are outliers "
                        f"(>= {self.ratio}) against {self.steps} simulated honest steps "
                        f"({self.model_name})")
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """The generator, the reference model (the simulation's standardised features, from
+        which the detector is refitted as it was: no simulation runs again), the count of
+        checked steps, the window and the history. Before the first check: no features."""
+        honest = np.zeros((0, 3)) if self.honest is None else self.honest
+        return {"gen": generator_state(self.gen), "checked": np.array(self.checked, np.int64),
+                "honest": np.array(honest, np.float64), "centre": np.array(self.centre),
+                "scale": np.array(self.scale), "flags": np.array(self.flags, bool),
+                "history.step": np.array([s for s, _ in self.history], np.int64),
+                "history.outlier": np.array([o for _, o in self.history], bool),
+                "simulation_seconds": np.array(self.simulation_seconds, np.float64)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        set_generator_state(self.gen, state_array(state, "gen", _FLAG, "u"), _FLAG)
+        checked = int(state_array(state, "checked", _FLAG, "i", ndim=0))
+        honest = state_array(state, "honest", _FLAG, "f", ndim=2)
+        centre = state_array(state, "centre", _FLAG, "f", ndim=1)
+        scale = state_array(state, "scale", _FLAG, "f", ndim=1)
+        flags = state_array(state, "flags", _FLAG, "b", ndim=1)
+        steps = state_array(state, "history.step", _FLAG, "i", ndim=1)
+        outliers = state_array(state, "history.outlier", _FLAG, "b", ndim=1)
+        if (honest.shape[1] != 3 or centre.shape != (3,) or scale.shape != (3,)
+                or not 0 <= checked <= self.checks or len(flags) > self.window
+                or len(steps) != len(outliers) or (checked > 0 and len(honest) < 2)):
+            raise ConfigError(f"{_FLAG}: inconsistent checkpointed state ({checked} checks, "
+                              f"{honest.shape} features, {len(flags)} flags, {len(steps)} "
+                              f"history steps)")
+        self.checked, self.centre, self.scale = checked, centre, scale
+        self.detector = self.honest = None
+        if len(honest):
+            self._fit_detector(honest)
+        self.flags = deque((bool(f) for f in flags), maxlen=self.window)
+        self.history = [(int(s), bool(o)) for s, o in zip(steps, outliers, strict=True)]
+        self.simulation_seconds = float(state_array(state, "simulation_seconds", _FLAG, "f"))
 
     def __repr__(self) -> str:
         return (f"SplitOut(fraction={self.fraction}, steps={self.steps}, checks={self.checks}, "
