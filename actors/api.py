@@ -19,6 +19,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ class LabOptions:
     #: Adversaries whose attack fits train on identical bytes fit once (attack.fit_sharing);
     #: False: each fits its own (the same numbers, slower: tests check they agree).
     share_fits: bool = True
+    #: On Ray, the two-server protocols run beside the one-server ones (protocol_lanes);
+    #: False: one protocol at a time (each protocol's seconds then are its own alone).
+    overlap_protocols: bool = True
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -233,10 +237,11 @@ def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn
                               seed=options.seed)
     if options.backend != "ray":
         return functools.cache(train), "in-process"
-    from actors.ray_backend import init_ray, ray
+    from actors.ray_backend import ROLE_CPUS, init_ray, ray
 
     where = init_ray(options.address, quiet=True)
-    ref = ray.remote(num_cpus=1)(train_validator).remote(
+    # No whole CPU reserved: the roles' shares (ROLE_CPUS each) must not wait for it.
+    ref = ray.remote(num_cpus=ROLE_CPUS)(train_validator).remote(
         data.train.x, data.train.y, data.classes, seed=options.seed)
     return functools.cache(lambda: ray.get(ref)), where
 
@@ -266,12 +271,30 @@ def _aux(options: LabOptions, data: TargetData) -> _Aux:
     return _Aux(lambda: aux, len(aux))
 
 
-def _backend_factory(options: LabOptions) -> Callable[[], Any]:
-    if options.backend == "ray":
-        from actors.ray_backend import RayBackend
+def protocol_lanes(options: LabOptions, net: SplitNetwork, protocols: list[str]
+                   ) -> list[list[str]]:
+    """Which protocols run side by side on Ray: the two-server ones (CPU-bound, the exact ring
+    products keep both servers and the dealer busy) in one lane, the one-server ones (latency-
+    bound: owner and server take turns, a core stays idle) one after another in the other.
+    Each protocol keeps its own roles, keys and wire; the numbers are a protocol's own. One lane
+    in-process, or with ``overlap_protocols`` off (to time each protocol alone)."""
+    if options.backend != "ray" or not options.overlap_protocols:
+        return [list(protocols)]
+    two_server = [p for p in protocols
+                  if get_codec(run_config(options, p, net).codec).topology == "mpc"]
+    rest = [p for p in protocols if p not in two_server]
+    return [lane for lane in (two_server, rest) if lane]
 
+
+def _backend_factory(options: LabOptions, side_by_side: bool = False) -> Callable[[], Any]:
+    if options.backend == "ray":
+        from actors.ray_backend import ROLE_CPUS, RayBackend
+
+        # Side by side, two protocols' roles must never wait for each other's CPU share (each
+        # lane could hold part of what the other needs): none is reserved.
         return functools.partial(RayBackend, placement=options.placement,
-                                 data_plane=options.data_plane)
+                                 data_plane=options.data_plane,
+                                 role_cpus=0.0 if side_by_side else ROLE_CPUS)
     from actors.backend import LocalBackend
 
     return LocalBackend
@@ -319,21 +342,37 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
               f"private test images of {data.name}, aux={options.aux} ({aux.size} images), "
               f"protocols: {', '.join(protocols)}, Ray: {where}", flush=True)
     report = LabReport(options, net, skipped=skipped)
-    make_backend = _backend_factory(options)
+    lanes = protocol_lanes(options, net, protocols)
+    make_backend = _backend_factory(options, side_by_side=len(lanes) > 1)
     fits = FitLedger(share=options.share_fits)  # one fit per distinct set of attack inputs
-    for protocol in protocols:
-        backend = make_backend()
-        bar = progress(protocol, options.epochs) if progress else None
-        try:
-            report.runs += run_protocol(backend, run_config(options, protocol, net), data,
-                                        aux.get, judge, progress=bar, net=net,
-                                        fits=fits)
-            if after_protocol is not None:
-                after_protocol(protocol, backend)
-        finally:
-            if bar is not None:
-                bar.close()
-            backend.shutdown()
+
+    def run_lane(lane: list[str]) -> dict[str, list[RunResult]]:
+        done: dict[str, list[RunResult]] = {}
+        for protocol in lane:
+            backend = make_backend()
+            bar = progress(protocol, options.epochs) if progress else None
+            started = time.perf_counter() - t0
+            try:
+                done[protocol] = run_protocol(backend, run_config(options, protocol, net), data,
+                                              aux.get, judge, progress=bar, net=net, fits=fits)
+                for result in done[protocol]:
+                    result.started = started
+                if after_protocol is not None:
+                    after_protocol(protocol, backend)
+            finally:
+                if bar is not None:
+                    bar.close()
+                backend.shutdown()
+        return done
+
+    if len(lanes) == 1:
+        runs = run_lane(lanes[0])
+    else:
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="lane") as pool:
+            futures = [pool.submit(run_lane, lane) for lane in lanes]
+            wait(futures)  # a failed lane is raised once the others are done
+        runs = {k: v for f in futures for k, v in f.result().items()}
+    report.runs = [r for protocol in protocols for r in runs[protocol]]
     report.seconds = time.perf_counter() - t0
     return report
 

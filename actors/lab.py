@@ -172,6 +172,9 @@ class RunResult:
     #: The attack's fit: its digest and who ran it (shared when another adversary's was
     #: byte-identical; attack.fit_sharing). None for rungs that do not fit.
     fit: dict[str, Any] | None = None
+    #: When this protocol's run began, in seconds since the lab's start (protocols may overlap:
+    #: actors.api.protocol_lanes); ``seconds`` is how long it took.
+    started: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +186,7 @@ class RunResult:
             "wire": {"frames": self.wire.frames, "bytes": self.wire.bytes,
                      "dropped": dict(self.wire.dropped), "links": self.wire.to_dict()["links"]},
             "seconds": self.seconds,
+            "started_s": self.started,
             "owners": len(self.per_owner),
             "per_owner": self.per_owner,
             "placement": self.placement,

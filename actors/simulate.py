@@ -196,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="join an existing Ray cluster (HOST:PORT); default RAY_ADDRESS or local")
     p.add_argument("--backend", choices=["ray", "local"], default="ray",
                    help="'local' runs every role in this process (debugging, no Ray)")
+    p.add_argument("--one-protocol-at-a-time", action="store_true",
+                   help="on Ray, run the protocols one after another (default: the two-server "
+                        "protocols run beside the one-server ones, which leave a core idle); "
+                        "each protocol's seconds are then its own alone")
     p.add_argument("--quiet", action="store_true", help="no progress bars, only the summary")
     return p
 
@@ -283,7 +287,8 @@ def options_from(args: argparse.Namespace) -> Any:
         defences=tuple(args.defence), frac_bits=args.frac_bits,
         reveal_model=args.reveal_model, channel_encryption=not args.no_channel_encryption,
         tap=args.tap, snaplen=args.snaplen, seed=args.seed, out=args.out,
-        address=args.address, backend=args.backend, quiet=args.quiet)
+        address=args.address, backend=args.backend, quiet=args.quiet,
+        overlap_protocols=not args.one_protocol_at_a_time)
 
 
 def run(args: argparse.Namespace) -> int:
