@@ -6,9 +6,11 @@ product, the result comes out off by ``ring.wrap_error(f)`` (2^32 at f = 16). No
 owner ever sees a revealed value, so the owner is the one who can notice: a logit or a
 cut-layer gradient beyond ``ring.wrap_suspect_bound(f)`` has no explanation but a wrap in the
 shared second part, which is corrupt from then on (its weights or momentum carry the error).
-The run goes on (what an attacker rebuilds does not depend on the servers' model), but
-``results.json`` says so (``mpc.fixed_point``) and the lab prints one line, instead of a
-target accuracy at chance that nobody can explain.
+Values that grow (a malicious server 0's offsets push the owner's activations from ~1 to
+~10^3 within 100 steps) make wraps likelier, and past 2^(63 - 2f) products overflow outright;
+either way the same check sees it. The run goes on (what an attacker rebuilds does not depend
+on the servers' model), but ``results.json`` says so (``mpc.fixed_point``) and the lab prints
+one line, instead of a target accuracy at chance that nobody can explain.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def warn(report: dict[str, Any]) -> None:
         sys.stderr.write(
             f"{owner}: revealed {first['what']} reached {first['max_abs']:.3g} {when} (bound "
             f"{report['bound']:g}): a fixed-point truncation wrap in the shared server part "
-            f"(each wrap adds {report['wrap_error']:.3g}); the shared second part is corrupt "
+            f"(each adds {report['wrap_error']:.3g}; they grow likelier as values grow, and "
+            f"values this large overflow products too); the shared second part is corrupt "
             f"from there and the target accuracy is not meaningful ({r['flagged']} revealed "
             f"arrays flagged)\n")
