@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actors import hijack_lab
+from actors import hijack_lab, wrap_watch
 from actors.adversary import InversionAttacker, Reconstruction
 from actors.backend import Backend, Method
 from actors.data import Split, TargetData
@@ -651,9 +651,19 @@ def run_protocol(
         # The stable schema keeps the older field: server 0's waits on the peer and the dealer.
         mpc["server0_wait_seconds"] = {k: mpc["seconds"][SERVER0].get(k, 0.0)
                                        for k in ("peer", "dealer")}
+        mpc["fixed_point"] = _wrap_report(backend, cast, cfg.frac_bits)
     for r in results:
         r.wire, r.placement, r.mpc = stats, placement, mpc
     return results
+
+
+def _wrap_report(backend: Backend, cast: Cast, frac_bits: int) -> dict[str, Any]:
+    """``mpc.fixed_point``: whether an owner saw the trace of a truncation wrap (and says so)."""
+    reports = backend.call_all([(h, OwnerHost.each, (SharingOwner.wrap_report,))
+                                for h in cast.hosts])
+    report = wrap_watch.merge(frac_bits, {r["owner"]: r for rs in reports for r in rs})
+    wrap_watch.warn(report)
+    return report
 
 
 @dataclass(frozen=True)

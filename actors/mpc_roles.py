@@ -25,6 +25,7 @@ from actors.nets.descriptor import SplitNetwork
 from actors.owner import DataOwner
 from actors.role import Role
 from actors.wire import Network
+from actors.wrap_watch import WrapWatch
 from attack.base import Rung
 from protocol import beaver, mpc, ring, shared
 from protocol.beaver import TripleSpec, TripleStore
@@ -560,6 +561,7 @@ class SharingOwner(DataOwner):
         super().__init__(name, server=SERVER0, **kwargs)
         self.frac_bits = frac_bits
         self.index = owner_index(name)
+        self.wraps = WrapWatch(frac_bits)  # revealed values only a truncation wrap explains
 
     def _shares(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return ring.share(ring.encode(x, self.frac_bits))
@@ -578,7 +580,9 @@ class SharingOwner(DataOwner):
                     step: int = 0) -> tuple[np.ndarray, float]:
         h0, h1 = self._shares(h)
         self.request(SERVER1, [(K.SHARE, h1)])
-        logits = torch.from_numpy(self._collect(K.SHARE, h0, Op.LOGITS)).requires_grad_(True)
+        revealed = self._collect(K.SHARE, h0, Op.LOGITS)
+        self.wraps.check(revealed, "logits", step)
+        logits = torch.from_numpy(revealed).requires_grad_(True)
         # The summed loss's gradient (entries ~1) survives fixed point far better than the
         # mean's (~1/B); the servers divide their learning rate by B to match.
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y), reduction="sum")
@@ -586,9 +590,16 @@ class SharingOwner(DataOwner):
         g0, g1 = self._shares(logits.grad.numpy())
         self.request(SERVER1, [(K.GRAD_SHARE, g1)])
         dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
+        self.wraps.check(dh, "cut-layer gradient", step)
         return dh, float(loss.detach()) / len(y)
 
     def remote_logits(self, h: np.ndarray) -> np.ndarray:
         h0, h1 = self._shares(h)
         self.request(SERVER1, [(K.INFER_SHARE, h1)])
-        return self._collect(K.INFER_SHARE, h0, Op.LOGITS)
+        logits = self._collect(K.INFER_SHARE, h0, Op.LOGITS)
+        self.wraps.check(logits, "inference logits", None)
+        return logits
+
+    def wrap_report(self) -> dict[str, object]:
+        """What this owner flagged (actors.wrap_watch): its name, the count and the first."""
+        return self.wraps.report(self.name)

@@ -212,12 +212,14 @@ class UShapedSharingOwner(SharingOwner):
         h0, h1 = self._shares(h)
         self.request(SERVER1, [(K.SHARE, h1)])
         middle = self._collect(K.SHARE, h0, Op.LOGITS)
+        self.wraps.check(middle, "middle activations", step)
         g, loss = _tail_backward(self, middle, y)
         # The label defences saw the mean loss's gradient (as on one server); the shares carry
         # the summed loss's (entries ~1 survive fixed point; the servers divide lr by B).
         g0, g1 = self._shares((g * len(y)).numpy())
         self.request(SERVER1, [(K.GRAD_SHARE, g1)])
         dh = self._collect(K.GRAD_SHARE, g0, Op.CUT_GRAD) / len(y)
+        self.wraps.check(dh, "cut-layer gradient", step)
         return dh, loss
 
     def remote_logits(self, h: np.ndarray) -> np.ndarray:

@@ -98,6 +98,34 @@ def truncate(s: np.ndarray, party: int, frac_bits: int = DEFAULT_FRAC_BITS) -> n
     return (np.uint64(0) - (neg >> frac_bits).view(np.uint64))
 
 
+def wrap_error(frac_bits: int = DEFAULT_FRAC_BITS) -> float:
+    """The real-valued error one failed truncation adds to its result: 2^(64 - 2f).
+
+    A product carries 2f fractional bits; when the two shares of it straddle the ring's wrap
+    point (probability |x| / 2^64 for a product x in ring units, i.e. |x_real| * 2^(2f - 64)),
+    the locally truncated result is off by 2^(64 - f) ring units. With f = 16 that is 2^32 in
+    real terms: one such element in a weight, its momentum or an activation ruins the model."""
+    return float(2.0 ** (RING_BITS - 2 * frac_bits))
+
+
+#: No trained classifier's logit, nor any cut-layer gradient, comes near this; a wrap's trace
+#: always does where it is detectable at all (see ``wrap_suspect_bound``).
+WRAP_SUSPECT_FLOOR = 256.0
+
+
+def wrap_suspect_bound(frac_bits: int = DEFAULT_FRAC_BITS) -> float:
+    """Magnitude of a revealed value (logit, cut-layer gradient) that only a truncation wrap
+    in the shared computation explains: 2^-20 of the wrap's error, and at least 256.
+
+    A wrap reaches the owner either at once (an activation off by ``wrap_error``) or through a
+    weight, bias or momentum element off by ``wrap_error`` times the servers' lr / B
+    (2^-9.3 at lr 0.1, B 64) times an activation feeding it: with f = 16, 6.7e6 times that
+    activation, against logits below ~25 and gradients below ~1 in the lab's runs, so the
+    bound (4,096 at f = 16) leaves orders of magnitude on both sides. With f >= 22 a wrap's
+    trace can be smaller than a large logit, and the check may miss it."""
+    return max(wrap_error(frac_bits) * 2.0 ** -20, WRAP_SUSPECT_FLOOR)
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Exact product mod 2^64 of two uint64 matrices, by the fastest exact kernel here.
 
