@@ -305,7 +305,9 @@ class ShareServer(Role, InversionAttacker):
     def _lead(self, owner: str, kind: K, share: np.ndarray) -> list[bytes]:
         idx = owner_index(owner)
         if kind == K.SHARE:
-            store = self._triples(self._train_plan(len(share)))
+            plan = self._train_plan(len(share))
+            store = self._triples(plan)
+            self._prefetch(plan)  # the next step's, dealt while this one computes
             logits, cache = self.drive(self.model.forward(store, share), Op.FORWARD, idx, store)
             self.caches[owner] = (cache, store)
             return [self.reply(owner, K.LOGITS_SHARE, logits)]
@@ -313,12 +315,11 @@ class ShareServer(Role, InversionAttacker):
             cache, store = self._cache(owner, len(share))
             dh = self.drive(self.model.backward(store, cache, share, self.lr, self.momentum,
                                                 grad_scale=len(share)), Op.BACKWARD, idx, None)
-            self._prefetch(self._train_plan(len(share)))
             return [self.reply(owner, K.CUT_GRAD_SHARE, dh)]
         plan = self._infer_plan(len(share))
         store = self._triples(plan)
-        logits = self.drive(self._infer(store, share), Op.INFER, idx, store)
         self._prefetch(plan)
+        logits = self.drive(self._infer(store, share), Op.INFER, idx, store)
         return [self.reply(owner, K.LOGITS_SHARE, logits)]
 
     def _cache(self, owner: str, batch: int) -> tuple[shared.ForwardCache, TripleStore]:
@@ -331,8 +332,10 @@ class ShareServer(Role, InversionAttacker):
         return self.model.infer(store, share, self.public)
 
     def _prefetch(self, plan: list[TripleSpec]) -> None:
-        """Ask the dealer now for the triples of the next, like-shaped run: the dealer works
-        while this step's results travel to the owner (the offline phase, overlapped)."""
+        """Ask the dealer now for the triples of the next, like-shaped run: asked as this run
+        takes its own, the dealer deals them during the whole step (its forward, the owner's
+        turn, its backward), when the servers wait on each other (the offline phase,
+        overlapped)."""
         request_id = next(self._request_ids)
         pending = self.request_async(DEALER, [(K.TRIPLE_REQUEST, encode_plan(plan, request_id))])
         self._prefetched = (plan, request_id, pending)
