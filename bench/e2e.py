@@ -1,12 +1,15 @@
 """The README's main command end to end, per protocol, and the machine it ran on.
 
-    python bench/e2e.py [--runs 1] [--extra FLAG ...]
+    python bench/e2e.py [--runs 1] [--alone] [SIMULATE FLAG ...]
 
 Runs ``python -m actors.simulate --quiet`` (Ray start included, every protocol, default flags
-unless ``--extra``) ``--runs`` times and prints the whole command's wall time, each protocol's
+plus any given) ``--runs`` times and prints the whole command's wall time, each protocol's
 ``seconds`` from ``results.json``, the secret-shared run's seconds per phase and the ring
 kernel its servers used; first, the machine: CPU model and the vector extensions that decide
-which kernel wins (AVX2, AVX-512, NEON), the torch and numpy builds and their BLAS.
+which kernel wins (AVX2, AVX-512, NEON), the torch and numpy builds and their BLAS. By default
+the secret-shared protocol runs beside the others (``actors.api.protocol_lanes``), so their
+seconds overlap; ``--alone`` runs the command once more with ``--one-protocol-at-a-time`` and
+prints each protocol's seconds on its own and secret sharing's ratio to plaintext.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def builds() -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--extra", nargs="*", default=[], help="more simulate flags")
-    args = p.parse_args()
+    p.add_argument("--alone", action="store_true",
+                   help="also time each protocol on its own (--one-protocol-at-a-time)")
+    args, extra = p.parse_known_args()
     torch.set_num_threads(1)
     model, flags = cpu()
     kernel, calibration = ring_kernels.chosen()
@@ -75,35 +79,48 @@ def main() -> int:
         print(f"# {line}")
     print(f"# ring kernel here: {kernel} (" + ", ".join(
         f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
-    walls: list[float] = []
-    per_protocol: dict[str, list[float]] = {}
-    last: dict = {}
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "actors.simulate", "--quiet", "--out", out,
-                            *args.extra], check=True, stdout=subprocess.DEVNULL)
-            walls.append(time.perf_counter() - t)
-            runs = json.loads((Path(out) / "results.json").read_text())["runs"]
-        seen = {}
-        for run in runs:  # one row per adversary; the protocol's seconds are shared
-            seen.setdefault(run["protocol"], run)
-        for protocol, run in seen.items():
-            per_protocol.setdefault(protocol, []).append(run["seconds"])
-            if run.get("mpc"):
-                last = run["mpc"]
+    per_protocol, last = timed(args.runs, extra, "whole command")
     med = statistics.median
-    print(f"whole command: {med(walls):.1f} s (median of {len(walls)}: "
-          + ", ".join(f"{w:.1f}" for w in walls) + ")")
-    for protocol, seconds in per_protocol.items():
-        print(f"  {protocol}: {med(seconds):.1f} s")
     if last:
         print(f"secret-shared: ring kernel {last.get('kernel')}; seconds per phase:")
         for role, phases in last.get("seconds", {}).items():
             text = (", ".join(f"{k} {v:.1f}" for k, v in phases.items())
                     if isinstance(phases, dict) else f"{phases:.1f}")
             print(f"  {role}: {text}")
+    if args.alone:
+        alone, _ = timed(args.runs, [*extra, "--one-protocol-at-a-time"],
+                         "one protocol at a time")
+        if "plaintext" in alone and "secret-shared" in alone:
+            ratio = med(alone["secret-shared"]) / med(alone["plaintext"])
+            print(f"secret-shared / plaintext, each alone: {ratio:.2f}x")
     return 0
+
+
+def timed(runs: int, extra: list[str], what: str) -> tuple[dict[str, list[float]], dict]:
+    """Run the command ``runs`` times; print its wall time and each protocol's seconds."""
+    walls: list[float] = []
+    per_protocol: dict[str, list[float]] = {}
+    last: dict = {}
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "actors.simulate", "--quiet", "--out", out,
+                            *extra], check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - t)
+            runs_json = json.loads((Path(out) / "results.json").read_text())["runs"]
+        seen = {}
+        for run in runs_json:  # one row per adversary; the protocol's seconds are shared
+            seen.setdefault(run["protocol"], run)
+        for protocol, run in seen.items():
+            per_protocol.setdefault(protocol, []).append(run["seconds"])
+            if run.get("mpc"):
+                last = run["mpc"]
+    med = statistics.median
+    print(f"{what}: {med(walls):.1f} s (median of {len(walls)}: "
+          + ", ".join(f"{w:.1f}" for w in walls) + ")")
+    for protocol, seconds in per_protocol.items():
+        print(f"  {protocol}: {med(seconds):.1f} s")
+    return per_protocol, last
 
 
 if __name__ == "__main__":

@@ -202,15 +202,28 @@ def head_started_with_ray_start(cluster):
 
 
 def test_cli_joins_a_cluster_started_with_ray_start(head_started_with_ray_start, tmp_path):
+    """The default command's shape at small scale on a cluster a user started: every protocol,
+    the secret-shared one in a lane beside plaintext then encrypted (actors.api.protocol_lanes),
+    each protocol on roles of its own."""
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "actors.simulate", "--address", head_started_with_ray_start,
-         "--protocol", "plaintext", "--adversary", "eavesdropper", "--epochs", "1",
-         "--attack-epochs", "2", "--aux-size", "500", "--clients", "2", "--out", str(out),
+         "--adversary", "server", "--epochs", "1", "--train-size", "600", "--batch-size", "16",
+         "--attack-epochs", "2", "--aux-size", "400", "--clients", "2", "--out", str(out),
          "--quiet"],
         capture_output=True, text=True, timeout=300,
         env=user_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run,) = json.loads((out / "results.json").read_text())["runs"]
-    assert run["owners"] == 2 and run["batches"]["sent"] == run["batches"]["applied"]
+    runs = {r["protocol"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert list(runs) == ["plaintext", "encrypted", "secret-shared"]  # the report keeps order
+    for run in runs.values():
+        assert run["owners"] == 2 and run["batches"]["sent"] == run["batches"]["applied"] > 0
+        assert sum(run["wire"]["dropped"].values()) == 0 and run["target_accuracy"] > 0.3
     assert Path(out / "checkpoint-plaintext" / "checkpoint.json").is_file()
+    span = {p: (r["started_s"], r["started_s"] + r["seconds"]) for p, r in runs.items()}
+    assert span["plaintext"][1] <= span["encrypted"][0]  # one lane: one after the other
+    shared, plain = span["secret-shared"], span["plaintext"]
+    assert shared[0] < plain[1] and plain[0] < shared[1]  # the other lane, at the same time
+    # The encrypted server trained the same first part: it got the plaintext server's fit.
+    assert runs["encrypted"]["fit"] == {**runs["plaintext"]["fit"], "shared": True}
+    assert runs["secret-shared"]["fit"]["digest"] != runs["plaintext"]["fit"]["digest"]

@@ -47,28 +47,6 @@ def test_plaintext_attack_beats_chance_on_ray(ray_local, tmp_path):
     assert run["batches"]["sent"] == run["batches"]["applied"] > 0 and run["restarts"] == 0
 
 
-def test_every_protocol_runs_with_the_two_server_one_beside_the_others(ray_local, tmp_path):
-    """The default command's shape at small scale: secret sharing in one lane, plaintext then
-    encrypted in the other (actors.api.protocol_lanes), each on roles of its own."""
-    out = tmp_path / "out"
-    code = main(["--adversary", "server", "--epochs", "1", "--train-size", "600",
-                 "--batch-size", "16", "--attack-epochs", "2", "--aux-size", "400",
-                 "--out", str(out), "--quiet"])
-    assert code == 0
-    runs = {r["protocol"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
-    assert list(runs) == ["plaintext", "encrypted", "secret-shared"]  # the report keeps order
-    for run in runs.values():
-        assert run["batches"]["sent"] == run["batches"]["applied"] > 0
-        assert sum(run["wire"]["dropped"].values()) == 0 and run["target_accuracy"] > 0.3
-    span = {p: (r["started_s"], r["started_s"] + r["seconds"]) for p, r in runs.items()}
-    assert span["plaintext"][1] <= span["encrypted"][0]  # one lane: one after the other
-    shared, plain = span["secret-shared"], span["plaintext"]
-    assert shared[0] < plain[1] and plain[0] < shared[1]  # the other lane, at the same time
-    # The encrypted server trained the same first part: it got the plaintext server's fit.
-    assert runs["encrypted"]["fit"] == {**runs["plaintext"]["fit"], "shared": True}
-    assert runs["secret-shared"]["fit"]["digest"] != runs["plaintext"]["fit"]["digest"]
-
-
 def test_ray_binds_loopback_only(ray_local):
     addrs = ray_listening_addresses()
     assert addrs, "found no listening Ray process"
