@@ -272,18 +272,6 @@ class ColludingShareServer(MaliciousShareServer):
             return [self.reply(SERVER0, K.SHARE, share)]
         return super()._control(sender, code)
 
-    def prepare_attack(self, adversary: str, owners: list[str], aux: np.ndarray, epochs: int,
-                       seed: int, method: str = "mlp", weights: np.ndarray | None = None,
-                       defences: tuple[str, ...] = ()) -> str | None:
-        """Nothing to prepare and nothing to fit: FSHA's decoder trained during training."""
-        del adversary, owners, aux, epochs, seed, method, weights, defences
-        return None
-
-    def attack_with(self, adversary: str, owners: list[str],
-                    fitted: Rung | None = None) -> list[Reconstruction]:
-        del adversary, fitted
-        return self.attack(owners, np.zeros((0,)), 0, 0)
-
     def _held(self, owner: str) -> np.ndarray:
         if self.party != 0:
             raise ShapeError("server 0 inverts the pooled shares")
