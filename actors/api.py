@@ -271,8 +271,7 @@ def _aux(options: LabOptions, data: TargetData) -> _Aux:
     return _Aux(lambda: aux, len(aux))
 
 
-def protocol_lanes(options: LabOptions, net: SplitNetwork, protocols: list[str]
-                   ) -> list[list[str]]:
+def protocol_lanes(options: LabOptions, protocols: list[str]) -> list[list[str]]:
     """Which protocols run side by side on Ray: the two-server ones (CPU-bound, the exact ring
     products keep both servers and the dealer busy) in one lane, the one-server ones (latency-
     bound: owner and server take turns, a core stays idle) one after another in the other.
@@ -280,8 +279,7 @@ def protocol_lanes(options: LabOptions, net: SplitNetwork, protocols: list[str]
     in-process, or with ``overlap_protocols`` off (to time each protocol alone)."""
     if options.backend != "ray" or not options.overlap_protocols:
         return [list(protocols)]
-    two_server = [p for p in protocols
-                  if get_codec(run_config(options, p, net).codec).topology == "mpc"]
+    two_server = [p for p in protocols if get_codec(p).topology == "mpc"]
     rest = [p for p in protocols if p not in two_server]
     return [lane for lane in (two_server, rest) if lane]
 
@@ -342,7 +340,7 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
               f"private test images of {data.name}, aux={options.aux} ({aux.size} images), "
               f"protocols: {', '.join(protocols)}, Ray: {where}", flush=True)
     report = LabReport(options, net, skipped=skipped)
-    lanes = protocol_lanes(options, net, protocols)
+    lanes = protocol_lanes(options, protocols)
     make_backend = _backend_factory(options, side_by_side=len(lanes) > 1)
     fits = FitLedger(share=options.share_fits)  # one fit per distinct set of attack inputs
 

@@ -144,15 +144,6 @@ class _Hijacking:
         return {"steps": self.fsha.steps if self.fsha else 0, "pilot": self.pilot,
                 **(self.fsha.last if self.fsha else {})}
 
-    def attack(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
-               method: str = "mlp", weights: np.ndarray | None = None,
-               defences: tuple[str, ...] = ()) -> list[Reconstruction]:
-        """FSHA needs no oracle and no inverse network of the ladder: its decoder, trained on
-        public data alone, inverts what it holds of each owner's private inference."""
-        if self.fsha is None:
-            raise ShapeError(f"{type(self).__name__} was not armed before training")
-        return [Reconstruction(o, self.fsha.reconstruct(self._held(o)), 0) for o in owners]
-
     def prepare_attack(self, adversary: str, owners: list[str], aux: np.ndarray, epochs: int,
                        seed: int, method: str = "mlp", weights: np.ndarray | None = None,
                        defences: tuple[str, ...] = ()) -> str | None:
@@ -162,8 +153,12 @@ class _Hijacking:
 
     def attack_with(self, adversary: str, owners: list[str],
                     fitted: Rung | None = None) -> list[Reconstruction]:
+        """FSHA needs no oracle and no inverse network of the ladder: its decoder, trained on
+        public data alone, inverts what it holds of each owner's private inference."""
         del adversary, fitted
-        return self.attack(owners, np.zeros((0,)), 0, 0)
+        if self.fsha is None:
+            raise ShapeError(f"{type(self).__name__} was not armed before training")
+        return [Reconstruction(o, self.fsha.reconstruct(self._held(o)), 0) for o in owners]
 
     def _held(self, owner: str) -> np.ndarray:
         return self.intercepted_activations(owner).acts  # type: ignore[attr-defined]

@@ -220,8 +220,8 @@ class ShareServer(Role, InversionAttacker):
     """One of the two compute servers: holds shares of the server part, computes on shares.
 
     As an adversary it is honest but curious: it keeps the shares of inference activations it
-    received, and can attack them alone (``attack``) or pooled with the other server
-    (``attack_colluding``).
+    received, and can attack them alone (``attack_with``) or pooled with the other server
+    (``attack_with_colluding``).
     """
 
     def __init__(self, name: str, *, party: int, codec: str, session: int, network: Network,
@@ -510,15 +510,6 @@ class ShareServer(Role, InversionAttacker):
             raise ShapeError("the colluding server holds shares of other batches")
         total = ring.reveal(_to_ring(own.acts), other)
         return Intercepted(owner, own.seqs, ring.decode(total, self.model.frac_bits))
-
-    def attack_colluding(self, owners: list[str], aux: np.ndarray, epochs: int, seed: int,
-                         method: str = "mlp", weights: np.ndarray | None = None,
-                         defences: tuple[str, ...] = ()) -> list:
-        self.colluding = True
-        try:
-            return self.attack(owners, aux, epochs, seed, method, weights, defences)
-        finally:
-            self.colluding = False
 
     def attack_with_colluding(self, adversary: str, owners: list[str],
                               fitted: Rung | None = None) -> list:

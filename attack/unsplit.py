@@ -155,10 +155,6 @@ class UnSplitInversion(Rung):
         assert self.input_shape is not None  # __post_init__ refuses None
         return self.input_shape
 
-    def fit(self, acts: np.ndarray, images: np.ndarray) -> None:
-        """Nothing to train beforehand: the clone is fitted to the activations themselves."""
-        del acts, images
-
     def run(self, oracle: object, aux: np.ndarray) -> None:
         """No queries and no auxiliary data: that is the point of the attack."""
         del oracle, aux

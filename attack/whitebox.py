@@ -159,10 +159,6 @@ class WhiteBoxInversion(Rung):
         assert self.input_shape is not None  # __post_init__ refuses None
         return self.input_shape
 
-    def fit(self, acts: np.ndarray, images: np.ndarray) -> None:
-        """Nothing to train: the known weights are the whole model of the inverse."""
-        del acts, images
-
     def run(self, oracle: object, aux: np.ndarray) -> None:
         """Nothing to query either: the adversary has the weights."""
         del oracle, aux

@@ -74,13 +74,11 @@ def test_a_shared_fit_gives_every_adversary_the_numbers_of_its_own():
 
 def test_two_server_protocols_get_a_lane_of_their_own_on_ray_only():
     from actors.api import protocol_lanes
-    from actors.nets.zoo import ModelSpec, build_network
 
-    net = build_network(ModelSpec("mlp"), 0)
     every = ["plaintext", "encrypted", "secret-shared"]
-    assert protocol_lanes(LabOptions(), net, every) == [["secret-shared"],
+    assert protocol_lanes(LabOptions(), every) == [["secret-shared"],
                                                         ["plaintext", "encrypted"]]
-    assert protocol_lanes(LabOptions(overlap_protocols=False), net, every) == [every]
-    assert protocol_lanes(LabOptions(backend="local"), net, every) == [every]
-    assert protocol_lanes(LabOptions(), net, ["plaintext", "encrypted"]) == [
+    assert protocol_lanes(LabOptions(overlap_protocols=False), every) == [every]
+    assert protocol_lanes(LabOptions(backend="local"), every) == [every]
+    assert protocol_lanes(LabOptions(), ["plaintext", "encrypted"]) == [
         ["plaintext", "encrypted"]]
