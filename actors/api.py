@@ -40,7 +40,7 @@ from actors.partition import Partition
 from attack.auxiliary import check_aux, load_aux
 from attack.fit_sharing import FitLedger
 from attack.ladder import ATTACKS
-from attack.validator import train_validator
+from attack.validator import train_validator_cached
 from defences.spec import DefenceSpec
 from protocol.codecs import codec_names, get_codec
 from protocol.errors import ConfigError
@@ -233,7 +233,7 @@ def _check_label_defences(options: LabOptions, net: SplitNetwork) -> None:
 
 def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn.Module], str]:
     """The validator, trained on a spare core while the owners and servers train (on Ray)."""
-    train = functools.partial(train_validator, data.train.x, data.train.y, data.classes,
+    train = functools.partial(train_validator_cached, data.train.x, data.train.y, data.classes,
                               seed=options.seed)
     if options.backend != "ray":
         return functools.cache(train), "in-process"
@@ -241,7 +241,7 @@ def _judge(options: LabOptions, data: TargetData) -> tuple[Callable[[], torch.nn
 
     where = init_ray(options.address, quiet=True)
     # No whole CPU reserved: the roles' shares (ROLE_CPUS each) must not wait for it.
-    ref = ray.remote(num_cpus=ROLE_CPUS)(train_validator).remote(
+    ref = ray.remote(num_cpus=ROLE_CPUS)(train_validator_cached).remote(
         data.train.x, data.train.y, data.classes, seed=options.seed)
     return functools.cache(lambda: ray.get(ref)), where
 

@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     # Ray through ray_backend, which sets the loopback-only environment before importing it.
     from actors.ray_backend import init_ray, ray
     from attack.auxiliary import load_aux
-    from attack.validator import train_validator
+    from attack.validator import train_validator_cached
     from defences.spec import build_defences, parse_defence
 
     cells = grid(args)
@@ -340,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
         data = load_target(seed=args.seed)
         aux = load_aux(args.aux, args.aux_size, args.seed, data.input_shape,
                        holdout=data.holdout.x)
-        judge = train_validator(data.train.x, data.train.y, data.classes, seed=args.seed)
+        judge = train_validator_cached(data.train.x, data.train.y, data.classes,
+                                       seed=args.seed)
         refs = [ray.put(x) for x in (data, aux, judge)]
         task = ray.remote(num_cpus=1)(run_cell)
         pending = {task.remote(c, settings, *refs): c for c in todo}

@@ -13,11 +13,20 @@ validator's feature space).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from protocol.errors import ShapeError
+
+#: A directory in this environment variable keeps trained validators between runs (tests, a
+#: sweep repeated by hand); unset, every run trains its own. See :func:`train_validator_cached`.
+CACHE_ENV = "SPLITWIRE_VALIDATOR_CACHE"
 
 #: The shape and class count the original validator CNN was designed for (MNIST).
 MNIST_FORMAT = ((1, 28, 28), 10)
@@ -97,6 +106,58 @@ def train_validator(
             nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
             opt.step()
     return model.eval()
+
+
+def train_validator_cached(
+    x: np.ndarray, y: np.ndarray, classes: int, *, seed: int = 0, epochs: int = 4,
+    batch_size: int = 64, cache_dir: str | os.PathLike[str] | None = None,
+) -> ValidatorCNN:
+    """:func:`train_validator`, or the same network read back from ``cache_dir`` (default:
+    ``$SPLITWIRE_VALIDATOR_CACHE``; neither: no cache).
+
+    Training is deterministic per input, so a file keyed on everything it depends on (the
+    images and labels, classes, seed, epochs, batch size, this module's source and torch's
+    version) holds exactly the network training would give. The file is a state dict in npz
+    (read with ``allow_pickle=False``) plus torch's global RNG state as training left it,
+    restored on a hit (training reseeds the global RNG, so a run goes on bit for bit either
+    way). An unreadable file is retrained and replaced; writes are atomic (rename).
+    """
+    directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV)
+    if not directory:
+        return train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+    x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    path = Path(directory) / f"validator-{_cache_key(x, y, classes, seed, epochs, batch_size)}.npz"
+    model = build_validator(x.shape[1:], classes) if x.ndim == 4 else None
+    if model is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                model.load_state_dict({k.removeprefix("state/"): torch.from_numpy(saved[k])
+                                       for k in saved.files if k.startswith("state/")})
+                rng = torch.from_numpy(saved["rng"].copy())
+            torch.set_rng_state(rng)
+            return model.eval()
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile):
+            pass  # damaged or from another layout: train again and overwrite it
+    model = train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
+    arrays = {f"state/{k}": v.detach().numpy() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, rng=torch.get_rng_state().numpy(), **arrays)
+    os.replace(tmp, path)
+    return model
+
+
+def _cache_key(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: int,
+               batch_size: int) -> str:
+    h = hashlib.sha256()
+    for part in (x.shape, x.dtype.str, y.shape, y.dtype.str, classes, seed, epochs, batch_size,
+                 torch.__version__):
+        h.update(repr(part).encode())
+    h.update(x.tobytes())
+    h.update(y.tobytes())
+    h.update(Path(__file__).read_bytes())  # a change to the validator or its training
+    return h.hexdigest()[:32]
 
 
 def _checked(model: nn.Module, x: np.ndarray) -> torch.Tensor:

@@ -28,7 +28,6 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from defences.base import OwnerDefence, Param, check_seed, defence_generator
 from protocol.errors import ConfigError
@@ -97,6 +96,8 @@ def sym_kl(lam: np.ndarray, u: float, v: float, d: int, gap: float) -> float:
 
 def solve_marvell(u: float, v: float, d: int, gap: float, p: float, power: float) -> np.ndarray:
     """The four noise variances minimising ``sym_kl`` under the power constraint."""
+    from scipy.optimize import minimize  # here, not at import: every role imports defences
+
     budget = [(1 - p) * 1, (1 - p) * (d - 1), p * 1, p * (d - 1)]
 
     def spent(lam: np.ndarray) -> float:

@@ -28,7 +28,6 @@ import math
 from typing import ClassVar
 
 import torch
-from scipy import special
 
 from defences.base import OwnerDefence, Param, check_seed, defence_generator
 from protocol.errors import ConfigError, ShapeError
@@ -59,6 +58,8 @@ def gaussian_delta(epsilon: float, sigma: float, sensitivity: float) -> float:
     The second term is computed in log space so a large epsilon neither overflows ``exp`` nor
     underflows ``Phi`` before the two are multiplied.
     """
+    from scipy import special  # here, not at import: every role process imports defences
+
     a = sensitivity / (2.0 * sigma)
     b = epsilon * sigma / sensitivity
     first = float(special.ndtr(a - b))

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +21,22 @@ prepare()  # before anything imports Ray
 # One intra-op thread per test process: the README's command runs two xdist workers, which fill
 # two cores; more threads each would only fight over them (each Ray role uses one as well).
 torch.set_num_threads(1)
+
+from attack.validator import CACHE_ENV  # noqa: E402
+
+# Every Ray run and every `python -m actors.simulate` a test starts trains the same validator
+# from the same digits and seed (seconds of CPU each, in a Ray task or a subprocess): one
+# directory for the whole session, made by the first process (xdist's controller; its workers,
+# Ray's processes and the subprocesses inherit the variable), removed by the process that made
+# it. A directory the user set is theirs: kept.
+_MADE_CACHE = CACHE_ENV not in os.environ
+if _MADE_CACHE:
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="splitwire-validators-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _MADE_CACHE:
+        shutil.rmtree(os.environ[CACHE_ENV], ignore_errors=True)
 
 #: The xdist work unit that every test starting Ray belongs to: one cluster at a time, in one
 #: worker, in file order (test_cluster shuts the single-node cluster down and starts its own).
@@ -132,7 +151,7 @@ def validator_trained_once(request: pytest.FixtureRequest,
         return
     import actors.api
 
-    monkeypatch.setattr(actors.api, "train_validator", train_validator_once)
+    monkeypatch.setattr(actors.api, "train_validator_cached", train_validator_once)
 
 
 class NetworkUsed(Exception):

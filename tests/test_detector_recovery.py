@@ -71,6 +71,7 @@ def hijacked(setting):
 
 
 # --- kill + rollback ------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.parametrize("role", ["owner:0", "server"])
 def test_a_kill_and_rollback_keeps_the_verdict_and_the_attack(setting, hijacked, role):
     clean, guard, server = hijacked
@@ -92,6 +93,7 @@ def test_a_kill_and_rollback_keeps_the_verdict_and_the_attack(setting, hijacked,
     assert result.fsha_curve == clean.fsha_curve and result.epoch_losses == clean.epoch_losses
 
 
+@pytest.mark.e2e
 def test_splitout_continues_after_a_killed_owner(setting):
     clean, backend = run(setting, OUT)
     assert clean.detection is None  # honest server: 30 checks, no verdict
@@ -118,6 +120,7 @@ def stop_at(step: int):
     return hook
 
 
+@pytest.mark.e2e
 def test_a_resumed_splitguard_continues_its_history(setting, tmp_path):
     clean, backend = run(setting, GUARD_NEVER)
     full = detector(backend).history
@@ -137,6 +140,7 @@ def test_a_resumed_splitguard_continues_its_history(setting, tmp_path):
     assert result.batches["sent"] == result.batches["applied"] == 32
 
 
+@pytest.mark.e2e
 def test_a_verdict_survives_a_resume(setting, tmp_path):
     ck = str(tmp_path / "ck")
     first, backend = run(setting, OUT, malicious=True, checkpoint_dir=ck)
@@ -152,6 +156,7 @@ def test_a_verdict_survives_a_resume(setting, tmp_path):
     assert result.target_accuracy == first.target_accuracy
 
 
+@pytest.mark.e2e
 def test_a_format_1_checkpoint_cannot_resume_detectors(setting, tmp_path):
     ck = tmp_path / "ck"
     with pytest.raises(Stop):

@@ -33,6 +33,7 @@ def setting():
     return data, aux, judge
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("detector", ["splitguard", "splitout"])
 def test_detector_flags_fsha_and_not_the_honest_server(setting, detector):
     data, aux, judge = setting
@@ -53,6 +54,7 @@ def test_detector_flags_fsha_and_not_the_honest_server(setting, detector):
     assert honest["target_accuracy"] > 0.6  # trained on (no detector: 0.86 here)
 
 
+@pytest.mark.e2e
 def test_an_aborted_run_writes_its_results_and_capture(tmp_path, capsys):
     out, capture = tmp_path / "run", tmp_path / "wire.swcap"
     code = main(["--protocol", "plaintext", "--adversary", "malicious-server",

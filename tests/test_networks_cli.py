@@ -113,7 +113,7 @@ def test_generated_colour_images_run_through_plaintext_and_encrypted(tmp_path):
     np.savez(tmp_path / "colour.npz", x=np.clip(x, 0, 1), y=y)
     report = audit("cnn-rgb", f"npz:{tmp_path / 'colour.npz'}", aux="holdout",
                    protocols=("plaintext", "encrypted"), attacks=("mlp",), lr=0.02,
-                   batch_size=16, epochs=3, attack_epochs=8, backend="local",
+                   batch_size=16, epochs=2, attack_epochs=5, backend="local",
                    adversaries=("eavesdropper",))
     runs = {r.protocol: r for r in report.runs}
     assert set(runs) == {"plaintext", "encrypted"}

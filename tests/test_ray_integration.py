@@ -34,7 +34,7 @@ def ray_listening_addresses() -> set[str]:
 def test_plaintext_attack_beats_chance_on_ray(ray_local, tmp_path):
     out = tmp_path / "out"
     code = main(["--protocol", "plaintext", "--adversary", "eavesdropper", "--epochs", "3",
-                 "--attack-epochs", "10", "--aux-size", "3000", "--out", str(out), "--quiet",
+                 "--attack-epochs", "6", "--aux-size", "1500", "--out", str(out), "--quiet",
                  "--capture", str(tmp_path / "w.cap")])
     assert code == 0
     (run,) = json.loads((out / "results.json").read_text())["runs"]

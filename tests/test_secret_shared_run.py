@@ -25,14 +25,23 @@ def run(setting, attack_epochs=12, **kw):
     return {r.adversary: r for r in run_protocol(LocalBackend(), cfg, data, aux, judge)}
 
 
+def first(setting, n: int):
+    """The setting with only the first ``n`` training images: a training step on shares
+    costs about a quarter of a second here, and these tests check the protocol, not how far
+    a long run gets (the README's comparison over seeds uses the full training set)."""
+    data, aux, judge = setting
+    return dataclasses.replace(data, train=Split(data.train.x[:n], data.train.y[:n])), aux, judge
+
+
 @pytest.fixture(scope="module")
 def shared_runs(setting):
-    data, aux, judge = setting
+    data, aux, judge = first(setting, 2048)  # 2 epochs: 64 steps, ~86% in plaintext
     # The plaintext run is the reference for the target accuracy only, which is fixed before
     # any attack runs: its eavesdropper's attack (scored, never asserted) is kept minimal.
     return (run((data, aux[:200], judge), protocol="plaintext", epochs=2, attack_epochs=1,
                 adversaries=("eavesdropper",)),
-            run(setting, protocol="secret-shared", epochs=2, adversaries=ADVERSARIES))
+            run((data, aux, judge), protocol="secret-shared", epochs=2,
+                adversaries=ADVERSARIES))
 
 
 def test_training_on_shares_matches_plaintext(shared_runs):
@@ -41,9 +50,9 @@ def test_training_on_shares_matches_plaintext(shared_runs):
     acc_shared = shared["server"].target_accuracy
     assert acc_shared > 0.8
     # Shares are fresh randomness each run, so the last-bit rounding of truncation differs and
-    # two short runs drift apart (seen at 2 epochs: 85.2-92.4% on shares against 88.8% in
-    # plaintext); a broken protocol lands near chance. The 10-epoch comparison, within 1.5 pp,
-    # is in the README, measured over seeds.
+    # two short runs drift apart (seen at 2 epochs of 4,000 images: 85.2-92.4% on shares
+    # against 88.8% in plaintext); a broken protocol lands near chance. The 10-epoch
+    # comparison, within 1.5 pp, is in the README, measured over seeds.
     assert abs(acc_shared - acc_plain) <= 0.05
 
 
@@ -89,9 +98,7 @@ def test_time_is_accounted_per_phase(shared_runs):
 def test_without_channel_encryption_one_tap_fails(setting):
     # What one tapped link carries is one share: uniform noise whatever the model learnt, so a
     # short run on a fifth of the training set shows it as well as a long one.
-    data, aux, judge = setting
-    small = dataclasses.replace(data, train=Split(data.train.x[:800], data.train.y[:800]))
-    got = run((small, aux, judge), protocol="secret-shared", epochs=1,
+    got = run(first(setting, 800), protocol="secret-shared", epochs=1,
               adversaries=("eavesdropper",), channel_encryption=False, tap="one")
     assert not got["eavesdropper"].mpc["channel_encryption"]
     assert got["eavesdropper"].attack.validator_accuracy <= 0.2
@@ -101,11 +108,12 @@ def test_all_taps_win_and_a_revealed_model_infers_with_fewer_rounds(setting):
     # One run for two claims (each in-process secret-shared run costs tens of seconds):
     # revealing the weights changes only the servers' inference, not what crosses the
     # owners' links, which an eavesdropper tapping every link adds up.
-    got = run(setting, protocol="secret-shared", epochs=1, adversaries=("eavesdropper",),
-              channel_encryption=False, tap="all", reveal_model=True)["eavesdropper"]
+    got = run(first(setting, 2048), protocol="secret-shared", epochs=1,
+              adversaries=("eavesdropper",), channel_encryption=False, tap="all",
+              reveal_model=True)["eavesdropper"]
     assert not got.mpc["channel_encryption"]
     assert got.attack.validator_accuracy >= 0.6
     assert got.mpc["per_inference_batch"]["rounds"] == 9  # only ReLU needs rounds
     assert got.mpc["reveal_model"]["rounds"] == 1
     assert got.mpc["inference_weights"] == "public"
-    assert got.target_accuracy > 0.7  # one epoch of training
+    assert got.target_accuracy > 0.6  # one epoch of 32 steps (72% in plaintext; chance 10%)

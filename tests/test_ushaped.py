@@ -32,6 +32,7 @@ def _kinds_on_the_wire(options: LabOptions) -> tuple[set[MessageKind], object]:
     return kinds, report
 
 
+@pytest.mark.e2e
 def test_no_labels_frame_crosses_the_wire_under_u_shaped_but_the_gradients_leak_them():
     kinds, report = _kinds_on_the_wire(LabOptions(topology="u-shaped", **FAST))
     assert MessageKind.LABELS not in kinds
@@ -62,6 +63,7 @@ def _binary_case() -> tuple[TargetData, object]:
     return data, net
 
 
+@pytest.mark.e2e
 def test_norm_attack_beats_chance_and_falls_towards_it_under_max_norm_noise():
     data, net = _binary_case()
     options = LabOptions(model=net, dataset=data, topology="u-shaped", **FAST | {
@@ -123,6 +125,7 @@ def test_the_sweep_plot_gains_a_label_leakage_panel(tmp_path):
     assert wide > plain  # a fourth panel: label leakage against target accuracy
 
 
+@pytest.mark.e2e
 def test_two_owners_hand_the_tail_on_and_a_killed_server_recovers_exactly_once():
     from actors.faults import parse_chaos
 
