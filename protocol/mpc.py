@@ -53,7 +53,9 @@ def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
     # Party 0 adds e*f as well: e*b0 + e*f = e*(b0 + f), one product fewer (the dominant
     # cost of a matrix triple), the same ring element.
     b = spec.combine(t.b, f) if party == 0 else t.b
-    return spec.combine(spec.combine(t.c, spec.product(e, b)), spec.product(t.a, f))
+    out = spec.product(e, b)  # a fresh array: the sum builds up in it (1 MB temporaries cost)
+    spec.accumulate(out, t.c)
+    return spec.accumulate(out, spec.product(t.a, f))
 
 
 def multiply(party: int, store: TripleStore,
@@ -106,7 +108,8 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
             p = p.reshape(half, -1)
         else:  # the last level needs only the generate
             (t,) = yield from multiply(party, store, [(spec, p_hi, g_lo)])
-        g = (g_hi ^ t).reshape(half, -1)
+        t ^= g_hi
+        g = t.reshape(half, -1)
     carry = from_plane(g[0], n)
     sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
     msb = sign ^ carry
@@ -115,8 +118,13 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     m0 = msb if party == 0 else zero
     m1 = msb if party == 1 else zero
     (m01,) = yield from multiply(party, store, [(beaver.mul((n,)), m0, m1)])
-    m = m0 + m1 - np.uint64(2) * m01
-    d = (np.uint64(1) if party == 0 else np.uint64(0)) - m  # [x >= 0], an integer (not scaled)
+    # d = [x >= 0] = 1 - m, an integer (not scaled); this party's share of m is its msb minus
+    # 2 m01, so d is built in place in the fresh product.
+    d = m01
+    d <<= np.uint64(1)
+    d -= msb
+    if party == 0:
+        d += np.uint64(1)
     (y,) = yield from multiply(party, store, [(beaver.mul((n,)), flat, d)])
     return y.reshape(shape), d.reshape(shape)
 
