@@ -88,10 +88,8 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     shape, n = x.shape, x.size
     flat = x.reshape(-1)
     mine = to_planes(flat & LOW63)
-    zero = np.zeros_like(mine)
-    a, b = (mine, zero) if party == 0 else (zero, mine)
-    (g,) = yield from multiply(party, store, [(beaver.and_(a.size), a.reshape(-1),
-                                               b.reshape(-1))])
+    a, b = (mine.reshape(-1), ZERO) if party == 0 else (ZERO, mine.reshape(-1))
+    (g,) = yield from multiply(party, store, [(beaver.and_(mine.size), a, b)])
     g = g.reshape(mine.shape)
     # Bit 63 becomes the identity of the carry operator (g = 0, p = 1), so the group generate
     # of all 64 positions is the carry into bit 63. p = a ^ b is this party's own input.
@@ -114,9 +112,7 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
     msb = sign ^ carry
     # Binary-to-arithmetic of one bit: m = m0 + m1 - 2 m0 m1, with one Beaver product.
-    zero = np.zeros(n, np.uint64)
-    m0 = msb if party == 0 else zero
-    m1 = msb if party == 1 else zero
+    m0, m1 = (msb, ZERO) if party == 0 else (ZERO, msb)
     (m01,) = yield from multiply(party, store, [(beaver.mul((n,)), m0, m1)])
     # d = [x >= 0] = 1 - m, an integer (not scaled); this party's share of m is its msb minus
     # 2 m01, so d is built in place in the fresh product.
@@ -130,6 +126,8 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
 
 
 LOW63 = np.uint64(2**63 - 1)
+#: The peer's input to a product, which this party holds as zero (broadcast when masked).
+ZERO = np.zeros(1, np.uint64)
 
 
 def _reverse6(i: int) -> int:
