@@ -87,7 +87,8 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     """
     shape, n = x.shape, x.size
     flat = x.reshape(-1)
-    mine = to_planes(flat & LOW63)
+    mine = to_planes(flat)
+    mine[PLANE_OF_BIT[63]] = 0  # the adder adds the 63 low bits
     a, b = (mine.reshape(-1), ZERO) if party == 0 else (ZERO, mine.reshape(-1))
     (g,) = yield from multiply(party, store, [(beaver.and_(mine.size), a, b)])
     g = g.reshape(mine.shape)
@@ -125,7 +126,6 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     return y.reshape(shape), d.reshape(shape)
 
 
-LOW63 = np.uint64(2**63 - 1)
 #: The peer's input to a product, which this party holds as zero (broadcast when masked).
 ZERO = np.zeros(1, np.uint64)
 
