@@ -9,10 +9,10 @@ over the wire, server 1 advances its own generator with them and replies with it
 Layers (weights stored as (in, out) ring matrices, 16 fractional bits by default):
 - linear: Beaver matrix triples, then local truncation (protocol.ring.truncate);
 - ReLU: arithmetic-to-binary conversion of the two shares, the carry tree of a parallel-prefix
-  adder over XOR shares with binary AND triples (7 rounds, on bit-planes: 64 elements' bits to
-  a word) to get the sign bit, a Beaver product
-  to turn that bit back into an arithmetic share, and a product with the input; the bit (ReLU's
-  derivative) is kept for the backward pass;
+  adder over XOR shares with binary AND triples (7 rounds, bit-sliced: one bit of 64 elements
+  to a word) to get the sign bit, a Beaver product to turn that bit back into an arithmetic
+  share, and a product with the input; the bit (ReLU's derivative) is kept for the backward
+  pass;
 - backward and SGD with momentum, all on shares; the cut-layer gradient is returned as shares.
 """
 
@@ -53,7 +53,7 @@ def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
     # Party 0 adds e*f as well: e*b0 + e*f = e*(b0 + f), one product fewer (the dominant
     # cost of a matrix triple), the same ring element.
     b = spec.combine(t.b, f) if party == 0 else t.b
-    out = spec.product(e, b)  # a fresh array: the sum builds up in it (1 MB temporaries cost)
+    out = spec.product(e, b)  # fresh: the sum builds up in it, not in new temporaries
     spec.accumulate(out, t.c)
     return spec.accumulate(out, spec.product(t.a, f))
 
@@ -82,8 +82,9 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     The adder runs bit-sliced: each party transposes its own input once, locally, into 64
     bit-planes (``to_planes``: plane = one bit of every element, 64 elements to a word), in an
     order where every level's low and high groups are the two halves of the planes. A level
-    is then two slices and one AND round; the triples are as large as packing the bits of
-    every element into words would make them (``relu_plan``), and no level moves bits.
+    is then two slices and one AND round, and no level moves bits; the AND triples hold as
+    many words as packing every element's bits would (``relu_plan``; n is padded up to a
+    multiple of 64).
     """
     shape, n = x.shape, x.size
     flat = x.reshape(-1)
@@ -150,8 +151,8 @@ def to_planes(values: np.ndarray) -> np.ndarray:
     """64 bit-planes of uint64 ``values``: a (64, ceil(n/64)) array whose row PLANE_OF_BIT[i]
     holds bit i of every value (zeros pad n up to a multiple of 64).
 
-    Value e is row ``e // W``, column ``e % W`` of a (64, W) word matrix (W = ceil(n/64); no
-    copy beyond the padding's); each word column is a 64x64 bit matrix, transposed by six
+    Value e is row ``e // W``, column ``e % W`` of a (64, W) word matrix (W = ceil(n/64), one
+    copy into the zero-padded buffer); each word column is a 64x64 bit matrix, transposed by six
     delta swaps that each exchange one bit of the row index with one bit of the bit index:
     row bit 5-k with bit-index bit k, which puts bit i in row reverse6(i) and row r's bit
     at position reverse6(r) (``from_plane`` undoes that).
