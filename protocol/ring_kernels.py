@@ -132,7 +132,8 @@ class LimbKernel:
     def _small(self, a: np.ndarray, b: np.ndarray, b_bits: int) -> np.ndarray:
         """b's entries, read as signed integers, are below 2^b_bits in magnitude (public
         fixed-point weights are): b stays one signed limb, so only a is split and the product
-        takes ``limbs`` floating-point products instead of ``len(pairs)``. A term is below
+        takes ``limbs`` floating-point products instead of ``len(pairs)`` (a's limbs stacked
+        into one matrix, so one BLAS call per chunk of k). A term is below
         2^(bits + b_bits) in magnitude, so ``2^(mantissa - bits - b_bits)`` of them add up
         exactly in any order (every partial sum is bounded by the sum of magnitudes)."""
         k = a.shape[1]
@@ -143,7 +144,7 @@ class LimbKernel:
         bits = 32 if mantissa - 32 - b_bits >= MIN_WIDE_CHUNK_BITS else self.bits
         kernel = LimbKernel(bits, self.dtype)
         m, n = a.shape[0], b.shape[1]
-        # The limbs of a stacked into one (limbs * m, k) matrix: one product per chunk of k.
+        # (limbs * m, k): limb i holds rows i m .. (i + 1) m - 1.
         la = torch.from_numpy(kernel.limb_array(a)).reshape(kernel.limbs * m, k)
         lb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64)).to(self.dtype)
         step = 1 << (mantissa - bits - b_bits)
