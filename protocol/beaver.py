@@ -96,6 +96,10 @@ class TripleSpec:
     def split(self, c: np.ndarray, c0: np.ndarray) -> np.ndarray:
         return c ^ c0 if self.kind == "and" else c - c0
 
+    def accumulate(self, out: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``combine`` into ``out`` (a fresh array the caller owns): no temporary."""
+        return (np.bitwise_xor if self.kind == "and" else np.add)(out, x, out=out)
+
 
 @dataclass(frozen=True)
 class Triple:

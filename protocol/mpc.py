@@ -9,9 +9,10 @@ over the wire, server 1 advances its own generator with them and replies with it
 Layers (weights stored as (in, out) ring matrices, 16 fractional bits by default):
 - linear: Beaver matrix triples, then local truncation (protocol.ring.truncate);
 - ReLU: arithmetic-to-binary conversion of the two shares, the carry tree of a parallel-prefix
-  adder over XOR shares with binary AND triples (7 rounds) to get the sign bit, a Beaver product
-  to turn that bit back into an arithmetic share, and a product with the input; the bit (ReLU's
-  derivative) is kept for the backward pass;
+  adder over XOR shares with binary AND triples (7 rounds, bit-sliced: one bit of 64 elements
+  to a word) to get the sign bit, a Beaver product to turn that bit back into an arithmetic
+  share, and a product with the input; the bit (ReLU's derivative) is kept for the backward
+  pass;
 - backward and SGD with momentum, all on shares; the cut-layer gradient is returned as shares.
 """
 
@@ -52,7 +53,9 @@ def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
     # Party 0 adds e*f as well: e*b0 + e*f = e*(b0 + f), one product fewer (the dominant
     # cost of a matrix triple), the same ring element.
     b = spec.combine(t.b, f) if party == 0 else t.b
-    return spec.combine(spec.combine(t.c, spec.product(e, b)), spec.product(t.a, f))
+    out = spec.product(e, b)  # fresh: the sum builds up in it, not in new temporaries
+    spec.accumulate(out, t.c)
+    return spec.accumulate(out, spec.product(t.a, f))
 
 
 def multiply(party: int, store: TripleStore,
@@ -73,77 +76,121 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     The sign bit of x = x0 + x1 is bit 63 of a 64-bit addition whose inputs each party holds in
     the clear (arithmetic-to-binary: as XOR shares, party 0 holds (x0, 0), party 1 (0, x1)).
     Only the carry into bit 63 is needed, so a tree of generate/propagate combinations over the
-    63 low bits suffices (the prefix adder's carry tree, without the prefix outputs); each level
-    halves the number of groups, and bits are packed 64 to a word on the wire, so the six tree
-    rounds together open fewer words than the first AND alone.
+    63 low bits suffices (the prefix adder's carry tree, without the prefix outputs): one AND
+    round for the bits' generates, then six levels, each halving the number of groups.
+
+    The adder runs bit-sliced: each party transposes its own input once, locally, into 64
+    bit-planes (``to_planes``: plane = one bit of every element, 64 elements to a word), in an
+    order where every level's low and high groups are the two halves of the planes. A level
+    is then two slices and one AND round, and no level moves bits; the AND triples hold as
+    many words as packing every element's bits would (``relu_plan``; n is padded up to a
+    multiple of 64).
     """
     shape, n = x.shape, x.size
     flat = x.reshape(-1)
-    zero = np.zeros(n, np.uint64)
-    a = (flat if party == 0 else zero) & LOW63
-    b = (flat if party == 1 else zero) & LOW63
-    (g,) = yield from multiply(party, store, [(beaver.and_(n), a, b)])
-    # Position 63 becomes the identity of the carry operator (g = 0, p = 1), so the group
-    # generate of all 64 positions is the carry into bit 63.
-    p = a ^ b | (TOP_BIT if party == 0 else np.uint64(0))
-    # Bits stay packed 64 to a word throughout: element e's groups occupy a contiguous run
-    # of the bit stream, and each level keeps the even (low) and odd (high) groups.
-    width = 64
-    while width > 1:
-        g_lo, g_hi, p_lo, p_hi = _even(g), _odd(g), _even(p), _odd(p)
-        spec = beaver.and_(len(g_lo))
-        if width > 2:
+    mine = to_planes(flat)
+    mine[PLANE_OF_BIT[63]] = 0  # the adder adds the 63 low bits
+    a, b = (mine.reshape(-1), ZERO) if party == 0 else (ZERO, mine.reshape(-1))
+    (g,) = yield from multiply(party, store, [(beaver.and_(mine.size), a, b)])
+    g = g.reshape(mine.shape)
+    # Bit 63 becomes the identity of the carry operator (g = 0, p = 1), so the group generate
+    # of all 64 positions is the carry into bit 63. p = a ^ b is this party's own input.
+    p = mine
+    if party == 0:
+        p[PLANE_OF_BIT[63]] = ~np.uint64(0)
+    while len(g) > 1:
+        half = len(g) // 2
+        g_lo, g_hi, p_lo, p_hi = (v.reshape(-1) for v in (g[:half], g[half:], p[:half],
+                                                          p[half:]))
+        spec = beaver.and_(g_lo.size)
+        if half > 1:
             t, p = yield from multiply(party, store, [(spec, p_hi, g_lo), (spec, p_hi, p_lo)])
+            p = p.reshape(half, -1)
         else:  # the last level needs only the generate
             (t,) = yield from multiply(party, store, [(spec, p_hi, g_lo)])
-        g = g_hi ^ t
-        width //= 2
-    carry = np.unpackbits(g.view(np.uint8), bitorder="little")[:n].astype(np.uint64)
+        t ^= g_hi
+        g = t.reshape(half, -1)
+    carry = from_plane(g[0], n)
     sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
     msb = sign ^ carry
     # Binary-to-arithmetic of one bit: m = m0 + m1 - 2 m0 m1, with one Beaver product.
-    m0 = msb if party == 0 else zero
-    m1 = msb if party == 1 else zero
+    m0, m1 = (msb, ZERO) if party == 0 else (ZERO, msb)
     (m01,) = yield from multiply(party, store, [(beaver.mul((n,)), m0, m1)])
-    m = m0 + m1 - np.uint64(2) * m01
-    d = (np.uint64(1) if party == 0 else np.uint64(0)) - m  # [x >= 0], an integer (not scaled)
+    # d = [x >= 0] = 1 - m, an integer (not scaled); this party's share of m is its msb minus
+    # 2 m01, so d is built in place in the fresh product.
+    d = m01
+    d <<= np.uint64(1)
+    d -= msb
+    if party == 0:
+        d += np.uint64(1)
     (y,) = yield from multiply(party, store, [(beaver.mul((n,)), flat, d)])
     return y.reshape(shape), d.reshape(shape)
 
 
-LOW63 = np.uint64(2**63 - 1)
-TOP_BIT = np.uint64(2**63)
+#: The peer's input to a product, which this party holds as zero (broadcast when masked).
+ZERO = np.zeros(1, np.uint64)
 
 
-_EVEN = [np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F,
-                                  0x00FF00FF00FF00FF, 0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
+def _reverse6(i: int) -> int:
+    return int(f"{i:06b}"[::-1], 2)
 
 
-def _even(words: np.ndarray) -> np.ndarray:
-    """The even bits of a packed bit stream, packed: half as many words (rounded up)."""
-    x = np.zeros(len(words) + len(words) % 2, np.uint64)  # even length: words pair up
-    np.bitwise_and(words, _EVEN[0], out=x[:len(words)])
-    tmp = np.empty_like(x)
-    for i, shift in enumerate((1, 2, 4, 8, 16), start=1):  # gather even bits into the low half
-        np.right_shift(x, np.uint64(shift), out=tmp)
-        np.bitwise_or(x, tmp, out=x)
-        np.bitwise_and(x, _EVEN[i], out=x)
-    out = x[1::2] << np.uint64(32)
-    out |= x[0::2]
-    return out
+#: Bit i of every element lands in plane PLANE_OF_BIT[i] (the 6-bit reversal of i): even bits
+#: fill the first 32 planes and bit 2j + 1 sits 32 planes after bit 2j, so the carry tree's
+#: groups (2j, 2j+1) pair up as the two halves, and the same holds again for the groups.
+PLANE_OF_BIT = [_reverse6(i) for i in range(64)]
+#: Element r of a column of 64 (``to_planes``) is bit REVERSED6[r] of its plane words.
+REVERSED6 = np.array(PLANE_OF_BIT)
+#: Low-half masks of the swaps at distance 1, 2, ..., 32 within a word.
+_LOW_HALVES = [np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333,
+                                      0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF,
+                                      0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
 
 
-def _odd(words: np.ndarray) -> np.ndarray:
-    return _even(words >> np.uint64(1))
+def to_planes(values: np.ndarray) -> np.ndarray:
+    """64 bit-planes of uint64 ``values``: a (64, ceil(n/64)) array whose row PLANE_OF_BIT[i]
+    holds bit i of every value (zeros pad n up to a multiple of 64).
+
+    Value e is row ``e // W``, column ``e % W`` of a (64, W) word matrix (W = ceil(n/64), one
+    copy into the zero-padded buffer); each word column is a 64x64 bit matrix, transposed by six
+    delta swaps that each exchange one bit of the row index with one bit of the bit index:
+    row bit 5-k with bit-index bit k, which puts bit i in row reverse6(i) and row r's bit
+    at position reverse6(r) (``from_plane`` undoes that).
+    """
+    words = -(-values.size // 64)
+    x = np.zeros(64 * words, np.uint64)
+    x[:values.size] = values
+    x = x.reshape(64, words)
+    t = np.empty((32, words), np.uint64)
+    for k in range(6):
+        row_step, shift = 1 << (5 - k), np.uint64(1 << k)
+        pairs = x.reshape(32 // row_step, 2, row_step, words)
+        lo, hi = pairs[:, 0], pairs[:, 1]  # rows with row bit 5-k clear, and their partners
+        tmp = t.reshape(lo.shape)
+        # swap lo's bits at index bit k = 1 with hi's bits at index bit k = 0
+        np.right_shift(lo, shift, out=tmp)
+        tmp ^= hi
+        tmp &= _LOW_HALVES[k]
+        hi ^= tmp
+        tmp <<= shift
+        lo ^= tmp
+    return x
+
+
+def from_plane(plane: np.ndarray, n: int) -> np.ndarray:
+    """The n bits of one plane (``to_planes``' layout) as 0/1 uint64s in element order."""
+    bits = np.unpackbits(plane.view(np.uint8), bitorder="little").reshape(len(plane), 64)
+    return bits[:, REVERSED6].T.reshape(-1)[:n].astype(np.uint64)
 
 
 def relu_plan(n: int) -> list[TripleSpec]:
-    plan = [beaver.and_(n)]
-    words, width = n, 64
-    while width > 1:
-        words = -(-words // 2)
-        plan += [beaver.and_(words)] * (2 if width > 2 else 1)
-        width //= 2
+    """The triples ``relu`` takes for n elements: the AND of 64 planes of ceil(n/64) words,
+    two ANDs of half as many planes per level but the last, then two products."""
+    words = -(-n // 64)
+    plan, planes = [beaver.and_(64 * words)], 64
+    while planes > 1:
+        planes //= 2
+        plan += [beaver.and_(planes * words)] * (2 if planes > 1 else 1)
     return plan + [beaver.mul((n,)), beaver.mul((n,))]
 
 

@@ -87,6 +87,10 @@ class LimbKernel:
 
     def split(self, x: np.ndarray) -> list[torch.Tensor]:
         """The limbs of x, lowest first, as exact floating-point matrices."""
+        return list(torch.from_numpy(self.limb_array(x)))
+
+    def limb_array(self, x: np.ndarray) -> np.ndarray:
+        """The limbs of x stacked, (limbs, *x.shape), in floating point."""
         x = np.asarray(x, np.uint64)
         mask, shifted = np.uint64((1 << self.bits) - 1), np.empty(x.shape, np.uint64)
         dtype = np.float64 if self.dtype == torch.float64 else np.float32
@@ -94,8 +98,8 @@ class LimbKernel:
         for i in range(self.limbs):
             np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i), out=shifted), mask,
                            out=shifted)
-            limbs[i] = shifted
-        return list(torch.from_numpy(limbs))
+            limbs[i] = shifted.view(np.int64)  # below 2^63: int64 converts faster than uint64
+        return limbs
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         _check(a, b)
@@ -128,7 +132,8 @@ class LimbKernel:
     def _small(self, a: np.ndarray, b: np.ndarray, b_bits: int) -> np.ndarray:
         """b's entries, read as signed integers, are below 2^b_bits in magnitude (public
         fixed-point weights are): b stays one signed limb, so only a is split and the product
-        takes ``limbs`` floating-point products instead of ``len(pairs)``. A term is below
+        takes ``limbs`` floating-point products instead of ``len(pairs)`` (a's limbs stacked
+        into one matrix, so one BLAS call per chunk of k). A term is below
         2^(bits + b_bits) in magnitude, so ``2^(mantissa - bits - b_bits)`` of them add up
         exactly in any order (every partial sum is bounded by the sum of magnitudes)."""
         k = a.shape[1]
@@ -137,16 +142,23 @@ class LimbKernel:
         # products, each cut along k (public weights of fixed point with 16 fractional bits
         # and |w| < 0.25 have b_bits <= 14).
         bits = 32 if mantissa - 32 - b_bits >= MIN_WIDE_CHUNK_BITS else self.bits
-        la = LimbKernel(bits, self.dtype).split(a)
+        kernel = LimbKernel(bits, self.dtype)
+        m, n = a.shape[0], b.shape[1]
+        # (limbs * m, k): limb i holds rows i m .. (i + 1) m - 1.
+        la = torch.from_numpy(kernel.limb_array(a)).reshape(kernel.limbs * m, k)
         lb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64)).to(self.dtype)
         step = 1 << (mantissa - bits - b_bits)
-        out = np.zeros((a.shape[0], b.shape[1]), np.uint64)
-        for i, limb in enumerate(la):
-            total = np.zeros_like(out)
-            for lo in range(0, k, step):
-                part = limb[:, lo:lo + step] @ lb[lo:lo + step]
-                total += part.numpy().astype(np.int64).view(np.uint64)  # exact, signed
-            out += total << np.uint64(bits * i)
+        total: np.ndarray | None = None
+        for lo in range(0, k, step):
+            part = (la[:, lo:lo + step] @ lb[lo:lo + step]).numpy()
+            part = part.astype(np.int64).view(np.uint64)  # exact, signed
+            total = part if total is None else np.add(total, part, out=total)
+        if total is None:  # k == 0
+            return np.zeros((m, n), np.uint64)
+        limbs = total.reshape(kernel.limbs, m, n)
+        out = limbs[0]
+        for i in range(1, kernel.limbs):
+            out += np.left_shift(limbs[i], np.uint64(bits * i), out=limbs[i])
         return out
 
 

@@ -73,6 +73,41 @@ def test_relu_and_its_derivative_on_shares(scale):
     assert stats.rounds == 9 and s0.exhausted
 
 
+EDGES = np.array([0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**62, 2**32, 2**31, 2**32 - 1],
+                 np.uint64)
+
+
+@pytest.mark.parametrize("n", [1, 10, 64, 200])
+def test_bit_planes_hold_each_bit_of_each_element(n):
+    rng = np.random.default_rng(n)
+    v = rng.integers(0, 2**64, n, dtype=np.uint64)
+    v[:min(n, len(EDGES))] = EDGES[:n]
+    planes = mpc.to_planes(v)
+    assert planes.shape == (64, -(-n // 64))
+    for i in range(64):
+        bits = mpc.from_plane(planes[mpc.PLANE_OF_BIT[i]], n)
+        assert np.array_equal(bits, (v >> np.uint64(i)) & np.uint64(1)), i
+
+
+@pytest.mark.parametrize("n", [1, 63, 130, 1000])
+def test_relu_on_shares_equals_numpy_sign_for_any_ring_element(n):
+    """Every ring element, not just encoded reals: the edges of the signed range, all powers
+    of two and random words, split into random shares (so carries into bit 63 vary)."""
+    rng = np.random.default_rng(100 + n)
+    x = rng.integers(0, 2**64, n, dtype=np.uint64)
+    edges = np.concatenate([EDGES, np.uint64(1) << np.arange(64, dtype=np.uint64)])
+    x[:min(n, len(edges))] = edges[:n]
+    x0 = rng.integers(0, 2**64, n, dtype=np.uint64)
+    x0[:3] = np.array([0, 2**64 - 1, 2**63], np.uint64)[:min(n, 3)]  # shares at the edges too
+    x1 = x - x0
+    s0, s1 = stores(mpc.relu_plan(n))
+    (y0, d0), (y1, d1) = mpc.run_locally(mpc.relu(0, s0, x0), mpc.relu(1, s1, x1))
+    nonneg = x.view(np.int64) >= 0
+    assert np.array_equal(d0 + d1, nonneg.astype(np.uint64))
+    assert np.array_equal(y0 + y1, np.where(nonneg, x, np.uint64(0)))
+    assert s0.exhausted and s1.exhausted
+
+
 def tiny_model(seed=0, d_in=12, hidden=9, d_out=4):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(),

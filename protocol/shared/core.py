@@ -111,7 +111,10 @@ def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
     products, not three (P(e, f) is public: party 0 adds it through b + f).
     """
     b = t.b + f if party == 0 else t.b
-    return t.c + t.spec.product(e, b) + t.spec.product(t.a, f)
+    out = t.spec.product(e, b)  # a fresh array: the sum builds up in it
+    out += t.c
+    out += t.spec.product(t.a, f)
+    return out
 
 
 @dataclass
