@@ -353,7 +353,8 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
         owners=cast.owners, host_of=cast.host_of, batches=batches,
         server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
         parties=cast.parties, recoverable=not mpc_topology,
-        checks=bool(build_defences(cfg.defences).checks), revive_server=revive_server)
+        checks=bool(build_defences(cfg.defences).checks),
+        defence_state=build_defences(cfg.defences).stateful, revive_server=revive_server)
     fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
                    "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,

@@ -113,8 +113,8 @@ class OwnerHost:
         return reports, kept
 
     def check_states(self) -> dict[str, dict[str, np.ndarray]]:
-        """Each hosted owner's detector state (the lab's checkpoint); owners without a
-        detector are left out."""
+        """Each hosted owner's defence state (the lab's checkpoint: detectors' evidence, random
+        defences' generators); owners with none are left out."""
         states = {n: o.check_state() for n, o in self.owners.items()}
         return {n: s for n, s in states.items() if s}
 
@@ -125,7 +125,7 @@ class OwnerHost:
             raise ConfigError(f"detector state for owners not hosted by {self.name}: "
                               f"{', '.join(unknown)}")
         for name, owner in self.owners.items():
-            if owner.defences.checks:
+            if owner.defences.checks or name in states:
                 owner.load_check_state(states.get(name, {}))
 
     def each(self, method: Method, *args: Any) -> list[Any]:

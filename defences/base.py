@@ -18,7 +18,8 @@ defence is a small object with up to four hooks, all optional:
   local update) and :meth:`ServerCheck.observe_gradient` sees every gradient the server sends
   back; a :class:`Verdict` stops training (the owner raises :class:`ServerJudgedMalicious`).
   Its :meth:`ServerCheck.state` / :meth:`ServerCheck.load_state` (named numeric arrays) put it
-  in the lab's checkpoints, so it survives ``--chaos`` rollbacks and ``--resume``;
+  in the lab's checkpoints, so it survives ``--chaos`` rollbacks and ``--resume``; every other
+  defence's generators travel the same way (:meth:`OwnerDefence.state`);
 * :meth:`OwnerDefence.gradient` ``(g, y) -> g`` -- U-shaped splits: rewrite the per-example
   gradient the owner sends back to the server's middle (label defences, ``defences.labels``).
 
@@ -93,6 +94,25 @@ class OwnerDefence(ABC):  # every hook is optional: the ABC marks the interface
 
     #: True if the defence rewrites :meth:`gradient` (it then needs ``--topology u-shaped``).
     label_defence: ClassVar[bool] = False
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What the defence must carry across a rollback or ``--resume``, as named arrays of
+        numbers (kept with the owner's checkpoint, written into ``state.npz``, loaded without
+        pickle). Default: the state of every ``torch.Generator`` attribute, keyed by its name:
+        a random defence (noise, dropout, the label noises) then draws, on the steps replayed
+        after a rollback, exactly what it drew on their first try."""
+        return {name: generator_state(value) for name, value in sorted(vars(self).items())
+                if isinstance(value, torch.Generator)}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Continue from :meth:`state`'s output. Default: the generators named in ``state``
+        (one missing: left as it is, e.g. a checkpoint written before defences had state)."""
+        for name, value in state.items():
+            gen = vars(self).get(name)
+            if not isinstance(gen, torch.Generator):
+                raise ConfigError(f"--defence {self.name}: the checkpoint holds state "
+                                  f"{name!r}, which this defence does not have")
+            set_generator_state(gen, value, f"--defence {self.name}")
 
 
 class QueryBudgetExceeded(SplitWireError):

@@ -200,17 +200,27 @@ class Defences:
         return verdict
 
     def check_state(self) -> dict[str, np.ndarray]:
-        """Every detector's :meth:`~defences.base.ServerCheck.state`, keys prefixed with its
-        name (``splitguard.batches``): at most one of each kind, so the names are unique."""
-        return {f"{check.name}.{key}": value for check in self.checks
-                for key, value in check.state().items()}
+        """Every member's :meth:`~defences.base.OwnerDefence.state` (a detector's evidence, a
+        random defence's generators), keys prefixed with its name (``splitguard.batches``,
+        ``noise.generator``): at most one member of each kind, so the keys are unique (and
+        a detector's are what they were before other defences had state)."""
+        return {f"{member.name}.{key}": value for member in self.members
+                for key, value in member.state().items()}
 
     def load_check_state(self, state: Mapping[str, np.ndarray]) -> None:
-        """Put every detector back where :meth:`check_state` saw it."""
-        for check in self.checks:
-            prefix = f"{check.name}."
-            check.load_state({k[len(prefix):]: v for k, v in state.items()
-                              if k.startswith(prefix)})
+        """Put every member back where :meth:`check_state` saw it. A detector always loads (a
+        checkpoint without its state is refused); another member only if the checkpoint holds
+        state of it (one written before defences had state leaves it as it is)."""
+        for member in self.members:
+            prefix = f"{member.name}."
+            mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if isinstance(member, ServerCheck) or mine:
+                member.load_state(mine)
+
+    @property
+    def stateful(self) -> bool:
+        """Does any member carry state across a rollback (a detector, a generator)?"""
+        return bool(self.checks) or any(member.state() for member in self.members)
 
     def gradient(self, g: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """U-shaped: the gradient w.r.t. the middle's output as sent back, after every

@@ -118,6 +118,47 @@ def test_owner_killed_mid_run_replays_from_the_servers_cache(small, clean):
     assert result.epoch_losses == pytest.approx(clean.epoch_losses, rel=1e-6)
 
 
+#: Two random defences: every owner draws its own noise and dropout masks at every step.
+RANDOM_DEFENCES = ("dropout:rate=0.2", "noise:mechanism=laplace,scale=0.05,clip=200")
+
+
+@pytest.fixture(scope="module")
+def clean_with_noise(small):
+    return run(small, defences=RANDOM_DEFENCES)[0]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kill", ["server@20", "owner:1@30"])
+def test_random_defences_draw_the_same_after_a_kill_and_rollback(small, clean_with_noise,
+                                                                  kill):
+    # The replayed steps must draw the noise and masks of their first try: the defences'
+    # generators are in the checkpoint and go back with it (before, a rolled-back or rebuilt
+    # owner drew on, and every later loss differed).
+    result, _ = run(small, defences=RANDOM_DEFENCES, chaos=(kill,))
+    assert result.restarts == 1 and result.batches["retried"] >= 1
+    assert result.epoch_losses == clean_with_noise.epoch_losses  # bit for bit
+    assert result.target_accuracy == clean_with_noise.target_accuracy
+
+
+@pytest.mark.e2e
+def test_random_defences_draw_the_same_after_a_resume(small, clean_with_noise, tmp_path):
+    data, aux, judge = small
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(step):
+        if step >= clean_with_noise.batches["sent"] // 2:
+            raise Stop
+
+    cfg = dataclasses.replace(BASE, defences=RANDOM_DEFENCES, checkpoint_dir=str(tmp_path))
+    with pytest.raises(Stop):
+        run_protocol(LocalBackend(), cfg, data, aux, judge, on_checkpoint=stop_after_first_epoch)
+    (resumed,) = run_protocol(LocalBackend(), dataclasses.replace(cfg, resume=str(tmp_path)),
+                              data, aux, judge)
+    assert resumed.epoch_losses == clean_with_noise.epoch_losses
+
+
 @pytest.mark.e2e
 def test_splitfed_averages_every_round(small):
     result, backend = run(small, schedule="splitfed")
