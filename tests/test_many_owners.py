@@ -140,22 +140,29 @@ def test_random_defences_draw_the_same_after_a_kill_and_rollback(small, clean_wi
     assert result.target_accuracy == clean_with_noise.target_accuracy
 
 
-@pytest.mark.e2e
-def test_random_defences_draw_the_same_after_a_resume(small, clean_with_noise, tmp_path):
+class Stop(Exception):
+    pass
+
+
+def stop_and_resume(small, cfg: RunConfig, stop_at: int):
+    """Run ``cfg`` until its checkpoint after step ``stop_at``, then ``--resume`` it."""
     data, aux, judge = small
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(step):
-        if step >= clean_with_noise.batches["sent"] // 2:
+    def stop(step):
+        if step >= stop_at:
             raise Stop
 
-    cfg = dataclasses.replace(BASE, defences=RANDOM_DEFENCES, checkpoint_dir=str(tmp_path))
     with pytest.raises(Stop):
-        run_protocol(LocalBackend(), cfg, data, aux, judge, on_checkpoint=stop_after_first_epoch)
-    (resumed,) = run_protocol(LocalBackend(), dataclasses.replace(cfg, resume=str(tmp_path)),
+        run_protocol(LocalBackend(), cfg, data, aux, judge, on_checkpoint=stop)
+    (resumed,) = run_protocol(LocalBackend(), dataclasses.replace(cfg, resume=cfg.checkpoint_dir),
                               data, aux, judge)
+    return resumed
+
+
+@pytest.mark.e2e
+def test_random_defences_draw_the_same_after_a_resume(small, clean_with_noise, tmp_path):
+    cfg = dataclasses.replace(BASE, defences=RANDOM_DEFENCES, checkpoint_dir=str(tmp_path))
+    resumed = stop_and_resume(small, cfg, clean_with_noise.batches["sent"] // 2)
     assert resumed.epoch_losses == clean_with_noise.epoch_losses
 
 
@@ -189,19 +196,8 @@ def test_fed_server_takes_the_example_weighted_mean():
 @pytest.mark.e2e
 def test_resume_continues_a_stopped_run(small, clean, tmp_path):
     data, aux, judge = small
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_epoch(step):
-        if step >= clean.batches["sent"] // 2:
-            raise Stop
-
     cfg = dataclasses.replace(BASE, checkpoint_dir=str(tmp_path / "ck"))
-    with pytest.raises(Stop):
-        run_protocol(LocalBackend(), cfg, data, aux, judge, on_checkpoint=stop_after_first_epoch)
-    (resumed,) = run_protocol(LocalBackend(), dataclasses.replace(cfg, resume=cfg.checkpoint_dir),
-                              data, aux, judge)
+    resumed = stop_and_resume(small, cfg, clean.batches["sent"] // 2)
     assert resumed.epoch_losses == pytest.approx(clean.epoch_losses, rel=1e-6)
     assert resumed.batches["sent"] == resumed.batches["applied"] == clean.batches["sent"]
     with pytest.raises(ConfigError, match="another run"):
