@@ -89,13 +89,16 @@ class FeatureSpaceHijacker:
     to (B, *cut_shape). ``grad_scale`` multiplies the gradient sent back (the authors' ``alpha``
     scaling of the owner's adversarial loss). ``warmup`` autoencoder steps on ``aux`` run at
     construction: offline preparation the server can do before the owner connects.
+    ``warmup_pilot_lr`` is the pilot's rate during that warm-up (None: ``lr``) and ``pilot_lr``
+    its rate afterwards; both 0 keep the pilot at its starting weights, a fixed target feature
+    space (only the decoder learns).
     """
 
     def __init__(
         self, input_shape: tuple[int, int, int], cut_shape: tuple[int, ...], aux: np.ndarray,
         *, seed: int, lr: float = 1e-3, lr_critic: float = 1e-4, gp_weight: float = 500.0,
         grad_scale: float = 1.0, batch_size: int = 64, warmup: int = 0, critic_steps: int = 1,
-        pilot_lr: float | None = None,
+        pilot_lr: float | None = None, warmup_pilot_lr: float | None = None,
         encoder_factory: Callable[[], nn.Module] | None = None,
     ) -> None:
         shape = check_input_shape(input_shape, "FSHA")
@@ -105,13 +108,15 @@ class FeatureSpaceHijacker:
         if not self.cut_shape or min(self.cut_shape) < 1:
             raise ConfigError(f"FSHA cut_shape must be positive sizes, got {cut_shape}")
         pilot_lr = lr if pilot_lr is None else pilot_lr
+        warmup_pilot_lr = lr if warmup_pilot_lr is None else warmup_pilot_lr
         if (lr <= 0 or lr_critic <= 0 or gp_weight < 0 or batch_size < 2 or warmup < 0
-                or critic_steps < 1 or not pilot_lr >= 0):
+                or critic_steps < 1 or not pilot_lr >= 0 or not warmup_pilot_lr >= 0):
             raise ConfigError(f"FSHA needs lr, lr_critic > 0, gp_weight >= 0, batch_size >= 2, "
                               f"warmup >= 0, critic_steps >= 1; got lr={lr} "
                               f"lr_critic={lr_critic} gp_weight={gp_weight} "
                               f"batch_size={batch_size} warmup={warmup} "
-                              f"critic_steps={critic_steps}, pilot_lr={pilot_lr} (>= 0)")
+                              f"critic_steps={critic_steps}, pilot_lr={pilot_lr}, "
+                              f"warmup_pilot_lr={warmup_pilot_lr} (both >= 0)")
         if not math.isfinite(grad_scale) or grad_scale <= 0:
             raise ConfigError(f"FSHA grad_scale must be a finite number > 0, got {grad_scale}")
         x = check_images(aux, "FSHA auxiliary images")
@@ -138,6 +143,7 @@ class FeatureSpaceHijacker:
         self._perm = torch.randperm(len(self.aux), generator=self.gen)
         self._cursor = 0
         self.last: dict[str, float] = {}
+        self.opt_ae.param_groups[0]["lr"] = warmup_pilot_lr
         for _ in range(warmup):
             self._autoencoder_step(self._aux_batch(batch_size))
         # After the warm-up the pilot may learn at its own rate: 0 freezes the target feature
@@ -166,7 +172,9 @@ class FeatureSpaceHijacker:
         self.encoder.train()
         self.decoder.train()
         self.opt_ae.zero_grad()
-        z_pub = self.encoder(x_pub)
+        # A pilot at rate 0 does not move: skip its backward pass (the same numbers, faster).
+        with torch.set_grad_enabled(self.opt_ae.param_groups[0]["lr"] > 0):
+            z_pub = self.encoder(x_pub)
         loss = nn.functional.mse_loss(self.decoder(z_pub), x_pub)
         loss.backward()
         self.opt_ae.step()

@@ -1,6 +1,7 @@
 """How many steps does FSHA need? The hijack alone, in-process, beyond the lab's run length.
 
     python bench/fsha_steps.py [--steps 3000] [--every 250] [--aux letters] [--pilot initial]
+                               [--train-pilot]
 
 Plays the owner itself, as the lab's owner trains (the default network's first part, SGD lr
 0.1, momentum 0.9, batch 64, the 4,000 training digits), on nothing but the gradients of
@@ -8,7 +9,8 @@ Plays the owner itself, as the lab's owner trains (the default network's first p
 ``--every`` steps scores the decoder's reconstructions of the 500 private test digits through
 the owner's current first part: SSIM, MSE in [0, 1] and in the paper's [-1, 1] (four times
 it). ``--pilot fresh`` starts the pilot from the attacker's own weights (the paper's setting)
-instead of the first part's initial weights (what the lab's server holds).
+instead of the first part's initial weights (what the lab's server holds). ``--train-pilot``
+trains the pilot with the decoder (the authors' way) instead of holding it still (the lab's).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main() -> int:
     p.add_argument("--aux", default="letters")
     p.add_argument("--pilot", choices=PILOT_STARTS, default="initial")
     p.add_argument("--model", default="mlp")
+    p.add_argument("--train-pilot", action="store_true",
+                   help="train the pilot with the decoder (the authors' FSHA)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -46,11 +50,14 @@ def main() -> int:
     def pilot() -> torch.nn.Module:
         return net.owner_part() if args.pilot == "initial" else fresh_copy(net.owner, seed + 1)
 
+    settings = LAB_SETTINGS | ({"pilot_lr": None, "warmup_pilot_lr": None}
+                               if args.train_pilot else {})
     t0 = time.perf_counter()
     fsha = FeatureSpaceHijacker(data.input_shape, net.cut_shape, aux, seed=seed,
-                                encoder_factory=pilot, **LAB_SETTINGS)
+                                encoder_factory=pilot, **settings)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}; "
-          f"{net.describe()}; aux {args.aux}, pilot {args.pilot}; "
+          f"{net.describe()}; aux {args.aux}, pilot {args.pilot} "
+          f"({'trained' if args.train_pilot else 'held still'}); "
           f"warm-up {time.perf_counter() - t0:.0f} s", flush=True)
     owner = net.owner_part()
     opt = torch.optim.SGD(owner.parameters(), lr=0.1, momentum=0.9)

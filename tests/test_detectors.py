@@ -41,15 +41,22 @@ def test_detector_flags_fsha_and_not_the_honest_server(setting, detector):
     # p=0.3, SplitOut simulates 30 steps; FSHA warms its autoencoder up for 50 steps, not 500.
     spec = ({"splitguard": "splitguard:seed=0,start=5,p=0.3",
              "splitout": "splitout:seed=0,steps=30"}[detector],)
-    hijacked = detectors.run_one(data, aux, judge, server="fsha", defences=spec, seed=0,
-                                 epochs=2, fsha_settings={"warmup": 50})
+    # The lab's FSHA (its pilot held at the first part's initial weights) and the authors'
+    # (the pilot trained with the decoder).
+    hijacked, authors = (
+        detectors.run_one(data, aux, judge, server="fsha", defences=spec, seed=0, epochs=2,
+                          fsha_settings={"warmup": 50} | pilot)
+        for pilot in ({}, {"pilot_lr": None, "warmup_pilot_lr": None}))
     honest = detectors.run_one(data, aux, judge, server="honest", defences=spec, seed=0,
                                epochs=2)
-    assert hijacked["detected"] and hijacked["step"] < hijacked["steps_planned"]
-    assert hijacked["detector"] == detector and hijacked["reason"]
-    # Caught early: the decoder cannot yet rebuild the digits (He et al.: SSIM < 0.3 is
-    # unrecognisable) and the validator is near chance.
-    assert hijacked["fsha_ssim"] < 0.3 and hijacked["fsha_validator_accuracy"] < 0.3
+    for run in (hijacked, authors):
+        assert run["detected"] and run["step"] < run["steps_planned"]
+        assert run["detector"] == detector and run["reason"]
+    # The authors' FSHA is caught early: its decoder cannot yet rebuild the digits (He et al.:
+    # SSIM < 0.3 is unrecognisable) and the validator is near chance. The lab's inverts the
+    # owner's initial features from the first batch, so being caught does not stop it.
+    assert authors["fsha_ssim"] < 0.3 and authors["fsha_validator_accuracy"] < 0.3
+    assert hijacked["fsha_ssim"] > authors["fsha_ssim"]
     assert not honest["detected"], honest["reason"]
     assert honest["target_accuracy"] > 0.6  # trained on (no detector: 0.86 here)
 

@@ -10,6 +10,8 @@ unseen test digits far better than the mean image does, and a validator must rea
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +58,26 @@ def test_fresh_copy_keeps_layers_not_weights() -> None:
     assert [type(m) for m in copy.modules()] == [type(m) for m in owner.modules()]
     assert not torch.equal(copy.fc1.weight, owner.fc1.weight)
     assert torch.equal(fresh_copy(owner, seed=5).fc1.weight, copy.fc1.weight)
+
+
+def test_a_pilot_at_rate_zero_stays_put_while_the_decoder_learns() -> None:
+    start = mlp_net(0).owner_part()
+    frozen, trained = (FeatureSpaceHijacker(SHAPE, (500,), _aux(), seed=0, batch_size=8,
+                                            warmup=3, encoder_factory=lambda: deepcopy(start),
+                                            **rates) for rates in
+                       ({"pilot_lr": 0.0, "warmup_pilot_lr": 0.0}, {}))
+    h = np.random.default_rng(1).random((8, 500), dtype=np.float32)
+    decoder_before = [p.detach().clone() for p in frozen.decoder.parameters()]
+    for fsha in (frozen, trained):
+        fsha.step(h)
+    for got, want in zip(frozen.encoder.parameters(), start.parameters(), strict=True):
+        assert torch.equal(got, want)
+    assert not all(torch.equal(got, want) for got, want in
+                   zip(trained.encoder.parameters(), start.parameters(), strict=True))
+    assert not all(torch.equal(got, was) for got, was in
+                   zip(frozen.decoder.parameters(), decoder_before, strict=True))
+    with pytest.raises(ConfigError, match="warmup_pilot_lr"):
+        FeatureSpaceHijacker(SHAPE, (500,), _aux(), seed=0, warmup_pilot_lr=-1.0)
 
 
 def test_bad_input_is_a_typed_error() -> None:

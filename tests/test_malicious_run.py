@@ -53,8 +53,10 @@ def test_fsha_rebuilds_private_digits_on_plaintext(setting):
     curve = result.fsha_curve
     assert [p["step"] for p in curve] == sorted(p["step"] for p in curve) and len(curve) >= 10
     assert curve[-1]["step"] == 192
-    # Scored against the batches the owner really sent: the end is far better than the start.
-    assert curve[-1]["ssim"] > curve[0]["ssim"] + 0.1
+    # Scored against the batches the owner really sent (against any other digits the SSIM
+    # would sit near the mean image's): every point of the curve is far above the mean image.
+    assert min(p["ssim"] for p in curve) > result.baseline["ssim"] + 0.2, (curve,
+                                                                          result.baseline)
     assert result.to_json()["fsha_curve"] == curve
 
 
