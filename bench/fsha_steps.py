@@ -1,7 +1,7 @@
 """How many steps does FSHA need? The hijack alone, in-process, beyond the lab's run length.
 
     python bench/fsha_steps.py [--steps 3000] [--every 250] [--aux letters] [--pilot initial]
-                               [--train-pilot]
+                               [--train-pilot] [--model mlp] [--owner-lr 0.1]
 
 Plays the owner itself, as the lab's owner trains (the default network's first part, SGD lr
 0.1, momentum 0.9, batch 64, the 4,000 training digits), on nothing but the gradients of
@@ -40,6 +40,8 @@ def main() -> int:
     p.add_argument("--train-pilot", action="store_true",
                    help="train the pilot with the decoder (the authors' FSHA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--owner-lr", type=float, default=0.1,
+                   help="the owner's SGD rate (the lab's: 0.1; its cnn runs use 0.05)")
     args = p.parse_args()
     torch.set_num_threads(1)
     data = load_target(seed=args.seed)
@@ -60,7 +62,7 @@ def main() -> int:
           f"({'trained' if args.train_pilot else 'held still'}); "
           f"warm-up {time.perf_counter() - t0:.0f} s", flush=True)
     owner = net.owner_part()
-    opt = torch.optim.SGD(owner.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(owner.parameters(), lr=args.owner_lr, momentum=0.9)
     x = torch.from_numpy(data.train.x)
     gen = torch.Generator().manual_seed(seed)
     step = 0
