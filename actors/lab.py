@@ -349,12 +349,13 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
     rebuilt server needs before its checkpoint is restored (``hijack_lab.arm``'s re-arming)."""
     mpc_topology = cast.dealer is not None
     batches = [-(-len(tr) // cfg.train.batch_size) for tr in cast.train_shards]
+    defences = build_defences(cfg.defences)  # one owner's, to know what its checkpoint holds
     setup = TrainingSetup(
         owners=cast.owners, host_of=cast.host_of, batches=batches,
         server=None if mpc_topology else SERVER, fed_server=cast.fed_server,
         parties=cast.parties, recoverable=not mpc_topology,
-        checks=bool(build_defences(cfg.defences).checks),
-        defence_state=build_defences(cfg.defences).stateful, revive_server=revive_server)
+        checks=bool(defences.checks), defence_state=defences.stateful,
+        revive_server=revive_server)
     fingerprint = {"protocol": cfg.protocol, "clients": cfg.clients, "seed": cfg.seed,
                    "partition": str(cfg.partition), "schedule": cfg.schedule,
                    "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,

@@ -85,8 +85,9 @@ class TrainingSetup:
     fed_server: str | None
     parties: list[str]  # every started role (actor names)
     recoverable: bool = True
-    checks: bool = False  # the owners run detectors: their state is part of every checkpoint
-    # the owners' defences carry state (detectors, noise or dropout generators): checkpointed
+    checks: bool = False  # the owners run detectors (a checkpoint without their state is refused)
+    # the owners' defences carry state (detectors included, noise or dropout generators): it is
+    # part of every checkpoint
     defence_state: bool = False
     #: What a rebuilt server needs before its checkpoint can be restored (a malicious server's
     #: arming: its public data is not in the checkpoint); None: nothing.
@@ -171,7 +172,7 @@ class Trainer:
     def _check_states(self) -> dict[str, Any]:
         """The owners' defence state now (detectors' evidence, random defences' generators), a
         handle per host (kept like the server's)."""
-        if not (self.setup.checks or self.setup.defence_state):
+        if not self.setup.defence_state:
             return {}
         return {h: self.backend.keep(self.backend.submit(h, OwnerHost.check_states), h)
                 for h in self.hosts}
@@ -431,7 +432,7 @@ class Trainer:
             raise ConfigError(f"--resume {path}: incomplete checkpoint ({exc})") from None
         if self.setup.server is not None:
             self.backend.call(self.setup.server, ComputeServer.restore, server)
-        if self.setup.checks or self.setup.defence_state:
+        if self.setup.defence_state:
             self._restore_checks(self._checks_by_host(path, arrays))
         self.ledger = replace(Ledger(), **meta.get("ledger", {}))
         self.ckpt = Checkpoint(position, self.backend.put(first), self._server_state(), 0.0, 0,

@@ -103,20 +103,6 @@ class _CheckedStore:
         return self.ctx.take(spec)[1]
 
 
-def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """This party's share of P(x, y) for the triple's bilinear map P (x*y, x@y, a convolution)
-    from the triple and the opened e = x-a, f = y-b.
-
-    c + P(e, b + f) + P(a, f) for party 0 and c + P(e, b) + P(a, f) for party 1: two ring
-    products, not three (P(e, f) is public: party 0 adds it through b + f).
-    """
-    b = t.b + f if party == 0 else t.b
-    out = t.spec.product(e, b)  # a fresh array: the sum builds up in it
-    out += t.c
-    out += t.spec.product(t.a, f)
-    return out
-
-
 @dataclass
 class Factor:
     """One side of a Beaver product: a share to mask and open, or a value already opened
@@ -151,7 +137,7 @@ def products(ctx: Ctx, items: list[tuple[TripleSpec, Factor, Factor]]) -> Proto:
     for (_, x, y), (index, t) in zip(items, taken, strict=True):
         e = next(opened) if x.opened is None else x.opened
         f = next(opened) if y.opened is None else y.opened
-        out.append(Product(product(ctx.party, t, e, f), e, f, index))
+        out.append(Product(mpc.product(ctx.party, t, e, f), e, f, index))
     return out
 
 
