@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from protocol.errors import ShapeError
+from protocol.errors import ConfigError, ShapeError
 
 #: A directory in this environment variable keeps trained validators between runs (tests, a
 #: sweep repeated by hand); unset, every run trains its own. See :func:`train_validator_cached`.
@@ -140,11 +140,15 @@ def train_validator_cached(
             pass  # damaged or from another layout: train again and overwrite it
     model = train_validator(x, y, classes, seed=seed, epochs=epochs, batch_size=batch_size)
     arrays = {f"state/{k}": v.detach().numpy() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, rng=torch.get_rng_state().numpy(), **arrays)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, rng=torch.get_rng_state().numpy(), **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{CACHE_ENV}={directory}: cannot keep the validator there "
+                          f"({exc.strerror or exc})") from None
     return model
 
 

@@ -8,6 +8,7 @@ import torch
 
 import attack.validator as validator
 from attack.validator import CACHE_ENV, train_validator, train_validator_cached
+from protocol.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,11 @@ def test_a_damaged_file_is_retrained_and_replaced(digits, tmp_path):
     assert _same(_trained(train_validator_cached, x, y, cache_dir=tmp_path), want)
     with np.load(path, allow_pickle=False) as saved:  # whole again
         assert "rng" in saved.files
+
+
+def test_a_directory_that_cannot_hold_the_cache_is_a_config_error(digits, tmp_path):
+    x, y = digits
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=CACHE_ENV):
+        train_validator_cached(x, y, 10, seed=3, epochs=1, cache_dir=blocker / "cache")
