@@ -53,7 +53,13 @@ def test_product_then_truncation_is_within_the_documented_bound(pairs):
     yr = ring.encode(y)  # a public multiplier: local product, then the local truncation
     z = ring.reveal(ring.truncate(x0 * yr, 0), ring.truncate(x1 * yr, 1))
     exact = ring.decode(ring.encode(x)) * ring.decode(yr)
-    assert np.all(np.abs(ring.decode(z) - exact) <= 2 * ULP)
+    error = np.abs(ring.decode(z) - exact)
+    # A product here is up to 2^52 ring units, so a share pair straddles the wrap point with
+    # probability up to 2^-12 per element (the module's documented bound): such an element is
+    # off by exactly the documented wrap error, never by anything in between.
+    wrapped = np.abs(error - ring.wrap_error()) <= 2 * ULP
+    assert np.all((error <= 2 * ULP) | wrapped)
+    assert wrapped.sum() <= 2  # at most 30 elements at <= 2^-12 each: 3 wraps is p < 1e-8
 
 
 def test_truncation_fails_only_as_rarely_as_documented():
