@@ -53,6 +53,12 @@ def product(party: int, t: Triple, e: np.ndarray, f: np.ndarray) -> np.ndarray:
     # Party 0 adds e*f as well: e*b0 + e*f = e*(b0 + f), one product fewer (the dominant
     # cost of a matrix triple), the same ring element.
     b = spec.combine(t.b, f) if party == 0 else t.b
+    if spec.kind == "matmul" and e.shape[1] < e.shape[0]:
+        # A short inner dimension (a weight gradient: k is the batch) with a large output:
+        # one product [e | a] @ [b; f] of twice the depth costs the same BLAS work but
+        # converts and adds the output once, not twice (500x64 @ 64x500: 11.2 against 14.9 ms).
+        out = ring.matmul(np.concatenate([e, t.a], 1), np.concatenate([b, f], 0))
+        return spec.accumulate(out, t.c)
     out = spec.product(e, b)  # fresh: the sum builds up in it, not in new temporaries
     spec.accumulate(out, t.c)
     return spec.accumulate(out, spec.product(t.a, f))

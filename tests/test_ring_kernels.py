@@ -136,9 +136,14 @@ def test_calibration_times_every_kernel_and_picks_the_fastest(monkeypatch):
     with pytest.raises(RuntimeError, match="disagrees"):
         ring_kernels.calibrate((4, 30, 4), rounds=1)
     monkeypatch.setattr(ring_kernels, "_chosen", None)
-    monkeypatch.setattr(ring_kernels, "calibrate", lambda: {"int64": 2.0, "limb16-float64": 1.0})
+    timed: list[tuple[int, int, int]] = []
+    fake = {(64, 500, 500): {"int64": 1.0, "limb16-float64": 2.0},  # int64 wins this one,
+            (500, 64, 500): {"int64": 3.0, "limb16-float64": 1.0}}  # limb16 the sum
+    monkeypatch.setattr(ring_kernels, "CALIBRATION_SHAPES", tuple(fake))
+    monkeypatch.setattr(ring_kernels, "calibrate", lambda shape: timed.append(shape) or fake[shape])
     monkeypatch.delenv(ring_kernels.FORCE_ENV, raising=False)
-    assert ring_kernels.chosen() == ("limb16-float64", {"int64": 2.0, "limb16-float64": 1.0})
+    assert ring_kernels.chosen() == ("limb16-float64", {"int64": 4.0, "limb16-float64": 3.0})
+    assert timed == list(fake)
 
 
 def test_forcing_a_kernel_by_environment(monkeypatch):
