@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from protocol.errors import ShapeError
 
@@ -54,6 +53,8 @@ def mse(recon: np.ndarray, original: np.ndarray) -> float:
 
 def psnr(recon: np.ndarray, original: np.ndarray) -> float:
     """Mean per-image PSNR in dB for data range 1 (an identical image is capped at 100 dB)."""
+    from skimage.metrics import peak_signal_noise_ratio  # see ssim: imported where used
+
     r, o = _pair(recon, original)
     vals = [
         100.0 if np.array_equal(a, b) else peak_signal_noise_ratio(b, a, data_range=1.0)
@@ -67,6 +68,10 @@ def ssim(recon: np.ndarray, original: np.ndarray) -> float:
 
     Colour images: the mean over channels of each channel's SSIM (``channel_axis``).
     """
+    # Imported here, not at the top: skimage.metrics pulls in scipy.stats (~0.8 s), and every
+    # Ray worker that unpickles a role imports this module without ever scoring an image.
+    from skimage.metrics import structural_similarity
+
     r, o = _pair(recon, original)
     if min(r.shape[2:]) < SSIM_WINDOW:
         raise ShapeError(f"SSIM needs images at least {SSIM_WINDOW}x{SSIM_WINDOW}, "
