@@ -11,6 +11,7 @@ import torch
 
 from actors.faults import Crash
 from actors.nets.descriptor import SplitNetwork
+from actors.nets.sgd import MomentumSGD
 from actors.role import Role
 from actors.wire import Network
 from defences.base import Observation, OwnerContext, ServerJudgedMalicious
@@ -148,7 +149,7 @@ class DataOwner(Role):
                                             config.lr, config.momentum, name))
         self.shared = shared or SharedWeights(net)
         self.model: torch.nn.Module | None = None  # the first part being trained, or deployed
-        self.opt: torch.optim.SGD | None = None
+        self.opt: MomentumSGD | None = None
         self.inbox: np.ndarray | None = None  # the last first part handed to us (WEIGHTS)
         if model is not None:  # a stand-alone owner that starts with its own first part
             self._begin(net.owner_layout.pack(model))
@@ -371,8 +372,7 @@ class DataOwner(Role):
         self._check_flat(flat)
         model = self.net.owner_from(flat)
         named = dict(model.named_parameters())
-        opt = torch.optim.SGD(list(named.values()), lr=self.config.lr,
-                              momentum=self.config.momentum)
+        opt = MomentumSGD(list(named.values()), lr=self.config.lr, momentum=self.config.momentum)
         for key, m in self.net.owner_layout.momentum(flat).items():
             opt.state[named[key]]["momentum_buffer"] = m.clone()
         self.model, self.opt = model, opt

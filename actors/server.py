@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from actors.adversary import Intercepted, InversionAttacker, stack
 from actors.faults import Crash
 from actors.nets.descriptor import SplitNetwork
+from actors.nets.sgd import MomentumSGD
 from actors.owner import TrainConfig, softmax
 from actors.role import Role
 from actors.wire import Network
@@ -41,7 +42,7 @@ class ComputeServer(Role, InversionAttacker):
         super().__init__(name, codec, session, network)
         self.net = net
         self.model = net.server_part() if model is None else model
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
+        self.opt = MomentumSGD(self.model.parameters(), lr=config.lr, momentum=config.momentum)
         self.pending_labels: dict[str, np.ndarray] = {}
         self.pending_step: dict[str, int] = {}
         self.steps = 0  # batches applied to this model (restored with it from a checkpoint)

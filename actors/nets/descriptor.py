@@ -23,12 +23,16 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from protocol.errors import ConfigError, ShapeError
+
+if TYPE_CHECKING:
+    from actors.nets.sgd import MomentumSGD
 
 Shape = tuple[int, ...]
 #: Integer buffers (BatchNorm's ``num_batches_tracked``) travel as float32: exact below 2^24.
@@ -76,7 +80,7 @@ class StateLayout:
     def state_size(self) -> int:
         return self.weights_size + self.momentum_size
 
-    def pack(self, module: nn.Module, opt: torch.optim.Optimizer | None = None) -> np.ndarray:
+    def pack(self, module: nn.Module, opt: MomentumSGD | None = None) -> np.ndarray:
         """Weights, buffers and (zero if absent) momentum as one float32 vector."""
         state = module.state_dict()
         named = dict(module.named_parameters())
