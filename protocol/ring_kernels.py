@@ -17,8 +17,12 @@ for float32. The limb kernels get the same exact result from floating-point BLAS
 For 256x500 @ 500x500 on a 2-core AMD EPYC without AVX-512 (2026-12-01, `bench/mpc.py`):
 int64 97 ms; 22-bit limbs (3 limbs, 6 float64 products, chunks of 512) 24 ms; 16-bit limbs
 (4 limbs, 10 products, chunks of 2^21) 40 ms; 8-bit limbs over float32 (8 limbs, 36 products,
-chunks of 256) 83 ms. Which kernel wins depends on the CPU (with AVX-512, int64 may), so
-``chosen()`` times the candidates once per process and keeps the fastest.
+chunks of 256) 83 ms. ``KaratsubaKernel`` gets the 22-bit limbs' result from five products
+instead of six (a0 b1 + a1 b0 = (a0 - a1)(b1 - b0) + a0 b0 + a1 b1), with fewer output
+conversions: 6.3 against 6.9 ms for 64x500 @ 500x500 and 7.0 against 9.4 ms for 500x64 @ 64x500
+(a weight gradient; calibration, 2026-12-01 21:05 UTC, same machine). Which kernel wins depends
+on the CPU (with AVX-512, int64 may), so ``chosen()`` times the candidates once per process and
+keeps the fastest.
 """
 
 from __future__ import annotations
