@@ -67,13 +67,22 @@ def test_bad_settings_are_config_errors():
         MomentumSGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=-0.1)
 
 
+def _imports_dynamo(code: str) -> bool:
+    out = subprocess.run([sys.executable, "-c", code + "import sys\n"
+                          "print('torch._dynamo' in sys.modules)\n"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
 def test_a_training_step_imports_no_dynamo():
-    code = ("import sys, torch\n"
-            "from actors.nets.sgd import MomentumSGD\n"
-            "m = torch.nn.Linear(3, 2); opt = MomentumSGD(m.parameters(), 0.1, 0.9)\n"
-            "opt.zero_grad(); m(torch.ones(1, 3)).sum().backward(); opt.step()\n"
-            "m.load_state_dict(m.state_dict())\n"
-            "print('torch._dynamo' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "False"
+    if _imports_dynamo("import torch\n"):
+        pytest.skip("this torch imports torch._dynamo with torch itself: nothing to save")
+    if not _imports_dynamo("import torch\ntorch.optim.SGD([torch.zeros(1)], lr=0.1)\n"):
+        pytest.skip("this torch's optimisers no longer import torch._dynamo: "
+                    "actors.nets.sgd could give way to torch.optim.SGD")
+    assert not _imports_dynamo(
+        "import torch\n"
+        "from actors.nets.sgd import MomentumSGD\n"
+        "m = torch.nn.Linear(3, 2); opt = MomentumSGD(m.parameters(), 0.1, 0.9)\n"
+        "opt.zero_grad(); m(torch.ones(1, 3)).sum().backward(); opt.step()\n"
+        "m.load_state_dict(m.state_dict())\n")
