@@ -124,9 +124,8 @@ class OwnerHost:
         if unknown:
             raise ConfigError(f"detector state for owners not hosted by {self.name}: "
                               f"{', '.join(unknown)}")
-        for name, owner in self.owners.items():
-            if owner.defences.checks or name in states:
-                owner.load_check_state(states.get(name, {}))
+        for name, owner in self.owners.items():  # Defences decides who loads from nothing
+            owner.load_check_state(states.get(name, {}))
 
     def each(self, method: Method, *args: Any) -> list[Any]:
         """``method`` on every hosted owner, in order (identities, trust, stats, ...)."""

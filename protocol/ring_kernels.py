@@ -64,6 +64,33 @@ def int64_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (ta @ tb).numpy().view(np.uint64)
 
 
+_TWO_52 = 2.0**52
+_TWO_52_BITS = np.float64(_TWO_52).view(np.uint64)
+
+
+def _exact_int(part: torch.Tensor) -> np.ndarray:
+    """A floating-point product holding exact integers (below 2^mantissa in magnitude) as
+    uint64, two's complement."""
+    return part.numpy().astype(np.int64).view(np.uint64)
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor, chunk: int,
+         also: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
+    """x @ y (+ also[0] @ also[1]) mod 2^64, exactly: cut along k into chunks of ``chunk``
+    terms (per product), each summed in floating point and converted before the chunks are
+    added (k = 0: one empty product, zeros)."""
+    k = x.shape[1]
+    total: np.ndarray | None = None
+    for lo in range(0, max(k, 1), chunk):
+        part = x[:, lo:lo + chunk] @ y[lo:lo + chunk]
+        if also is not None:
+            part.addmm_(also[0][:, lo:lo + chunk], also[1][lo:lo + chunk])
+        ints = _exact_int(part)
+        total = ints if total is None else np.add(total, ints, out=total)
+    assert total is not None
+    return total
+
+
 @dataclass(frozen=True)
 class LimbKernel:
     """a @ b mod 2^64 from floating-point products of ``bits``-bit limbs (see the module)."""
@@ -128,22 +155,17 @@ class LimbKernel:
         return self._general(a, b)
 
     def _general(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        m, k = a.shape
-        n = b.shape[1]
         la, lb = self.split(a), self.split(b)
-        out = np.zeros((m, n), np.uint64)
-        by_shift: dict[int, list[tuple[int, int]]] = {}
+        by_shift: dict[int, np.ndarray] = {}  # the pairs' sums, one per shift i + j
         for i, j in self.pairs:
-            by_shift.setdefault(i + j, []).append((i, j))
-        step = self.chunk
-        for t, pairs in by_shift.items():
-            total = np.zeros((m, n), np.uint64)
-            for i, j in pairs:
-                for lo in range(0, k, step):
-                    part = la[i][:, lo:lo + step] @ lb[j][lo:lo + step]
-                    # exact non-negative integers below 2^mantissa: the conversion is exact
-                    total += part.numpy().astype(np.uint64)
-            out += total << np.uint64(self.bits * t)
+            part = _dot(la[i], lb[j], self.chunk)
+            if i + j in by_shift:
+                by_shift[i + j] += part
+            else:
+                by_shift[i + j] = part
+        out = np.zeros((a.shape[0], b.shape[1]), np.uint64)
+        for t, total in by_shift.items():
+            out += np.left_shift(total, np.uint64(self.bits * t), out=total)
         return out
 
     def _small(self, a: np.ndarray, b: np.ndarray, b_bits: int) -> np.ndarray:
@@ -164,44 +186,11 @@ class LimbKernel:
         # (limbs * m, k): limb i holds rows i m .. (i + 1) m - 1.
         la = torch.from_numpy(kernel.limb_array(a)).reshape(kernel.limbs * m, k)
         lb = torch.from_numpy(np.ascontiguousarray(b).view(np.int64)).to(self.dtype)
-        step = 1 << (mantissa - bits - b_bits)
-        total: np.ndarray | None = None
-        for lo in range(0, k, step):
-            part = (la[:, lo:lo + step] @ lb[lo:lo + step]).numpy()
-            part = part.astype(np.int64).view(np.uint64)  # exact, signed
-            total = part if total is None else np.add(total, part, out=total)
-        if total is None:  # k == 0
-            return np.zeros((m, n), np.uint64)
-        limbs = total.reshape(kernel.limbs, m, n)
+        limbs = _dot(la, lb, 1 << (mantissa - bits - b_bits)).reshape(kernel.limbs, m, n)
         out = limbs[0]
         for i in range(1, kernel.limbs):
             out += np.left_shift(limbs[i], np.uint64(bits * i), out=limbs[i])
         return out
-
-
-_TWO_52 = 2.0**52
-_TWO_52_BITS = np.float64(_TWO_52).view(np.uint64)
-
-
-def _exact_int(part: torch.Tensor) -> np.ndarray:
-    """A float64 product holding exact integers (|x| < 2^53) as uint64, two's complement."""
-    return part.numpy().astype(np.int64).view(np.uint64)
-
-
-def _dot(x: torch.Tensor, y: torch.Tensor, chunk: int,
-         also: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
-    """x @ y (+ also[0] @ also[1]) mod 2^64, exactly: cut along k into chunks of ``chunk``
-    terms (per product), each summed in float64 and converted before the chunks are added."""
-    k = x.shape[1]
-    total: np.ndarray | None = None
-    for lo in range(0, max(k, 1), chunk):
-        part = x[:, lo:lo + chunk] @ y[lo:lo + chunk]
-        if also is not None:
-            part.addmm_(also[0][:, lo:lo + chunk], also[1][lo:lo + chunk])
-        ints = _exact_int(part)
-        total = ints if total is None else np.add(total, ints, out=total)
-    assert total is not None
-    return total
 
 
 @dataclass(frozen=True)
