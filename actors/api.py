@@ -29,6 +29,7 @@ import torch
 
 from actors.data import DatasetSpec, TargetData, load_target, parse_dataset
 from actors.faults import ChaosSpec
+from actors.fsha_pilot import DEFAULT_PILOT, parse_pilot
 from actors.hijack_lab import malicious_kind
 from actors.lab import ADVERSARIES, RunConfig, RunResult, run_protocol
 from actors.malicious import MALICIOUS, MALICIOUS_COLLUDING
@@ -85,6 +86,7 @@ class LabOptions:
     channel_encryption: bool = True
     tap: str = "all"
     fsha_warmup: int | None = None  # malicious server: autoencoder warm-up steps (None: 500)
+    fsha_pilot: str = DEFAULT_PILOT  # malicious server: which FSHA (actors.fsha_pilot.PILOTS)
     snaplen: int = 512
     seed: int = 0
     out: str | None = None  # where checkpoints go (the CLI also writes results there)
@@ -116,6 +118,11 @@ class LabOptions:
             raise ConfigError(f"--adversary {kind} needs --topology vanilla: FSHA answers the "
                               "cut layer's activations, which a u-shaped server does not get "
                               "with labels")
+        parse_pilot(self.fsha_pilot)
+        # An FSHA choice with no malicious server would be silently ignored: say so instead.
+        if kind is None and self.fsha_pilot != DEFAULT_PILOT:
+            raise ConfigError(f"--fsha-pilot {self.fsha_pilot} chooses a malicious server's "
+                              f"attack: it needs --adversary {' or '.join(MALICIOUS)}")
 
     def config_json(self) -> dict[str, Any]:
         """Every option, as results.json's ``config`` records it (specs as their flag text)."""
@@ -314,7 +321,7 @@ def run_config(options: LabOptions, protocol: str, net: SplitNetwork | None = No
         owner_actors=options.owner_actors, chaos=options.chaos,
         checkpoint_every=options.checkpoint_every,
         checkpoint_dir=str(out / f"checkpoint-{protocol}") if out else None,
-        resume=options.resume, fsha_warmup=options.fsha_warmup)
+        resume=options.resume, fsha_warmup=options.fsha_warmup, fsha_pilot=options.fsha_pilot)
 
 
 def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None = None,

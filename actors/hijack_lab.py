@@ -14,6 +14,7 @@ import torch
 
 from actors.backend import Backend, Method
 from actors.data import TargetData
+from actors.fsha_pilot import DEFAULT_PILOT, PILOTS, PilotChoice
 from actors.malicious import (
     MALICIOUS,  # noqa: F401 - the lab reads it from here
     MALICIOUS_COLLUDING,
@@ -66,21 +67,22 @@ def malicious_adversaries(adversaries: tuple[str, ...], mpc: bool,
 
 
 def arm(backend: Backend, adversaries: tuple[str, ...], servers: list[str], aux: np.ndarray,
-        seed: int, total_steps: int, settings: dict[str, Any] | None = None
-        ) -> Callable[[], None] | None:
-    """Hand the malicious server its public data (and any FSHA ``settings`` over the lab's)
-    before the owner's first batch. Returns what re-arms a rebuilt server (``--chaos``) before
+        seed: int, total_steps: int, settings: dict[str, Any] | None = None,
+        pilot: PilotChoice = PILOTS[DEFAULT_PILOT]) -> Callable[[], None] | None:
+    """Hand the malicious server its public data, the FSHA it runs (``pilot``: the
+    ``--fsha-pilot`` choice) and any ``settings`` over the lab's before the owner's first
+    batch. Returns what re-arms a rebuilt server (``--chaos``) before
     its checkpoint is restored: the same arming without the warm-up, whose result the
     checkpoint holds; None for an honest run."""
     if malicious_kind(adversaries) is None:
         return None
     leader = SERVER0 if SERVER0 in servers else servers[0]
     public = np.ascontiguousarray(aux)
-    backend.call(leader, MaliciousServer.arm, public, seed, total_steps, settings)
+    backend.call(leader, MaliciousServer.arm, public, seed, total_steps, settings, pilot.name)
 
     def rearm() -> None:
         backend.call(leader, MaliciousServer.arm, public, seed, total_steps,
-                     (settings or {}) | {"warmup": 0})
+                     (settings or {}) | {"warmup": 0}, pilot.name)
 
     return rearm
 

@@ -25,6 +25,7 @@ from actors.data import Split, TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
 from actors.fedserver import FED_SERVER, FedServer
+from actors.fsha_pilot import DEFAULT_PILOT, PILOTS, PilotChoice, parse_pilot
 from actors.mpc_roles import (
     DEALER,
     SERVER0,
@@ -106,6 +107,9 @@ class RunConfig:
     # A malicious server's autoencoder steps on its public data before training (None: the
     # lab's FSHA setting, 500); small runs and tests shorten it.
     fsha_warmup: int | None = None
+    # Which FSHA a malicious server runs (--fsha-pilot): its pilot held still at the first
+    # part's initial weights (the lab's), or trained with the decoder as the authors do.
+    fsha_pilot: PilotChoice = PILOTS[DEFAULT_PILOT]
 
     def __post_init__(self) -> None:
         # Specs may be given as their flag text (tests, notebooks): parsed here, once.
@@ -114,6 +118,7 @@ class RunConfig:
             coerce(self, "partition", parse_partition(self.partition))
         coerce(self, "chaos", tuple(parse_chaos(c) if isinstance(c, str) else c
                                     for c in self.chaos))
+        coerce(self, "fsha_pilot", parse_pilot(self.fsha_pilot))
         coerce(self, "defences", tuple(parse_defence(d) if isinstance(d, str) else d
                                        for d in self.defences))
 
@@ -367,7 +372,10 @@ def train(backend: Backend, cfg: RunConfig, cast: Cast, net: SplitNetwork,
                    # attack (public data, warm-up) continues it.
                    **({"adversaries": list(cfg.adversaries), "aux": cfg.aux,
                        "fsha_warmup": cfg.fsha_warmup}
-                      if hijack_lab.malicious_kind(cfg.adversaries) else {})}
+                      if hijack_lab.malicious_kind(cfg.adversaries) else {}),
+                   # Only a non-default pilot: checkpoints from before the flag still resume.
+                   **({"fsha_pilot": cfg.fsha_pilot.name}
+                      if cfg.fsha_pilot.name != DEFAULT_PILOT else {})}
     if cfg.resume and mpc_topology:
         raise ConfigError("--resume needs a one-server protocol (plaintext, encrypted)")
     trainer = Trainer(backend, setup, epochs=cfg.epochs, schedule=cfg.schedule,
@@ -584,7 +592,8 @@ def run_protocol(
     rearm = (hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux_of(), cfg.seed,
                             cfg.epochs * sum(-(-len(tr) // cfg.train.batch_size)
                                              for tr in cast.train_shards),
-                            None if warmup is None else {"warmup": warmup})
+                            None if warmup is None else {"warmup": warmup},
+                            cfg.fsha_pilot)
              if hijack_lab.malicious_kind(cfg.adversaries) is not None else None)
 
     losses, batches, restarts, steps, detection = train(backend, cfg, cast, net, progress,
@@ -619,7 +628,7 @@ def run_protocol(
         if adversary in hijack_lab.MALICIOUS:
             if method != methods[0]:
                 continue  # FSHA's decoder is one attack, whatever rungs the ladder has
-            method = "fsha"
+            method = cfg.fsha_pilot.method
         recon = np.concatenate([rec.images for rec in recons])
         results.append(RunResult(
             protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,

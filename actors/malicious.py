@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from actors.adversary import Reconstruction
+from actors.fsha_pilot import DEFAULT_PILOT, parse_pilot
 from actors.mpc_roles import SERVER0, SERVER1, Op, ShareServer, _to_ring, owner_index
 from actors.server import ComputeServer
 from attack.base import Rung
@@ -59,13 +60,6 @@ CURVE_POINTS = 10
 LAB_SETTINGS: dict[str, Any] = {"grad_scale": 1e-3, "lr": 1e-3, "lr_critic": 1e-3,
                                 "gp_weight": 500.0, "warmup": 500, "critic_steps": 3,
                                 "pilot_lr": 0.0, "warmup_pilot_lr": 0.0}
-#: Where the pilot's weights start. "initial": the first part's initial weights, which every
-#: role of the lab holds (they come with the network descriptor, as when a server hands the
-#: client its part of the model); "fresh": weights of the attacker's own, the paper's setting.
-#: The pilot's layers are the owner part's either way. On the lab's default network the
-#: hijack is far faster from the initial weights (see the README's Results).
-PILOT_STARTS = ("initial", "fresh")
-
 #: COLLUDE's third code word: 0 (what honest colluders send) asks for the inference shares,
 #: this asks for the last training batch's share.
 COLLUDE_TRAINING = 1
@@ -84,26 +78,26 @@ class _Hijacking:
     curve_every = 1
     curve: list[CurvePoint]
     total_steps = 0
-    pilot = "initial"
+    pilot = DEFAULT_PILOT
 
     def arm(self, aux: np.ndarray, seed: int, total_steps: int,
-            settings: dict[str, Any] | None = None, pilot: str = "initial") -> None:
+            settings: dict[str, Any] | None = None, pilot: str = DEFAULT_PILOT) -> None:
         """Build the attack on the public data ``aux`` before training starts (its warm-up
-        runs here, before the owner's first batch)."""
-        if pilot not in PILOT_STARTS:
-            raise ConfigError(f"pilot must start from one of {', '.join(PILOT_STARTS)}, "
-                              f"got {pilot!r}")
+        runs here, before the owner's first batch). ``pilot`` names a PILOTS choice;
+        ``settings`` override LAB_SETTINGS after the choice's own."""
+        choice = parse_pilot(pilot)
         net = self.net  # type: ignore[attr-defined]
-        params = LAB_SETTINGS | (settings or {})
+        params = LAB_SETTINGS | choice.settings | (settings or {})
         # The pilot mirrors the owner part's architecture (the descriptor's layers); its
         # weights start from the first part's initial weights or from the attacker's own draw.
         def factory() -> torch.nn.Module:
-            return net.owner_part() if pilot == "initial" else fresh_copy(net.owner, seed + 1)
+            return (net.owner_part() if choice.start == "initial"
+                    else fresh_copy(net.owner, seed + 1))
 
         self.fsha = FeatureSpaceHijacker(
             net.input_shape, net.cut_shape, np.asarray(aux, np.float32), seed=seed,
             encoder_factory=factory, **params)
-        self.pilot = pilot
+        self.pilot = choice.name
         self.total_steps = max(1, int(total_steps))
         self.curve_every = max(1, self.total_steps // CURVE_POINTS)
         self.curve = []

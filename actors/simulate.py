@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from actors.fsha_pilot import DEFAULT_PILOT, PILOTS
 from protocol.codecs import codec_names
 from protocol.errors import SplitWireError
 
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsha-warmup", type=_positive(int, "--fsha-warmup", 100_000),
                    default=None, help="--adversary malicious-server: the autoencoder's steps "
                    "on its public data before training (default 500)")
+    p.add_argument("--fsha-pilot", choices=list(PILOTS), default=DEFAULT_PILOT,
+                   help="--adversary malicious-server: which FSHA. "
+                        + "; ".join(f"{c.name}: {c.about}" for c in PILOTS.values()))
     p.add_argument("--clients", type=_positive(int, "--clients"), default=1,
                    help="data owners; the first part passes between them round-robin")
     p.add_argument("--partition", default="iid", type=_partition,
@@ -283,7 +287,7 @@ def options_from(args: argparse.Namespace) -> Any:
         turn_batches=args.turn_batches or None, owner_actors=args.owner_actors,
         placement=args.placement, data_plane=args.data_plane, chaos=tuple(args.chaos),
         checkpoint_every=args.checkpoint_every, resume=args.resume,
-        fsha_warmup=args.fsha_warmup,
+        fsha_warmup=args.fsha_warmup, fsha_pilot=args.fsha_pilot,
         defences=tuple(args.defence), frac_bits=args.frac_bits,
         reveal_model=args.reveal_model, channel_encryption=not args.no_channel_encryption,
         tap=args.tap, snaplen=args.snaplen, seed=args.seed, out=args.out,

@@ -25,7 +25,8 @@ import torch
 
 def main() -> int:
     from actors.data import load_target
-    from actors.malicious import LAB_SETTINGS, PILOT_STARTS
+    from actors.fsha_pilot import PILOT_STARTS, PilotChoice
+    from actors.malicious import LAB_SETTINGS
     from actors.nets.zoo import ModelSpec, build_network
     from attack import metrics
     from attack.auxiliary import load_aux
@@ -52,8 +53,8 @@ def main() -> int:
     def pilot() -> torch.nn.Module:
         return net.owner_part() if args.pilot == "initial" else fresh_copy(net.owner, seed + 1)
 
-    settings = LAB_SETTINGS | ({"pilot_lr": None, "warmup_pilot_lr": None}
-                               if args.train_pilot else {})
+    # The lab's --fsha-pilot choices are (initial, held), (initial, trained), (fresh, trained).
+    settings = LAB_SETTINGS | PilotChoice("bench", args.pilot, args.train_pilot, "").settings
     t0 = time.perf_counter()
     fsha = FeatureSpaceHijacker(data.input_shape, net.cut_shape, aux, seed=seed,
                                 encoder_factory=pilot, **settings)
