@@ -190,6 +190,11 @@ def timing_report(backend: object, roles: tuple[str, ...]) -> dict[str, object]:
 class Dealer(Role):
     """The crypto provider: correlated randomness only; it never sees data or model shares."""
 
+    # It deals the next step's triples while the servers compute this one (ShareServer's
+    # prefetch): given equal priority it takes a core from a server in mid-round, and the
+    # other server then waits for that round.
+    cpu_nice = 4
+
     def __init__(self, name: str, *, codec: str, session: int, network: Network) -> None:
         super().__init__(name, codec, session, network)
         self.triples_dealt = 0

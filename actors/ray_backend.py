@@ -18,6 +18,7 @@ import numpy as np
 from actors.backend import Backend, Method, RoleFactory, method_name
 from actors.faults import Crash, RoleDiedError, RunLostError
 from actors.ray_env import prepare
+from actors.role import yield_cpu
 from actors.socket_plane import FrameClient, FrameServer, PeerGoneError
 from actors.wire import Network, TapRecord, Taps, Transport
 from protocol.errors import ConfigError
@@ -129,6 +130,7 @@ class RoleActor:
         sockets = data_plane == "sockets"
         self.transport = RayTransport(FrameClient() if sockets else None)
         self.role = factory(name, network=Network(name, self.transport, taps), **kwargs)
+        yield_cpu(self.role)  # this worker process hosts only this role
         self.server = (FrameServer(ray.util.get_node_ip_address(), self._handle_socket)
                        if sockets else None)
 

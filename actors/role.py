@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -18,6 +19,12 @@ class Role:
     ``handle`` is the only entry point for bytes from the wire. Any frame that fails decoding or
     whose content the role rejects is dropped and counted by reason; the role keeps running.
     """
+
+    #: How much this role's worker process lowers its CPU priority (a nice increment; 0: as
+    #: its peers). Roles off the critical path (a dealer working a step ahead, a passive tap)
+    #: yield the cores to the roles that wait on each other, round by round; an idle core
+    #: still runs them at full speed. Read by the process that hosts the role (Ray's).
+    cpu_nice: int = 0
 
     def __init__(self, name: str, codec: str, session: int, network: Network) -> None:
         self.name = name
@@ -133,3 +140,10 @@ class Role:
         """Wait until every frame this role sent has reached the taps (a transport may mirror
         in the background): the lab calls it on every role before the capture is read."""
         self.network.flush()
+
+
+def yield_cpu(role: object) -> int:
+    """Lower this process's CPU priority by the role's ``cpu_nice`` (for a process that hosts
+    that role alone, as a Ray worker does); returns the process's niceness after."""
+    increment = int(getattr(role, "cpu_nice", 0))
+    return os.nice(increment) if increment > 0 else os.nice(0)
