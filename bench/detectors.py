@@ -1,6 +1,7 @@
 """Detector figures: SplitGuard and SplitOut against FSHA and against honest servers.
 
     python bench/detectors.py [--seeds 5] [--train-size 1000] [--epochs 4] [--out FILE]
+                              [--only TEXT] [--fsha-pilot held|trained|own]
 
 Each cell runs the lab in-process (``LocalBackend``: every role an object in this process, the
 real wire codec in between) on the plaintext protocol, once per seed:
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from actors import hijack_lab, lab  # noqa: E402
 from actors.backend import LocalBackend  # noqa: E402
 from actors.data import TargetData, load_target  # noqa: E402
+from actors.fsha_pilot import DEFAULT_PILOT, PILOTS, PilotChoice  # noqa: E402
 from actors.malicious import MALICIOUS_SERVER, MaliciousServer  # noqa: E402
 from actors.nets.zoo import ModelSpec, build_network  # noqa: E402
 from actors.owner import DataOwner  # noqa: E402
@@ -58,9 +60,11 @@ OTHER_DEFENCES = {
 
 def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server: str,
             defences: tuple[str, ...], seed: int, epochs: int,
-            fsha_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+            fsha_settings: dict[str, Any] | None = None,
+            pilot: PilotChoice = PILOTS[DEFAULT_PILOT]) -> dict[str, Any]:
     """One training run in-process; detection, accuracy, seconds, and FSHA's reconstruction.
-    ``fsha_settings`` override the lab's FSHA settings (``actors.malicious.LAB_SETTINGS``)."""
+    ``pilot`` is the ``--fsha-pilot`` choice; ``fsha_settings`` override the lab's FSHA
+    settings (``actors.malicious.LAB_SETTINGS``) after it."""
     net = build_network(ModelSpec("mlp"), seed, data.input_shape, data.classes)
     adversaries = (MALICIOUS_SERVER,) if server == "fsha" else ("eavesdropper",)
     cfg = lab.RunConfig(protocol="plaintext", epochs=epochs, seed=seed,
@@ -72,9 +76,10 @@ def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server
     lab.pin_identities(backend, cast.parties)
     n_steps = epochs * -(-len(cast.train_shards[0]) // cfg.train.batch_size)
     if server == "fsha" and fsha_settings:
-        backend.call(lab.SERVER, MaliciousServer.arm, aux, seed, n_steps, fsha_settings)
+        backend.call(lab.SERVER, MaliciousServer.arm, aux, seed, n_steps, fsha_settings,
+                     pilot.name)
     else:
-        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps)
+        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps, pilot=pilot)
     t0 = time.perf_counter()
     _, _, _, steps, detection = lab.train(backend, cfg, cast, net)
     seconds = time.perf_counter() - t0
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aux-size", type=int, default=2000)
     p.add_argument("--only", default=None, help="run only cells whose name contains this")
     p.add_argument("--out", default="detectors.json")
+    p.add_argument("--fsha-pilot", choices=list(PILOTS), default=DEFAULT_PILOT,
+                   help="which FSHA the malicious server runs (the lab's flag of that name)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = load_target(seed=0, n_train=args.train_size)
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             if detector:
                 defences += (DETECTORS[detector].format(seed=seed),)
             rows.append(run_one(data, aux, judge, server=server, defences=defences, seed=seed,
-                                epochs=args.epochs))
+                                epochs=args.epochs, pilot=PILOTS[args.fsha_pilot]))
         s = summarise(rows)
         results["cells"][name] = {"summary": s, "runs": rows}
         step = (f"{s['median_step']}/{s['max_step']}" if s["median_step"] is not None

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from actors.data import load_target
+from actors.fsha_pilot import PILOTS
 from actors.simulate import main
 from attack.auxiliary import load_aux
 from attack.validator import train_validator
@@ -45,8 +46,8 @@ def test_detector_flags_fsha_and_not_the_honest_server(setting, detector):
     # (the pilot trained with the decoder).
     hijacked, authors = (
         detectors.run_one(data, aux, judge, server="fsha", defences=spec, seed=0, epochs=2,
-                          fsha_settings={"warmup": 50} | pilot)
-        for pilot in ({}, {"pilot_lr": None, "warmup_pilot_lr": None}))
+                          fsha_settings={"warmup": 50}, pilot=PILOTS[pilot])
+        for pilot in ("held", "trained"))
     honest = detectors.run_one(data, aux, judge, server="honest", defences=spec, seed=0,
                                epochs=2)
     for run in (hijacked, authors):
