@@ -118,10 +118,10 @@ class LabOptions:
             raise ConfigError(f"--adversary {kind} needs --topology vanilla: FSHA answers the "
                               "cut layer's activations, which a u-shaped server does not get "
                               "with labels")
-        parse_pilot(self.fsha_pilot)
+        pilot = parse_pilot(self.fsha_pilot).name
         # An FSHA choice with no malicious server would be silently ignored: say so instead.
-        if kind is None and self.fsha_pilot != DEFAULT_PILOT:
-            raise ConfigError(f"--fsha-pilot {self.fsha_pilot} chooses a malicious server's "
+        if kind is None and pilot != DEFAULT_PILOT:
+            raise ConfigError(f"--fsha-pilot {pilot} chooses a malicious server's "
                               f"attack: it needs --adversary {' or '.join(MALICIOUS)}")
 
     def config_json(self) -> dict[str, Any]:

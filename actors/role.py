@@ -21,9 +21,9 @@ class Role:
     """
 
     #: How much this role's worker process lowers its CPU priority (a nice increment; 0: as
-    #: its peers). Roles off the critical path (a dealer working a step ahead, a passive tap)
-    #: yield the cores to the roles that wait on each other, round by round; an idle core
-    #: still runs them at full speed. Read by the process that hosts the role (Ray's).
+    #: its peers). A role off the critical path (the dealer, working a step ahead) yields the
+    #: cores to the roles that wait on each other, round by round; an idle core still runs
+    #: it at full speed. Read by the process that hosts the role (Ray's).
     cpu_nice: int = 0
 
     def __init__(self, name: str, codec: str, session: int, network: Network) -> None:
