@@ -22,6 +22,7 @@ of the batch it just received, which the lab scores against the true images of t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from actors.adversary import Reconstruction
 from actors.fsha_pilot import DEFAULT_PILOT, parse_pilot
 from actors.mpc_roles import SERVER0, SERVER1, Op, ShareServer, _to_ring, owner_index
+from actors.nets.descriptor import SplitNetwork
 from actors.server import ComputeServer
 from attack.base import Rung
 from attack.fsha import FeatureSpaceHijacker, fresh_copy
@@ -65,6 +67,12 @@ LAB_SETTINGS: dict[str, Any] = {"grad_scale": 1e-3, "lr": 1e-3, "lr_critic": 1e-
 COLLUDE_TRAINING = 1
 
 
+def pilot_encoder(net: SplitNetwork, start: str, seed: int) -> torch.nn.Module:
+    """A new pilot encoder with the owner part's layers (the descriptor's): the first part's
+    initial weights (``start`` "initial") or the attacker's own draw ("fresh", seed + 1)."""
+    return net.owner_part() if start == "initial" else fresh_copy(net.owner, seed + 1)
+
+
 @dataclass(frozen=True)
 class CurvePoint:
     step: int  # global training step id of the batch (0-based)
@@ -88,15 +96,9 @@ class _Hijacking:
         choice = parse_pilot(pilot)
         net = self.net  # type: ignore[attr-defined]
         params = LAB_SETTINGS | choice.settings | (settings or {})
-        # The pilot mirrors the owner part's architecture (the descriptor's layers); its
-        # weights start from the first part's initial weights or from the attacker's own draw.
-        def factory() -> torch.nn.Module:
-            return (net.owner_part() if choice.start == "initial"
-                    else fresh_copy(net.owner, seed + 1))
-
         self.fsha = FeatureSpaceHijacker(
             net.input_shape, net.cut_shape, np.asarray(aux, np.float32), seed=seed,
-            encoder_factory=factory, **params)
+            encoder_factory=functools.partial(pilot_encoder, net, choice.start, seed), **params)
         self.pilot = choice.name
         self.total_steps = max(1, int(total_steps))
         self.curve_every = max(1, self.total_steps // CURVE_POINTS)

@@ -41,7 +41,7 @@ from actors import hijack_lab, lab  # noqa: E402
 from actors.backend import LocalBackend  # noqa: E402
 from actors.data import TargetData, load_target  # noqa: E402
 from actors.fsha_pilot import DEFAULT_PILOT, PILOTS, PilotChoice  # noqa: E402
-from actors.malicious import MALICIOUS_SERVER, MaliciousServer  # noqa: E402
+from actors.malicious import MALICIOUS_SERVER  # noqa: E402
 from actors.nets.zoo import ModelSpec, build_network  # noqa: E402
 from actors.owner import DataOwner  # noqa: E402
 from actors.owner_host import OwnerHost  # noqa: E402
@@ -75,11 +75,9 @@ def run_one(data: TargetData, aux: np.ndarray, judge: torch.nn.Module, *, server
     backend.connect()
     lab.pin_identities(backend, cast.parties)
     n_steps = epochs * -(-len(cast.train_shards[0]) // cfg.train.batch_size)
-    if server == "fsha" and fsha_settings:
-        backend.call(lab.SERVER, MaliciousServer.arm, aux, seed, n_steps, fsha_settings,
-                     pilot.name)
-    else:
-        hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps, pilot=pilot)
+    # An honest run is not armed (hijack_lab.arm returns at once).
+    hijack_lab.arm(backend, cfg.adversaries, cast.servers, aux, seed, n_steps, fsha_settings,
+                   pilot=pilot)
     t0 = time.perf_counter()
     _, _, _, steps, detection = lab.train(backend, cfg, cast, net)
     seconds = time.perf_counter() - t0

@@ -26,11 +26,11 @@ import torch
 def main() -> int:
     from actors.data import load_target
     from actors.fsha_pilot import PILOT_STARTS, PilotChoice
-    from actors.malicious import LAB_SETTINGS
+    from actors.malicious import LAB_SETTINGS, pilot_encoder
     from actors.nets.zoo import ModelSpec, build_network
     from attack import metrics
     from attack.auxiliary import load_aux
-    from attack.fsha import FeatureSpaceHijacker, fresh_copy
+    from attack.fsha import FeatureSpaceHijacker
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=3000)
@@ -50,14 +50,14 @@ def main() -> int:
     aux = load_aux(args.aux, 6000, args.seed, data.input_shape, holdout=data.holdout.x)
     seed = args.seed
 
-    def pilot() -> torch.nn.Module:
-        return net.owner_part() if args.pilot == "initial" else fresh_copy(net.owner, seed + 1)
-
-    # The lab's --fsha-pilot choices are (initial, held), (initial, trained), (fresh, trained).
-    settings = LAB_SETTINGS | PilotChoice("bench", args.pilot, args.train_pilot, "").settings
+    # The lab's --fsha-pilot choices are (initial, held), (initial, trained), (fresh, trained);
+    # the bench also runs (fresh, held).
+    choice = PilotChoice(f"{args.pilot}/{'trained' if args.train_pilot else 'held'}",
+                         args.pilot, args.train_pilot, "bench/fsha_steps.py")
     t0 = time.perf_counter()
     fsha = FeatureSpaceHijacker(data.input_shape, net.cut_shape, aux, seed=seed,
-                                encoder_factory=pilot, **settings)
+                                encoder_factory=lambda: pilot_encoder(net, choice.start, seed),
+                                **(LAB_SETTINGS | choice.settings))
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}; "
           f"{net.describe()}; aux {args.aux}, pilot {args.pilot} "
           f"({'trained' if args.train_pilot else 'held still'}); "
