@@ -21,7 +21,7 @@ import torch
 from actors import hijack_lab, wrap_watch
 from actors.adversary import InversionAttacker, Reconstruction
 from actors.backend import Backend, Method
-from actors.data import Split, TargetData
+from actors.data import TargetData
 from actors.eavesdropper import Eavesdropper
 from actors.faults import ChaosSpec, parse_chaos
 from actors.fedserver import FED_SERVER, FedServer
@@ -47,9 +47,10 @@ from actors.training import Trainer, TrainingSetup
 from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
-from attack.baselines import instance_report, label_only_scores
+from attack.baselines import excess, label_only
 from attack.fit_sharing import FitLedger
 from attack.ladder import intercept_point, needs_weights
+from attack.scorecard import ScoreCard
 from defences.accounting import run_epsilon
 from defences.spec import DefenceSpec, build_defences, parse_defence
 from protocol import ring
@@ -445,34 +446,39 @@ def pin_identities(backend: Backend, names: list[str]) -> None:
 @dataclass(frozen=True)
 class Truth:
     """What only the lab knows: the private test images in the owners' order, the labels,
-    the judge that scores reconstructions of them, and the two baselines: the mean image (a
-    guess that knows nothing) and the label-only guess (the class-mean training image of the
-    true label: what knowing the label alone gives)."""
+    the judge that scores reconstructions of them (and its features of the originals, for
+    re-identification), and the two baselines: the mean image (a guess that knows nothing) and
+    the label-only guess (the class-mean training image of the true label: what knowing the
+    label alone gives)."""
 
     x: np.ndarray
     y: np.ndarray
     judge: torch.nn.Module
     baseline: dict[str, float]
-    train: Split
     label_only: dict[str, Any]
+    features: np.ndarray
 
     @classmethod
     def of(cls, data: TargetData, cast: Cast, judge: torch.nn.Module) -> Truth:
         order = np.concatenate(cast.test_shards)
         x, y = data.test.x[order], data.test.y[order]
+        features = validator.read(judge, x).features
         mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
-        label_only = label_only_scores(x, y, data.train.x, data.train.y,
-                                       classify=functools.partial(validator.accuracy, judge),
-                                       embed=functools.partial(validator.embed, judge))
-        return cls(x, y, judge, score(mean_guess, x, y, judge).to_dict(), data.train,
-                   label_only)
+        guess = label_only(y, data.train.x, data.train.y).reshape(x.shape)
+        label_scores = ScoreCard.of(guess, x, y, judge).scores(guess, x, features)
+        return cls(x, y, judge, ScoreCard.of(mean_guess, x, y, judge).metrics().to_dict(),
+                   label_scores, features)
 
-    def instance(self, recon: np.ndarray) -> dict[str, Any]:
-        """Re-identification of ``recon`` and its excess over the label-only baseline."""
-        return instance_report(recon, self.x, self.y, self.train.x, self.train.y,
-                               classify=functools.partial(validator.accuracy, self.judge),
-                               embed=functools.partial(validator.embed, self.judge),
-                               label_only=self.label_only)
+    def card(self, recon: np.ndarray) -> ScoreCard:
+        """Every per-image score of ``recon`` (reconstructions of ``x``, in its order)."""
+        return ScoreCard.of(recon, self.x, self.y, self.judge)
+
+    def instance(self, recon: np.ndarray, card: ScoreCard) -> dict[str, Any]:
+        """Re-identification of ``recon`` and its excess over the label-only baseline
+        (``attack.baselines.instance_report``, from the scorecard)."""
+        scores = card.scores(recon, self.x, self.features)
+        return {"reid": scores["reid"], "label_only": self.label_only,
+                "excess": excess(scores, self.label_only)}
 
 
 def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
@@ -540,11 +546,12 @@ class Attacked:
 
 
 def _per_owner(cast: Cast, data: TargetData, recons: list[Reconstruction], adversary: str,
-               infer: dict[str, InferenceReport], judge: torch.nn.Module) -> list[dict[str, Any]]:
-    rows = []
+               infer: dict[str, InferenceReport], card: ScoreCard) -> list[dict[str, Any]]:
+    """One row per owner; ``card`` scores the owners' reconstructions concatenated in order."""
+    rows, start = [], 0
     for i, rec in enumerate(recons):
         te = cast.test_shards[i]
-        x, y = data.test.x[te], data.test.y[te]
+        x = data.test.x[te]
         if rec.images.shape != x.shape:
             raise RuntimeError(
                 f"{rec.owner}: {adversary} reconstructed {rec.images.shape} images, owner "
@@ -552,7 +559,8 @@ def _per_owner(cast: Cast, data: TargetData, recons: list[Reconstruction], adver
         rows.append({
             "owner": rec.owner, "target_accuracy": infer[rec.owner].accuracy,
             "train_examples": len(cast.train_shards[i]), "test_examples": len(te),
-            "attack": score(rec.images, x, y, judge).to_dict() if len(te) else None})
+            "attack": card.metrics(slice(start, start + len(te))).to_dict() if len(te) else None})
+        start += len(te)
     return rows
 
 
@@ -630,17 +638,17 @@ def run_protocol(
                 continue  # FSHA's decoder is one attack, whatever rungs the ladder has
             method = cfg.fsha_pilot.method
         recon = np.concatenate([rec.images for rec in recons])
+        card = truth.card(recon)
         results.append(RunResult(
             protocol=cfg.protocol, adversary=adversary, aux=cfg.aux, target_accuracy=target_acc,
-            attack=score(recon, truth.x, truth.y, truth.judge), wire=WireStats(),
-            seconds=seconds,
-            per_owner=_per_owner(cast, data, recons, adversary, infer, truth.judge),
+            attack=card.metrics(), wire=WireStats(), seconds=seconds,
+            per_owner=_per_owner(cast, data, recons, adversary, infer, card),
             placement={}, reconstructions=recon, originals=truth.x, labels=truth.y,
             epoch_losses=losses, queries_used=recons[0].queries_used, baseline=truth.baseline,
             attack_method=method, defences=cfg.defence_texts, epsilon=epsilon,
             batches=batches, restarts=restarts, schedule=cfg.schedule,
             partition=str(cfg.partition), owner_actors=len(cast.hosts), model=net.name,
-            cut=net.cut, instance=truth.instance(recon), epsilon_run=epsilon_run,
+            cut=net.cut, instance=truth.instance(recon, card), epsilon_run=epsilon_run,
             detection=detection,
             fsha_curve=curve if adversary in hijack_lab.MALICIOUS else None,
             fit=attacked.fit,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attack.adam import Adam
 from attack.base import check_input_shape
 from attack.inversion import BlackBoxInversion, check_pairs
 from protocol.errors import ConfigError, ShapeError
@@ -172,7 +173,7 @@ def train_inverse(model: nn.Module, acts: torch.Tensor, images: torch.Tensor, ep
                   batch_size: int, lr: float, seed: int) -> nn.Module:
     """Minibatch Adam on the pixel MSE, shuffled by a seeded generator; returns it in eval mode."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(acts), generator=gen)

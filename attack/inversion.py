@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attack.adam import Adam
 from attack.base import Oracle, Rung, check_images, check_input_shape
 from protocol.errors import ConfigError, ShapeError
 
@@ -92,7 +93,7 @@ class BlackBoxInversion(Rung):
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)  # the historical seeding: keeps mlp's default numbers
         model = InverseNet(flat.shape[1], HIDDEN, math.prod(shape))
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        opt = Adam(model.parameters(), lr=self.lr)
         a, x = torch.from_numpy(flat), torch.from_numpy(x4.reshape(len(x4), -1))
         self.input_bound = float(np.abs(flat).max()) if flat.size else 1.0
         for _ in range(self.epochs):

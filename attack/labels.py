@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 #: Li et al.'s leak: the 95th percentile over batches of |norm-attack AUC - 0.5|.
 LEAK_PERCENTILE = 95
@@ -65,6 +64,9 @@ def unit_rows(g: np.ndarray) -> np.ndarray:
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     if positive.all() or not positive.any():
         return None
+    # Imported here: scikit-learn costs ~1 s to import, and only u-shaped runs score an AUC.
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(positive, scores))
 
 

@@ -98,20 +98,24 @@ def chance(n: int, k: int) -> float:
     return min(k, n) / n
 
 
-def reidentify(recon: Any, originals: Any, *, embed: Embed | None = None) -> dict[str, Any]:
+def reidentify(recon: Any, originals: Any, *, embed: Embed | None = None,
+               features: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """The ``reid`` block of a run: pixel and feature top-1/top-5 rates, chance, N.
 
     ``embed`` maps images (the same array type and shape as ``recon``) to (N, d) features;
-    without it the feature rates are ``None``.
+    ``features`` is (recon's, originals') features already computed (a scorecard has them);
+    with neither the feature rates are ``None``.
     """
     pixel = rates(true_ranks(recon, originals, "euclidean"))
     n = len(flatten(originals, "originals"))
     out: dict[str, Any] = {"pixel_top1": pixel[1], "pixel_top5": pixel[5],
                            "feature_top1": None, "feature_top5": None,
                            "chance_top1": chance(n, 1), "chance_top5": chance(n, 5), "n": n}
-    if embed is not None:
-        fr, fo = flatten(embed(recon), "embedded reconstructions"), flatten(
-            embed(originals), "embedded originals")
+    if features is None and embed is not None:
+        features = (embed(recon), embed(originals))
+    if features is not None:
+        fr, fo = (flatten(features[0], "embedded reconstructions"),
+                  flatten(features[1], "embedded originals"))
         if len(fr) != n or fr.shape != fo.shape:
             raise ShapeError(f"embed must return (N, d) for N = {n} images each, got "
                              f"{fr.shape} and {fo.shape}")

@@ -16,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from attack.adam import Adam
 from protocol.errors import ConfigError, ShapeError
 
 #: A directory in this environment variable keeps trained validators between runs (tests, a
@@ -56,6 +58,11 @@ class ValidatorCNN(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 128) features of the penultimate layer."""
         return self.head[:-1](self.features(x.view(-1, *self.shape)))
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) from one pass: ``forward`` and ``embed`` in one."""
+        features = self.embed(x)
+        return self.head[-1](features), features
 
 
 class AdaptiveValidator(ValidatorCNN):
@@ -96,7 +103,7 @@ def train_validator(
     torch.manual_seed(seed + 7919)  # its own stream: independent of the target model's init
     gen = torch.Generator().manual_seed(seed + 7919)
     model = build_validator(x.shape[1:], classes)  # type: ignore[arg-type]
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    opt = Adam(model.parameters(), lr=2e-3)
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)
@@ -176,6 +183,31 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Share of ``x`` (N, C, H, W) that ``model`` labels as ``y``."""
     pred = model(_checked(model, x)).argmax(1).numpy()
     return float((pred == np.asarray(y)).mean())
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the judge makes of N images: its labels and its (N, d) features."""
+
+    labels: np.ndarray  # (N,) int64 argmax
+    features: np.ndarray  # (N, d) float32: the penultimate layer (a plain classifier: logits)
+
+
+@torch.no_grad()
+def read(model: nn.Module, x: np.ndarray) -> Reading:
+    """:func:`accuracy`'s labels and :func:`embed`'s features of ``x`` from one pass, in
+    batches of 500 (a scorecard needs both; two passes cost the judge twice)."""
+    t = _checked(model, x)
+    parts = []
+    for i in range(0, len(t), 500):
+        if hasattr(model, "read"):
+            parts.append(model.read(t[i:i + 500]))
+        else:
+            out = model(t[i:i + 500])
+            parts.append((out, out))
+    logits = torch.cat([p[0] for p in parts])
+    features = torch.cat([p[1] for p in parts]).numpy().astype(np.float32)
+    return Reading(logits.argmax(1).numpy(), features)
 
 
 @torch.no_grad()

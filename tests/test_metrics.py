@@ -91,3 +91,27 @@ def test_colour_ssim_is_the_mean_of_the_channels_ssim():
     one = x.copy()
     one[:, 0] = y[:, 0]
     assert 1 - metrics.ssim(one, x) == pytest.approx((1 - metrics.ssim(y, x)) / 3, rel=0.2)
+
+
+@pytest.mark.parametrize("shape", [(40, 1, 28, 28), (12, 3, 32, 32), (9, 2, 9, 31), (5, 1, 7, 7)])
+def test_each_image_scores_exactly_as_its_own_scikit_image_call(shape):
+    """The stacked SSIM and PSNR are scikit-image's, image by image, to the last bit."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.random(shape).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.2, shape), -0.1, 1.1).astype(np.float32)  # clipped to [0, 1]
+    y[0] = x[0]  # an exact reconstruction: SSIM 1, PSNR capped
+    xs, ys = np.clip(x.astype(np.float64), 0, 1), np.clip(y.astype(np.float64), 0, 1)
+    channel = {"channel_axis": 0} if shape[1] > 1 else {}
+    pairs = list(zip(ys, xs, strict=True))
+    want_ssim = [structural_similarity(b if channel else b[0], a if channel else a[0],
+                                       data_range=1.0, **channel) for a, b in pairs]
+    want_psnr = [metrics.PSNR_IDENTICAL if np.array_equal(a, b)
+                 else peak_signal_noise_ratio(b, a, data_range=1.0) for a, b in pairs]
+    got_ssim, got_psnr = metrics.ssim_each(y, x), metrics.psnr_each(y, x)
+    assert got_ssim.shape == got_psnr.shape == (shape[0],)
+    assert np.array_equal(got_ssim, want_ssim)
+    assert np.allclose(got_psnr, want_psnr, rtol=0, atol=1e-12)
+    assert got_ssim[0] == 1.0 and got_psnr[0] == metrics.PSNR_IDENTICAL
+    assert metrics.ssim(y, x) == float(np.mean(want_ssim))

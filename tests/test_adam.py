@@ -1,0 +1,65 @@
+"""The fits' Adam is torch.optim.Adam to the bit, and builds without importing torch._dynamo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from attack.adam import Adam
+from protocol.errors import ConfigError
+
+
+def _net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3), nn.BatchNorm1d(3))
+
+
+@pytest.mark.parametrize("lr", [1e-3, 2e-2])
+def test_steps_equal_torch_adam_to_the_bit(lr):
+    ours, theirs = _net(0), _net(0)
+    frozen = next(ours.parameters()), next(theirs.parameters())
+    opt_ours, opt_theirs = Adam(ours.parameters(), lr=lr), torch.optim.Adam(theirs.parameters(),
+                                                                             lr=lr)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(60):
+        x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            if step % 7 == 3:  # a parameter without a gradient this step is left alone
+                frozen[model is theirs].grad = None
+            opt.step()
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    p, q = next(ours.parameters()), next(theirs.parameters())
+    assert torch.equal(opt_ours.state[p]["exp_avg_sq"], opt_theirs.state[q]["exp_avg_sq"])
+    assert opt_ours.state[p]["step"] == opt_theirs.state[q]["step"].item() < 60
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="lr"):
+        Adam(nn.Linear(2, 2).parameters(), lr=float("nan"))
+    with pytest.raises(ConfigError, match="betas"):
+        Adam(nn.Linear(2, 2).parameters(), betas=(1.0, 0.999))
+    with pytest.raises(ConfigError, match="empty"):
+        Adam([])
+
+
+def test_a_fit_step_imports_no_dynamo():
+    def imports_dynamo(code: str) -> bool:
+        out = subprocess.run([sys.executable, "-c", code + "import sys\n"
+                              "print('torch._dynamo' in sys.modules)\n"],
+                             capture_output=True, text=True, check=True).stdout
+        return out.strip() == "True"
+
+    if imports_dynamo("import torch\n"):
+        pytest.skip("this torch imports torch._dynamo with torch itself: nothing to save")
+    assert not imports_dynamo(
+        "import torch\n"
+        "from attack.adam import Adam\n"
+        "m = torch.nn.Linear(3, 2); opt = Adam(m.parameters(), 0.01)\n"
+        "opt.zero_grad(); m(torch.ones(1, 3)).sum().backward(); opt.step()\n")
