@@ -47,7 +47,7 @@ from actors.training import Trainer, TrainingSetup
 from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
-from attack.baselines import excess, label_only
+from attack.baselines import class_means, excess, label_only
 from attack.fit_sharing import FitLedger
 from attack.ladder import intercept_point, needs_weights
 from attack.scorecard import ScoreCard
@@ -463,11 +463,20 @@ class Truth:
         order = np.concatenate(cast.test_shards)
         x, y = data.test.x[order], data.test.y[order]
         features = validator.read(judge, x).features
-        mean_guess = np.repeat(data.train.x.mean(0, keepdims=True), len(order), axis=0)
+        # The two guesses repeat few images (the mean image; a class mean per label): the judge
+        # reads each distinct image once.
+        mean_image = data.train.x.mean(0, keepdims=True)
+        mean_guess = np.repeat(mean_image, len(order), axis=0)
+        mean_card = ScoreCard.of(mean_guess, x, y, judge, validator.read_distinct(
+            judge, mean_image, np.zeros(len(order), np.int64)))
+        means = class_means(data.train.x, data.train.y)
+        classes = np.array(sorted(means))
         guess = label_only(y, data.train.x, data.train.y).reshape(x.shape)
-        label_scores = ScoreCard.of(guess, x, y, judge).scores(guess, x, features)
-        return cls(x, y, judge, ScoreCard.of(mean_guess, x, y, judge).metrics().to_dict(),
-                   label_scores, features)
+        label_card = ScoreCard.of(guess, x, y, judge, validator.read_distinct(
+            judge, np.stack([means[c] for c in classes]).reshape(len(classes), *x.shape[1:]),
+            np.searchsorted(classes, y)))
+        return cls(x, y, judge, mean_card.metrics().to_dict(),
+                   label_card.scores(guess, x, features), features)
 
     def card(self, recon: np.ndarray) -> ScoreCard:
         """Every per-image score of ``recon`` (reconstructions of ``x``, in its order)."""

@@ -34,13 +34,17 @@ class ScoreCard:
 
     @classmethod
     def of(cls, recon: np.ndarray, originals: np.ndarray, labels: np.ndarray,
-           judge: nn.Module) -> ScoreCard:
+           judge: nn.Module, reading: validator.Reading | None = None) -> ScoreCard:
+        """``reading``: the judge's reading of ``recon`` if the caller has it (a guess of few
+        distinct images reads each once: ``validator.read_distinct``)."""
         psnr, ssim = metrics.psnr_each(recon, originals), metrics.ssim_each(recon, originals)
         labels = np.asarray(labels)
         if labels.shape != (len(ssim),):
             raise ShapeError(f"{len(ssim)} reconstructions need {len(ssim)} labels, got "
                              f"{labels.shape}")
-        reading = validator.read(judge, recon)
+        reading = validator.read(judge, recon) if reading is None else reading
+        if reading.labels.shape != labels.shape:
+            raise ShapeError(f"a reading of {len(reading.labels)} images for {len(labels)}")
         return cls(mse=metrics.mse_each(recon, originals), psnr=psnr, ssim=ssim,
                    correct=reading.labels == labels, features=reading.features)
 

@@ -210,6 +210,13 @@ def read(model: nn.Module, x: np.ndarray) -> Reading:
     return Reading(logits.argmax(1).numpy(), features)
 
 
+def read_distinct(model: nn.Module, distinct: np.ndarray, index: np.ndarray) -> Reading:
+    """The reading of ``distinct[index]`` from one pass over ``distinct`` alone (a baseline
+    guess repeats a few images: the class means, the mean image)."""
+    once = read(model, distinct)
+    return Reading(once.labels[index], once.features[index])
+
+
 @torch.no_grad()
 def embed(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """(N, d) float32 penultimate-layer features of ``x`` (N, C, H, W), in batches of 500

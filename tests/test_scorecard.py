@@ -60,3 +60,14 @@ def test_labels_must_match_the_reconstructions(judged):
     recon, x, y, judge = judged
     with pytest.raises(ShapeError, match="labels"):
         ScoreCard.of(recon, x, y[:-1], judge)
+
+
+def test_a_guess_of_few_images_reads_as_the_whole_guess(judged):
+    recon, _, y, judge = judged
+    distinct = recon[:4]
+    index = np.arange(len(y)) % 4
+    whole, once = validator.read(judge, distinct[index]), validator.read_distinct(judge,
+                                                                                  distinct, index)
+    assert np.array_equal(once.labels, whole.labels)
+    assert np.allclose(once.features, whole.features, rtol=0, atol=1e-5)
+    assert not np.allclose(once.features[0], once.features[1])  # distinct images stay apart
