@@ -291,7 +291,16 @@ def protocol_lanes(options: LabOptions, protocols: list[str]) -> list[list[str]]
     return [lane for lane in (two_server, rest) if lane]
 
 
-def _backend_factory(options: LabOptions, side_by_side: bool = False) -> Callable[[], Any]:
+def _pool_factory(options: LabOptions) -> Callable[[], Any]:
+    """A lane's pool of role workers (Ray: ``RolePool``), or none (in-process roles)."""
+    if options.backend == "ray":
+        from actors.ray_backend import RolePool
+
+        return RolePool
+    return lambda: None
+
+
+def _backend_factory(options: LabOptions, side_by_side: bool = False) -> Callable[..., Any]:
     if options.backend == "ray":
         from actors.ray_backend import ROLE_CPUS, RayBackend
 
@@ -302,7 +311,7 @@ def _backend_factory(options: LabOptions, side_by_side: bool = False) -> Callabl
                                  role_cpus=0.0 if side_by_side else ROLE_CPUS)
     from actors.backend import LocalBackend
 
-    return LocalBackend
+    return lambda pool=None: LocalBackend()
 
 
 def run_config(options: LabOptions, protocol: str, net: SplitNetwork | None = None) -> RunConfig:
@@ -351,30 +360,42 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     make_backend = _backend_factory(options, side_by_side=len(lanes) > 1)
     fits = FitLedger(share=options.share_fits)  # one fit per distinct set of attack inputs
 
+    make_pool = _pool_factory(options)
+
     def run_lane(lane: list[str]) -> dict[str, list[RunResult]]:
         done: dict[str, list[RunResult]] = {}
-        for protocol in lane:
-            backend = make_backend()
-            bar = progress(protocol, options.epochs) if progress else None
-            started = time.perf_counter() - t0
-            try:
-                done[protocol] = run_protocol(backend, run_config(options, protocol, net), data,
-                                              aux.get, judge, progress=bar, net=net, fits=fits)
-                for result in done[protocol]:
-                    result.started = started
-                if after_protocol is not None:
-                    after_protocol(protocol, backend)
-            finally:
-                if bar is not None:
-                    bar.close()
-                backend.shutdown()
+        # Each protocol keeps roles of its own (keys, state, wire), but the next protocol in
+        # the lane hosts its roles in the worker processes the last one leaves.
+        pool = make_pool()
+        try:
+            for protocol in lane:
+                done[protocol] = run_one(protocol, make_backend(pool=pool))
+        finally:
+            if pool is not None:
+                pool.close()
         return done
+
+    def run_one(protocol: str, backend: Any) -> list[RunResult]:
+        bar = progress(protocol, options.epochs) if progress else None
+        started = time.perf_counter() - t0
+        try:
+            results = run_protocol(backend, run_config(options, protocol, net), data, aux.get,
+                                   judge, progress=bar, net=net, fits=fits)
+            for result in results:
+                result.started = started
+            if after_protocol is not None:
+                after_protocol(protocol, backend)
+            return results
+        finally:
+            if bar is not None:
+                bar.close()
+            backend.shutdown()
 
     if len(lanes) == 1:
         runs = run_lane(lanes[0])
     else:
-        with ThreadPoolExecutor(len(lanes), thread_name_prefix="lane") as pool:
-            futures = [pool.submit(run_lane, lane) for lane in lanes]
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="lane") as threads:
+            futures = [threads.submit(run_lane, lane) for lane in lanes]
             wait(futures)  # a failed lane is raised once the others are done
         runs = {k: v for f in futures for k, v in f.result().items()}
     report.runs = [r for protocol in protocols for r in runs[protocol]]

@@ -126,13 +126,36 @@ class RoleActor:
         import torch
 
         torch.set_num_threads(1)  # many roles share few cores; intra-op threads would thrash
+        # A worker handed on to another protocol's role (``become``) starts that role with the
+        # global RNG as a fresh worker's: runs do not depend on which process hosts a role.
+        self.fresh_rng = torch.get_rng_state()
         self.lock = threading.RLock()
+        self._host(name, factory, taps, kwargs, data_plane)
+
+    def _host(self, name: str, factory: RoleFactory, taps: Taps, kwargs: dict[str, Any],
+              data_plane: str) -> None:
         sockets = data_plane == "sockets"
         self.transport = RayTransport(FrameClient() if sockets else None)
         self.role = factory(name, network=Network(name, self.transport, taps), **kwargs)
         yield_cpu(self.role)  # this worker process hosts only this role
         self.server = (FrameServer(ray.util.get_node_ip_address(), self._handle_socket)
                        if sockets else None)
+
+    def retire(self) -> bool:
+        """The run is over: drop the role. True if this worker can host another role (False
+        where its priority was lowered or it serves a socket data plane)."""
+        reusable = self.server is None and int(getattr(self.role, "cpu_nice", 0)) == 0
+        self.role = None
+        return reusable
+
+    def become(self, name: str, factory: RoleFactory, taps: Taps, kwargs: dict[str, Any],
+               data_plane: str = "ray") -> None:
+        """Host a new role in this (retired) worker, as a new actor would: torch is imported
+        already, which is most of a worker's start-up (seconds of CPU on two cores)."""
+        import torch
+
+        torch.set_rng_state(self.fresh_rng)
+        self._host(name, factory, taps, kwargs, data_plane)
 
     def _handle_socket(self, frames: list[bytes]) -> list[bytes]:
         try:
@@ -174,6 +197,10 @@ class RoleActor:
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()[:12]
 
+    def pid(self) -> int:
+        """The worker process hosting the role (which roles shared a process, and when)."""
+        return os.getpid()
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -187,6 +214,27 @@ def _died(exc: BaseException) -> bool:
     return isinstance(exc, ray.exceptions.RayTaskError) and cause is not None and _died(cause)
 
 
+class RolePool:
+    """Idle role workers that one protocol's backend hands on to the next in a lane
+    (``actors.api``): a role started from the pool skips a worker's start-up (importing torch
+    and the lab: ~3 s of CPU each on the 2-core AMD EPYC). Only workers started with the
+    default placement and resources are kept; ``close`` ends the ones nobody took."""
+
+    def __init__(self) -> None:
+        self.idle: list[Any] = []
+
+    def take(self) -> Any | None:
+        return self.idle.pop() if self.idle else None
+
+    def give(self, actor: Any) -> None:
+        self.idle.append(actor)
+
+    def close(self) -> None:
+        for actor in self.idle:
+            ray.kill(actor, no_restart=True)
+        self.idle.clear()
+
+
 #: Role groups kept apart by --placement spread, in order of who gets a node first.
 def _group(name: str) -> str:
     return "owners" if name.startswith("owners:") else name
@@ -196,8 +244,10 @@ class RayBackend(Backend):
     def __init__(self, role_cpus: float = ROLE_CPUS,
                  resources_for: Callable[[str], dict[str, float]] | None = None,
                  placement: str = "pack", revive_timeout_s: float = 60.0,
-                 data_plane: str = "ray") -> None:
+                 data_plane: str = "ray", pool: RolePool | None = None) -> None:
         self.data_plane = data_plane
+        self.pool = pool  # workers to take roles from, and to hand them back to at shutdown
+        self.pooled: set[str] = set()  # roles on default-placement workers (may go to the pool)
         self.role_cpus = role_cpus
         self.resources_for = resources_for or (lambda name: {})
         self.spread = placement == "spread"
@@ -231,7 +281,17 @@ class RayBackend(Backend):
 
     def _create(self, name: str) -> None:
         factory, taps, kwargs = self.specs[name]
-        options = {"num_cpus": self.role_cpus, "resources": self.resources_for(name),
+        resources = self.resources_for(name)
+        if self.pool is not None and not resources and not self.spread:
+            self.pooled.add(name)
+            while (actor := self.pool.take()) is not None:
+                try:
+                    ray.get(actor.become.remote(name, factory, taps, kwargs, self.data_plane))
+                except ray.exceptions.RayActorError:
+                    continue  # gone while idle: try the next, or start a new one
+                self.actors[name] = actor
+                return
+        options = {"num_cpus": self.role_cpus, "resources": resources,
                    "scheduling_strategy": self._strategy(name)}
         self.actors[name] = RoleActor.options(**options).remote(name, factory, taps, kwargs,
                                                                 self.data_plane)
@@ -322,9 +382,21 @@ class RayBackend(Backend):
         return out
 
     def shutdown(self) -> None:
-        for actor in self.actors.values():
-            ray.kill(actor, no_restart=True)
-        self.actors.clear()
+        """End every role; with a pool, hand the workers that can host another role to it."""
+        actors, self.actors = self.actors, {}
+        retired = {n: a.retire.remote() for n, a in actors.items()
+                   if self.pool is not None and n in self.pooled}
+        for name, actor in actors.items():
+            reusable = False
+            if name in retired:
+                try:
+                    reusable = bool(ray.get(retired[name], timeout=self.revive_timeout_s))
+                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                    pass  # dead or stuck: not worth keeping
+            if reusable and self.pool is not None:
+                self.pool.give(actor)
+            else:
+                ray.kill(actor, no_restart=True)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,

@@ -85,6 +85,50 @@ def test_actor_drops_bad_frames_and_keeps_running(ray_local):
         backend.shutdown()
 
 
+def test_the_next_protocol_hosts_its_roles_in_the_workers_the_last_one_left(ray_local):
+    """actors.api's lanes: a backend hands its default workers to a RolePool at shutdown and
+    the next backend's roles start in them (no new process), fresh roles that work; a worker
+    whose priority was lowered (the dealer's) is ended instead."""
+    from actors.lab import DEALER, SERVER
+    from actors.mpc_roles import Dealer
+    from actors.owner import TrainConfig
+    from actors.ray_backend import RayBackend, RolePool
+    from actors.server import ComputeServer
+    from protocol.endpoint import Endpoint
+    from protocol.frame import MessageKind
+
+    pool = RolePool()
+    first = RayBackend(pool=pool)
+    try:
+        first.start(SERVER, ComputeServer, codec="plaintext", session=9, net=mlp_net(0),
+                    config=TrainConfig())
+        first.start(DEALER, Dealer, codec="plaintext", session=9)
+        first.connect()
+        pids = {n: ray_local.get(a.pid.remote()) for n, a in first.actors.items()}
+        first.call(SERVER, "wire_stats")
+    finally:
+        first.shutdown()
+    assert len(pool.idle) == 1 and not first.actors  # the server's worker, not the dealer's
+    second = RayBackend(pool=pool)
+    try:
+        second.start(SERVER, ComputeServer, codec="plaintext", session=11, net=mlp_net(1),
+                     config=TrainConfig())
+        second.connect()
+        actor = second.actors[SERVER]
+        assert ray_local.get(actor.pid.remote()) == pids[SERVER] and not pool.idle
+        owner = Endpoint("owner:0", "plaintext", 11)  # the new role's session, not the old
+        replies = ray_local.get(actor.handle.remote([
+            owner.encode("server", MessageKind.INFER_ACTIVATIONS, np.ones((2, 500), np.float32))
+        ]))
+        assert owner.decode(replies[0]).tensor.shape == (2, 10)
+        assert sum(second.call(SERVER, "wire_stats").dropped.values()) == 0
+    finally:
+        second.shutdown()
+    assert len(pool.idle) == 1
+    pool.close()
+    assert not pool.idle
+
+
 def test_socket_data_plane_recovers_a_killed_server(ray_local, tmp_path):
     """Frames over the roles' own TCP connections (loopback): same training, same recovery."""
     out = tmp_path / "out"
