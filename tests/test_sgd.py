@@ -75,6 +75,8 @@ def _imports_dynamo(code: str) -> bool:
 
 
 def test_a_training_step_imports_no_dynamo():
+    """Nor does a fit step with ``attack.adam.Adam`` (the attacks' and validator's optimiser):
+    one subprocess checks both, each costs an import of torch."""
     if _imports_dynamo("import torch\n"):
         pytest.skip("this torch imports torch._dynamo with torch itself: nothing to save")
     if not _imports_dynamo("import torch\ntorch.optim.SGD([torch.zeros(1)], lr=0.1)\n"):
@@ -85,4 +87,7 @@ def test_a_training_step_imports_no_dynamo():
         "from actors.nets.sgd import MomentumSGD\n"
         "m = torch.nn.Linear(3, 2); opt = MomentumSGD(m.parameters(), 0.1, 0.9)\n"
         "opt.zero_grad(); m(torch.ones(1, 3)).sum().backward(); opt.step()\n"
-        "m.load_state_dict(m.state_dict())\n")
+        "m.load_state_dict(m.state_dict())\n"
+        "from attack.adam import Adam\n"
+        "fit = Adam(m.parameters(), 0.01)\n"
+        "fit.zero_grad(); m(torch.ones(1, 3)).sum().backward(); fit.step()\n")
