@@ -14,39 +14,30 @@ against ``torch.optim.SGD`` over steps, restored buffers included). ``state[p]
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
+from attack.adam import PlainOptimizer
 from protocol.errors import ConfigError
 
 
-class MomentumSGD:
+class MomentumSGD(PlainOptimizer):
     """``torch.optim.SGD(params, lr, momentum)``'s ``zero_grad`` and ``step``, and its state."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, momentum: float = 0.0) -> None:
         if not lr >= 0.0 or not momentum >= 0.0:  # also refuses NaN
             raise ConfigError(f"SGD needs lr >= 0 and momentum >= 0, got {lr} and {momentum}")
-        self.params = list(params)
+        super().__init__(params)
         self.lr, self.momentum = float(lr), float(momentum)
-        self.state: defaultdict[torch.Tensor, dict[str, torch.Tensor]] = defaultdict(dict)
 
-    def zero_grad(self) -> None:
-        for p in self.params:  # torch's default (set_to_none=True)
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for p in self.params:
-            if p.grad is None:
-                continue
-            grad = p.grad
-            if self.momentum != 0.0:
-                buf = self.state[p].get("momentum_buffer")
-                if buf is None:
-                    buf = self.state[p]["momentum_buffer"] = grad.detach().clone()
-                else:
-                    buf.mul_(self.momentum).add_(grad, alpha=1)
-                grad = buf
-            p.add_(grad, alpha=-self.lr)
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
+        if self.momentum != 0.0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(self.momentum).add_(grad, alpha=1)
+            grad = buf
+        p.add_(grad, alpha=-self.lr)
