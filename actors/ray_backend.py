@@ -36,6 +36,8 @@ SYSTEM_CONFIG = {"max_direct_call_object_size": int(os.environ.get("SPLITWIRE_IN
 ROLE_CPUS = 0.25
 #: Fire-and-forget tap calls allowed in flight before the sender waits for the oldest.
 MAX_PENDING_TAPS = 64
+#: How long a shutting-down backend waits for its workers to retire into a pool.
+RETIRE_TIMEOUT_S = 5.0
 #: Records (or bytes) mirrored to a tap in one call.
 TAP_BATCH, TAP_BATCH_BYTES = 256, 4 << 20
 
@@ -382,18 +384,23 @@ class RayBackend(Backend):
         return out
 
     def shutdown(self) -> None:
-        """End every role; with a pool, hand the workers that can host another role to it."""
+        """End every role; with a pool, hand the workers that can host another role to it
+        (those that answer within ``RETIRE_TIMEOUT_S``: one still busy in a failed run's call
+        is ended, as every worker was before pools)."""
         actors, self.actors = self.actors, {}
-        retired = {n: a.retire.remote() for n, a in actors.items()
+        retired = {a.retire.remote(): n for n, a in actors.items()
                    if self.pool is not None and n in self.pooled}
+        done = ray.wait(list(retired), num_returns=len(retired),
+                        timeout=RETIRE_TIMEOUT_S)[0] if retired else []
+        reusable = set()
+        for ref in done:
+            try:
+                if ray.get(ref):
+                    reusable.add(retired[ref])
+            except ray.exceptions.RayError:
+                pass  # died meanwhile: nothing to keep
         for name, actor in actors.items():
-            reusable = False
-            if name in retired:
-                try:
-                    reusable = bool(ray.get(retired[name], timeout=self.revive_timeout_s))
-                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-                    pass  # dead or stuck: not worth keeping
-            if reusable and self.pool is not None:
+            if name in reusable and self.pool is not None:
                 self.pool.give(actor)
             else:
                 ray.kill(actor, no_restart=True)
