@@ -291,13 +291,13 @@ def protocol_lanes(options: LabOptions, protocols: list[str]) -> list[list[str]]
     return [lane for lane in (two_server, rest) if lane]
 
 
-def _pool_factory(options: LabOptions) -> Callable[[], Any]:
-    """A lane's pool of role workers (Ray: ``RolePool``), or none (in-process roles)."""
-    if options.backend == "ray":
-        from actors.ray_backend import RolePool
+def _new_pool(options: LabOptions) -> Any:
+    """A lane's pool of role workers (Ray: ``RolePool``), or None (in-process roles)."""
+    if options.backend != "ray":
+        return None
+    from actors.ray_backend import RolePool
 
-        return RolePool
-    return lambda: None
+    return RolePool()
 
 
 def _backend_factory(options: LabOptions, side_by_side: bool = False) -> Callable[..., Any]:
@@ -360,13 +360,11 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     make_backend = _backend_factory(options, side_by_side=len(lanes) > 1)
     fits = FitLedger(share=options.share_fits)  # one fit per distinct set of attack inputs
 
-    make_pool = _pool_factory(options)
-
     def run_lane(lane: list[str]) -> dict[str, list[RunResult]]:
         done: dict[str, list[RunResult]] = {}
         # Each protocol keeps roles of its own (keys, state, wire), but the next protocol in
         # the lane hosts its roles in the worker processes the last one leaves.
-        pool = make_pool()
+        pool = _new_pool(options)
         try:
             for protocol in lane:
                 done[protocol] = run_one(protocol, make_backend(pool=pool))

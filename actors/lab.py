@@ -47,7 +47,7 @@ from actors.training import Trainer, TrainingSetup
 from actors.ushaped import UShapedSharingOwner, check_topology, label_reports, role_classes
 from actors.wire import Tap, link
 from attack import metrics, validator
-from attack.baselines import class_means, excess, label_only
+from attack.baselines import instance_block, label_only_parts
 from attack.fit_sharing import FitLedger
 from attack.ladder import intercept_point, needs_weights
 from attack.scorecard import ScoreCard
@@ -469,12 +469,10 @@ class Truth:
         mean_guess = np.repeat(mean_image, len(order), axis=0)
         mean_card = ScoreCard.of(mean_guess, x, y, judge, validator.read_distinct(
             judge, mean_image, np.zeros(len(order), np.int64)))
-        means = class_means(data.train.x, data.train.y)
-        classes = np.array(sorted(means))
-        guess = label_only(y, data.train.x, data.train.y).reshape(x.shape)
+        distinct, index = label_only_parts(y, data.train.x, data.train.y)
+        guess = distinct[index].reshape(x.shape)
         label_card = ScoreCard.of(guess, x, y, judge, validator.read_distinct(
-            judge, np.stack([means[c] for c in classes]).reshape(len(classes), *x.shape[1:]),
-            np.searchsorted(classes, y)))
+            judge, distinct.reshape(len(distinct), *x.shape[1:]), index))
         return cls(x, y, judge, mean_card.metrics().to_dict(),
                    label_card.scores(guess, x, features), features)
 
@@ -485,9 +483,7 @@ class Truth:
     def instance(self, recon: np.ndarray, card: ScoreCard) -> dict[str, Any]:
         """Re-identification of ``recon`` and its excess over the label-only baseline
         (``attack.baselines.instance_report``, from the scorecard)."""
-        scores = card.scores(recon, self.x, self.features)
-        return {"reid": scores["reid"], "label_only": self.label_only,
-                "excess": excess(scores, self.label_only)}
+        return instance_block(card.scores(recon, self.x, self.features), self.label_only)
 
 
 def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,

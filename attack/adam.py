@@ -13,6 +13,7 @@ need more of torch's Adam (AMSGrad in UnSplit, FSHA's parameter groups) keep tor
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from protocol.errors import ConfigError
 
 
-class PlainOptimizer:
+class PlainOptimizer(ABC):
     """What the plain optimisers share with ``torch.optim.Optimizer``: a parameter list, a
     per-parameter ``state`` and ``zero_grad``; ``step`` updates each parameter that has a
     gradient (``_update``), without autograd."""
@@ -41,8 +42,9 @@ class PlainOptimizer:
             if p.grad is not None:
                 self._update(p, p.grad, self.state[p])
 
+    @abstractmethod
     def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Update ``p`` in place from ``grad``, keeping what it needs in ``state``."""
 
 
 class Adam(PlainOptimizer):

@@ -37,15 +37,23 @@ def class_means(train_x: Any, train_y: Any) -> dict[int, np.ndarray]:
     return {int(c): x[y == c].mean(axis=0).astype(np.float32) for c in np.unique(y)}
 
 
-def label_only(labels: Any, train_x: Any, train_y: Any) -> np.ndarray:
-    """The label-only reconstruction: for each label, its class's mean training image."""
+def label_only_parts(labels: Any, train_x: Any, train_y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The label-only guess as (class means (K, ...), index (N,)): guess i is
+    ``means[index[i]]``, so a judge can read each of the K distinct images once."""
     means = class_means(train_x, train_y)
     labels = np.asarray(labels)
     missing = sorted({int(c) for c in np.unique(labels)} - means.keys())
     if missing:
         raise DataUnavailableError(f"label-only baseline: no training images of class(es) "
                                    f"{missing}, so no class mean to guess with")
-    return np.stack([means[int(c)] for c in labels])
+    classes = np.array(sorted(means))
+    return np.stack([means[int(c)] for c in classes]), np.searchsorted(classes, labels)
+
+
+def label_only(labels: Any, train_x: Any, train_y: Any) -> np.ndarray:
+    """The label-only reconstruction: for each label, its class's mean training image."""
+    distinct, index = label_only_parts(labels, train_x, train_y)
+    return distinct[index]
 
 
 def score_all(recon: Any, originals: Any, labels: Any, *, classify: Classify,
@@ -101,5 +109,12 @@ def instance_report(recon: Any, originals: Any, labels: Any, train_x: Any, train
     """
     base = label_only if label_only is not None else label_only_scores(
         originals, labels, train_x, train_y, classify=classify, embed=embed)
-    scores = score_all(recon, originals, labels, classify=classify, embed=embed)
-    return {"reid": scores["reid"], "label_only": base, "excess": excess(scores, base)}
+    return instance_block(score_all(recon, originals, labels, classify=classify, embed=embed),
+                          base)
+
+
+def instance_block(scores: dict[str, Any], label_only: dict[str, Any]) -> dict[str, Any]:
+    """``{"reid", "label_only", "excess"}`` from an attack's :func:`score_all` dict and the
+    label-only baseline's."""
+    return {"reid": scores["reid"], "label_only": label_only,
+            "excess": excess(scores, label_only)}

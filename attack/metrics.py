@@ -66,17 +66,12 @@ def mse(recon: np.ndarray, original: np.ndarray) -> float:
 
 def mse_each(recon: np.ndarray, original: np.ndarray) -> np.ndarray:
     """(N,) mean squared error per image."""
-    r, o = _pair(recon, original)
-    return ((r - o) ** 2).reshape(len(r), -1).mean(axis=1)
+    return _mse_rows(*_pair(recon, original))
 
 
 def psnr_each(recon: np.ndarray, original: np.ndarray) -> np.ndarray:
     """(N,) PSNR in dB for data range 1, per image (an identical image: ``PSNR_IDENTICAL``)."""
-    r, o = _pair(recon, original)
-    err = ((o - r) ** 2).reshape(len(r), -1).mean(axis=1, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        db = 10 * np.log10((_DATA_RANGE ** 2) / err)
-    return np.where(err == 0, PSNR_IDENTICAL, db)
+    return _psnr_of_mse(_mse_rows(*_pair(recon, original)))
 
 
 def psnr(recon: np.ndarray, original: np.ndarray) -> float:
@@ -87,9 +82,30 @@ def psnr(recon: np.ndarray, original: np.ndarray) -> float:
 def ssim_each(recon: np.ndarray, original: np.ndarray) -> np.ndarray:
     """(N,) SSIM per image: scikit-image's ``structural_similarity(original, recon,
     data_range=1)`` of each, for colour images the mean over channels (``channel_axis``)."""
+    return _ssim_rows(*_pair(recon, original))
+
+
+def each(recon: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(MSE, PSNR, SSIM) per image, from one check and conversion of the pair (a scorecard's)."""
+    r, o = _pair(recon, original)
+    err = _mse_rows(r, o)
+    return err, _psnr_of_mse(err), _ssim_rows(r, o)
+
+
+def _mse_rows(r: np.ndarray, o: np.ndarray) -> np.ndarray:
+    return ((r - o) ** 2).reshape(len(r), -1).mean(axis=1, dtype=np.float64)
+
+
+def _psnr_of_mse(err: np.ndarray) -> np.ndarray:
+    """scikit-image's PSNR, 10 log10(R^2 / MSE), from each image's MSE."""
+    with np.errstate(divide="ignore"):
+        db = 10 * np.log10((_DATA_RANGE ** 2) / err)
+    return np.where(err == 0, PSNR_IDENTICAL, db)
+
+
+def _ssim_rows(r: np.ndarray, o: np.ndarray) -> np.ndarray:
     from scipy.ndimage import uniform_filter  # scikit-image's filter; scipy is its dependency
 
-    r, o = _pair(recon, original)
     n, c, h, w = r.shape
     if min(h, w) < SSIM_WINDOW:
         raise ShapeError(f"SSIM needs images at least {SSIM_WINDOW}x{SSIM_WINDOW}, "

@@ -37,7 +37,7 @@ class ScoreCard:
            judge: nn.Module, reading: validator.Reading | None = None) -> ScoreCard:
         """``reading``: the judge's reading of ``recon`` if the caller has it (a guess of few
         distinct images reads each once: ``validator.read_distinct``)."""
-        psnr, ssim = metrics.psnr_each(recon, originals), metrics.ssim_each(recon, originals)
+        mse, psnr, ssim = metrics.each(recon, originals)
         labels = np.asarray(labels)
         if labels.shape != (len(ssim),):
             raise ShapeError(f"{len(ssim)} reconstructions need {len(ssim)} labels, got "
@@ -45,7 +45,7 @@ class ScoreCard:
         reading = validator.read(judge, recon) if reading is None else reading
         if reading.labels.shape != labels.shape:
             raise ShapeError(f"a reading of {len(reading.labels)} images for {len(labels)}")
-        return cls(mse=metrics.mse_each(recon, originals), psnr=psnr, ssim=ssim,
+        return cls(mse=mse, psnr=psnr, ssim=ssim,
                    correct=reading.labels == labels, features=reading.features)
 
     def metrics(self, rows: slice = slice(None)) -> metrics.AttackMetrics:

@@ -198,16 +198,19 @@ def read(model: nn.Module, x: np.ndarray) -> Reading:
     """:func:`accuracy`'s labels and :func:`embed`'s features of ``x`` from one pass, in
     batches of 500 (a scorecard needs both; two passes cost the judge twice)."""
     t = _checked(model, x)
-    parts = []
-    for i in range(0, len(t), 500):
-        if hasattr(model, "read"):
-            parts.append(model.read(t[i:i + 500]))
-        else:
-            out = model(t[i:i + 500])
-            parts.append((out, out))
+    parts = [_read_batch(model, t[i:i + 500]) for i in range(0, len(t), 500)]
     logits = torch.cat([p[0] for p in parts])
     features = torch.cat([p[1] for p in parts]).numpy().astype(np.float32)
     return Reading(logits.argmax(1).numpy(), features)
+
+
+def _read_batch(model: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features): the validator's one pass, or a classifier's ``embed`` beside its
+    outputs, or its outputs as both."""
+    if hasattr(model, "read"):
+        return model.read(t)
+    out = model(t)
+    return out, (model.embed(t) if hasattr(model, "embed") else out)
 
 
 def read_distinct(model: nn.Module, distinct: np.ndarray, index: np.ndarray) -> Reading:
@@ -217,11 +220,7 @@ def read_distinct(model: nn.Module, distinct: np.ndarray, index: np.ndarray) -> 
     return Reading(once.labels[index], once.features[index])
 
 
-@torch.no_grad()
 def embed(model: nn.Module, x: np.ndarray) -> np.ndarray:
     """(N, d) float32 penultimate-layer features of ``x`` (N, C, H, W), in batches of 500
-    (a classifier without an ``embed`` method gives its outputs instead)."""
-    t = _checked(model, x)
-    features = getattr(model, "embed", model)
-    parts = [features(t[i:i + 500]) for i in range(0, len(t), 500)]
-    return torch.cat(parts).numpy().astype(np.float32)
+    (a classifier without an ``embed`` method gives its outputs instead): :func:`read`'s."""
+    return read(model, x).features
