@@ -20,9 +20,15 @@ int64 97 ms; 22-bit limbs (3 limbs, 6 float64 products, chunks of 512) 24 ms; 16
 chunks of 256) 83 ms. ``KaratsubaKernel`` gets the 22-bit limbs' result from five products
 instead of six (a0 b1 + a1 b0 = (a0 - a1)(b1 - b0) + a0 b0 + a1 b1), with fewer output
 conversions: 6.3 against 6.9 ms for 64x500 @ 500x500 and 7.0 against 9.4 ms for 500x64 @ 64x500
-(a weight gradient; calibration, 2026-12-01 21:05 UTC, same machine). Which kernel wins depends
-on the CPU (with AVX-512, int64 may), so ``chosen()`` times the candidates once per process and
-keeps the fastest.
+(a weight gradient; calibration, 2026-12-01 21:05 UTC, same machine). Since 2026-12-02 it
+makes four BLAS calls ([a0; a2] @ b0 is one) and can run them through numpy's BLAS instead of
+torch's (``karatsuba22-float64-numpy``): on this AMD EPYC, torch's MKL took 6.6 ms for five
+64x500 @ 500x500 float64 products with distinct right operands and numpy's OpenBLAS 5.4 ms,
+though both take ~4.7 ms when the operand repeats. In the lab's secret-shared training
+(in-process, 64 steps, this machine) the ring products' CPU time fell from 23.2-23.7 s to
+14.0-15.0 s with that and ``protocol.heap`` (freed temporaries kept, not faulted in again).
+Which kernel wins depends on the CPU and its BLAS (with AVX-512, int64 may), so ``chosen()``
+times the candidates once per process and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from protocol import heap
 from protocol.errors import ConfigError, ShapeError
 
 Kernel = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -120,29 +127,36 @@ class LimbKernel:
         """The limbs of x, lowest first, as exact floating-point matrices."""
         return list(torch.from_numpy(self.limb_array(x)))
 
-    def limb_array(self, x: np.ndarray) -> np.ndarray:
-        """The limbs of x stacked, (limbs, *x.shape), in floating point."""
+    def limb_array(self, x: np.ndarray, order: tuple[int, ...] | None = None) -> np.ndarray:
+        """The limbs of x stacked, (limbs, *x.shape), in floating point; ``order`` lists the
+        limbs by index, lowest first by default."""
         x = np.asarray(x, np.uint64)
         mask = np.uint64((1 << self.bits) - 1)
+        order = tuple(range(self.limbs)) if order is None else order
         if self.dtype == torch.float64:
             # Without AVX-512DQ x86 has no vector int64 -> float64 conversion, so numpy's
             # cast runs scalar. OR-ing a limb (< 2^52) into the bits of 2^52 gives the float
             # 2^52 + limb exactly; one vector subtraction leaves the limb (0.65 ms against
             # 0.79 ms for 500x500 here).
-            limbs = np.empty((self.limbs, *x.shape), np.uint64)
-            for i in range(self.limbs):
-                np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i), out=limbs[i]), mask,
-                               out=limbs[i])
+            limbs = np.empty((len(order), *x.shape), np.uint64)
+            for slot, i in enumerate(order):
+                if i == 0:  # the lowest limb needs no shift, the highest no mask
+                    np.bitwise_and(x, mask, out=limbs[slot])
+                elif self.bits * (i + 1) >= 64:
+                    np.right_shift(x, np.uint64(self.bits * i), out=limbs[slot])
+                else:
+                    np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i),
+                                                  out=limbs[slot]), mask, out=limbs[slot])
             np.bitwise_or(limbs, _TWO_52_BITS, out=limbs)
             floats = limbs.view(np.float64)
             floats -= _TWO_52
             return floats
         shifted, dtype = np.empty(x.shape, np.uint64), np.float32
-        limbs = np.empty((self.limbs, *x.shape), dtype)  # numpy's uint64 shift is logical
-        for i in range(self.limbs):
+        limbs = np.empty((len(order), *x.shape), dtype)  # numpy's uint64 shift is logical
+        for slot, i in enumerate(order):
             np.bitwise_and(np.right_shift(x, np.uint64(self.bits * i), out=shifted), mask,
                            out=shifted)
-            limbs[i] = shifted.view(np.int64)  # below 2^63: int64 converts faster than uint64
+            limbs[slot] = shifted.view(np.int64)  # below 2^63: int64 converts faster
         return limbs
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,41 +209,92 @@ class LimbKernel:
 
 @dataclass(frozen=True)
 class KaratsubaKernel(LimbKernel):
-    """22-bit limbs as ``LimbKernel(22)``, five float64 products instead of six.
+    """22-bit limbs as ``LimbKernel(22)``, five float64 products instead of six, in four BLAS
+    calls, through torch's BLAS (``blas="torch"``) or numpy's (``"numpy"``).
 
-    With limbs a = a0 + a1 2^22 + a2 2^44 (22, 22 and 20 bits), and likewise b:
+    With limbs a = a0 + a1 2^22 + a2 2^44 (22, 22 and 20 bits), and likewise b, and inner
+    dimensions of at most 512 (longer ones are cut into such chunks, each an exact ring
+    product, added mod 2^64):
 
-    - ``t0 = a0 b0`` and ``p11 = a1 b1``: terms below 2^44, chunks of 2^9 stay exact;
+    - ``t0 = a0 b0`` and ``p11 = a1 b1``: terms below 2^44, 512 of them stay below 2^53;
     - ``a0 b1 + a1 b0 = (a0 - a1)(b1 - b0) + t0 + p11`` (Karatsuba): the differences are
       signed but below 2^22 in magnitude, so their terms are below 2^44 as well, and a partial
-      sum, whatever order BLAS adds in, is bounded by the sum of magnitudes: chunks of 2^9;
-    - ``a0 b2 + a2 b0`` (only needed mod 2^20, as it is shifted by 44): terms below 2^42, both
-      products summed in one float64 matrix (``addmm_``), chunks of 2^10 terms each.
+      sum, whatever order BLAS adds in, is bounded by the sum of magnitudes;
+    - ``q = a0 b2 + a2 b0`` (only needed mod 2^20, as it is shifted by 44): terms below 2^42,
+      1024 of them below 2^52, so the two products add up exactly in float64.
 
-    With d = (a0 - a1)(b1 - b0) and q = a0 b2 + a2 b0, a @ b = t0 + (d + t0 + p11) 2^22 +
-    (q + p11) 2^44 mod 2^64, in uint64 (which wraps by itself). Timings: the module's docstring.
+    a0 b0 and a2 b0 share b0, so they are one product of the stacked [a0; a2] (b0 is packed
+    by BLAS once, where distinct right operands cost ~20% more each than a repeated one).
+    With d = (a0 - a1)(b1 - b0), a @ b = t0 + (d + t0 + p11) 2^22 + (q + p11) 2^44 mod 2^64,
+    in uint64 (which wraps by itself). Timings: the module's docstring.
     """
 
     bits: int = 22
+    blas: str = "torch"
 
     @property
     def name(self) -> str:
-        return "karatsuba22-float64"
+        return "karatsuba22-float64" + ("" if self.blas == "torch" else f"-{self.blas}")
 
     def _general(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a0, a1, a2 = torch.from_numpy(self.limb_array(a))
-        b0, b1, b2 = torch.from_numpy(self.limb_array(b))
-        t0 = _dot(a0, b0, 1 << 9)
-        p11 = _dot(a1, b1, 1 << 9)
-        t2 = _dot(a0, b2, 1 << 10, also=(a2, b0))
+        k = a.shape[1]
+        if k <= KARATSUBA_CHUNK:
+            return self._chunk(a, b)
+        out = np.zeros((a.shape[0], b.shape[1]), np.uint64)
+        for lo in range(0, k, KARATSUBA_CHUNK):
+            out += self._chunk(a[:, lo:lo + KARATSUBA_CHUNK], b[lo:lo + KARATSUBA_CHUNK])
+        return out
+
+    def _chunk(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        m = a.shape[0]
+        mm = _torch_mm if self.blas == "torch" else _numpy_mm()
+        limbs_a = self.limb_array(a, order=(0, 2, 1))  # [a0; a2] is one (2m, k) matrix
+        a0, a2, a1 = limbs_a
+        b0, b1, b2 = self.limb_array(b)
+        low = mm(limbs_a[:2].reshape(2 * m, -1), b0)  # a0 b0 over a2 b0
+        low[m:] += mm(a0, b2)  # q
+        p11 = mm(a1, b1)
         # The differences overwrite limbs no longer needed: no new (k, n) temporaries.
-        t1 = _dot(a0.sub_(a1), b1.sub_(b0), 1 << 9)
+        d = mm(np.subtract(a0, a1, out=a1), np.subtract(b1, b0, out=b1))
+        low_ints, p11_ints, t1 = (_exact_int_np(x) for x in (low, p11, d))
+        t0, t2 = low_ints[:m], low_ints[m:]
         t1 += t0
-        t1 += p11
-        t2 += p11
+        t1 += p11_ints
+        t2 += p11_ints
         t0 += np.left_shift(t1, np.uint64(22), out=t1)
         t0 += np.left_shift(t2, np.uint64(44), out=t2)
         return t0
+
+
+#: Most terms of one Karatsuba chunk (see ``KaratsubaKernel``): 512 (2^22)^2 <= 2^53.
+KARATSUBA_CHUNK = 1 << 9
+
+
+def _exact_int_np(part: np.ndarray) -> np.ndarray:
+    return part.astype(np.int64).view(np.uint64)
+
+
+def _torch_mm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (torch.from_numpy(x) @ torch.from_numpy(y)).numpy()
+
+
+_blas_limited = False
+_blas_lock = threading.Lock()  # not ``_lock``: the calibration holds that one while it runs
+
+
+def _numpy_mm() -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """numpy's matmul, its BLAS held to one thread in this process (once): roles share few
+    cores, as torch's one intra-op thread (``torch.set_num_threads(1)``) does, and a BLAS
+    that starts a thread per core and spins them between calls would take the others'."""
+    global _blas_limited
+    if not _blas_limited:
+        with _blas_lock:
+            if not _blas_limited:
+                from threadpoolctl import threadpool_limits
+
+                threadpool_limits(1, user_api="blas")
+                _blas_limited = True
+    return np.matmul
 
 
 def _signed_bits(x: np.ndarray) -> int:
@@ -243,14 +308,15 @@ def _signed_bits(x: np.ndarray) -> int:
 
 KERNELS: dict[str, Kernel] = {
     "int64": int64_matmul,
-    **{k.name: k for k in (KaratsubaKernel(), LimbKernel(22), LimbKernel(16),
-                           LimbKernel(8, torch.float32))},
+    **{k.name: k for k in (KaratsubaKernel(), KaratsubaKernel(blas="numpy"), LimbKernel(22),
+                           LimbKernel(16), LimbKernel(8, torch.float32))},
 }
 #: What the calibration chooses among. 8-bit limbs over float32 are exact and tested, but
 #: their 36 products lose to 6 float64 ones wherever float32 is at most 2x float64 (AVX2, AVX-512,
 #: NEON alike): measured here, 60 ms against 13 ms; a calibration on a loaded machine once
 #: picked it anyway, so it is only used when forced.
-CANDIDATES = ("int64", "karatsuba22-float64", "limb22-float64", "limb16-float64")
+CANDIDATES = ("int64", "karatsuba22-float64", "karatsuba22-float64-numpy", "limb22-float64",
+              "limb16-float64")
 #: The calibration products: a batch of 64 through Linear(500, 500) (forward and input
 #: gradient) and that layer's weight gradient, the protocol's commonest large products. Their
 #: costs differ in kind (the first is all BLAS, the second half output conversions), and the
@@ -290,6 +356,8 @@ def chosen() -> tuple[str, dict[str, float]]:
     ``SPLITWIRE_RING_KERNEL=<name>`` forces a kernel and skips the calibration.
     """
     global _chosen
+    # A process that multiplies ring matrices keeps its freed temporaries (protocol.heap).
+    heap.keep_freed_memory()
     with _lock:
         if _chosen is None:
             forced = os.environ.get(FORCE_ENV)
