@@ -24,9 +24,10 @@ conversions: 6.3 against 6.9 ms for 64x500 @ 500x500 and 7.0 against 9.4 ms for 
 makes four BLAS calls ([a0; a2] @ b0 is one) and can run them through numpy's BLAS instead of
 torch's (``karatsuba22-float64-numpy``): on this AMD EPYC, torch's MKL took 6.6 ms for five
 64x500 @ 500x500 float64 products with distinct right operands and numpy's OpenBLAS 5.4 ms,
-though both take ~4.7 ms when the operand repeats. In the lab's secret-shared training
-(in-process, 64 steps, this machine) the ring products' CPU time fell from 23.2-23.7 s to
-14.0-15.0 s with that and ``protocol.heap`` (freed temporaries kept, not faulted in again).
+though both take ~4.7 ms when the operand repeats. A small secret-shared run in one process
+(64 training steps, this machine) took 14.0-14.8 s of CPU instead of 23.5-23.7 s with that and
+``protocol.heap`` (freed temporaries kept, not faulted in again); on Ray, one process per party,
+the servers' compute fell ~10%.
 Which kernel wins depends on the CPU and its BLAS (with AVX-512, int64 may), so ``chosen()``
 times the candidates once per process and keeps the fastest.
 """
@@ -224,7 +225,8 @@ class KaratsubaKernel(LimbKernel):
       1024 of them below 2^52, so the two products add up exactly in float64.
 
     a0 b0 and a2 b0 share b0, so they are one product of the stacked [a0; a2] (b0 is packed
-    by BLAS once, where distinct right operands cost ~20% more each than a repeated one).
+    by BLAS once: five products with distinct right operands took 13% (OpenBLAS) to 43%
+    (MKL) longer here than five with one repeated).
     With d = (a0 - a1)(b1 - b0), a @ b = t0 + (d + t0 + p11) 2^22 + (q + p11) 2^44 mod 2^64,
     in uint64 (which wraps by itself). Timings: the module's docstring.
     """
