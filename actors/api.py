@@ -43,7 +43,6 @@ from attack.fit_sharing import FitLedger
 from attack.ladder import ATTACKS
 from attack.validator import train_validator_cached
 from defences.spec import DefenceSpec
-from protocol import heap
 from protocol.codecs import codec_names, get_codec
 from protocol.errors import ConfigError
 
@@ -341,7 +340,6 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     ``after_protocol(protocol, backend)`` runs before each backend shuts down (captures)."""
     t0 = time.perf_counter()
     torch.set_num_threads(1)
-    heap.keep_freed_memory()  # the driver scores, and on the local backend hosts every role
     data = load_dataset(options)
     if options.clients > len(data.train.y):
         raise ConfigError(f"--clients {options.clients} exceeds the {len(data.train.y)} "

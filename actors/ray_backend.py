@@ -21,7 +21,6 @@ from actors.ray_env import prepare
 from actors.role import yield_cpu
 from actors.socket_plane import FrameClient, FrameServer, PeerGoneError
 from actors.wire import Network, TapRecord, Taps, Transport
-from protocol import heap
 from protocol.errors import ConfigError
 
 prepare()  # Ray reads its environment when imported
@@ -129,7 +128,6 @@ class RoleActor:
         import torch
 
         torch.set_num_threads(1)  # many roles share few cores; intra-op threads would thrash
-        heap.keep_freed_memory()  # roles allocate megabytes per step: keep pages, not refault
         # A worker handed on to another protocol's role (``become``) starts that role with the
         # global RNG as a fresh worker's: runs do not depend on which process hosts a role.
         self.fresh_rng = torch.get_rng_state()

@@ -8,7 +8,9 @@ zeroed by the kernel again on every product: a 500x128 @ 128x500 ring product (n
 took 18.9-20.5 ms that way against 12.8-13.4 ms with its memory kept, 4,642 page faults a
 call against 122 (2-core AMD EPYC, 2026-12-02, two runs each). Raising both
 thresholds keeps those pages in the process (its resident size stays at its peak, a few
-hundred MB for a role). Only glibc is tuned; elsewhere this does nothing and says so.
+hundred MB for a role). ``protocol.ring_kernels.chosen`` calls this once, before a process's
+first ring product: share servers, the dealer, and the driver of an in-process run. Only
+glibc is tuned; elsewhere this does nothing and says so.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -76,24 +77,20 @@ _TWO_52 = 2.0**52
 _TWO_52_BITS = np.float64(_TWO_52).view(np.uint64)
 
 
-def _exact_int(part: torch.Tensor) -> np.ndarray:
+def _exact_int(part: np.ndarray) -> np.ndarray:
     """A floating-point product holding exact integers (below 2^mantissa in magnitude) as
     uint64, two's complement."""
-    return part.numpy().astype(np.int64).view(np.uint64)
+    return part.astype(np.int64).view(np.uint64)
 
 
-def _dot(x: torch.Tensor, y: torch.Tensor, chunk: int,
-         also: tuple[torch.Tensor, torch.Tensor] | None = None) -> np.ndarray:
-    """x @ y (+ also[0] @ also[1]) mod 2^64, exactly: cut along k into chunks of ``chunk``
-    terms (per product), each summed in floating point and converted before the chunks are
-    added (k = 0: one empty product, zeros)."""
+def _dot(x: torch.Tensor, y: torch.Tensor, chunk: int) -> np.ndarray:
+    """x @ y mod 2^64, exactly: cut along k into chunks of ``chunk`` terms, each summed in
+    floating point and converted before the chunks are added (k = 0: one empty product,
+    zeros)."""
     k = x.shape[1]
     total: np.ndarray | None = None
     for lo in range(0, max(k, 1), chunk):
-        part = x[:, lo:lo + chunk] @ y[lo:lo + chunk]
-        if also is not None:
-            part.addmm_(also[0][:, lo:lo + chunk], also[1][lo:lo + chunk])
-        ints = _exact_int(part)
+        ints = _exact_int((x[:, lo:lo + chunk] @ y[lo:lo + chunk]).numpy())
         total = ints if total is None else np.add(total, ints, out=total)
     assert total is not None
     return total
@@ -232,7 +229,7 @@ class KaratsubaKernel(LimbKernel):
     """
 
     bits: int = 22
-    blas: str = "torch"
+    blas: Literal["torch", "numpy"] = "torch"
 
     @property
     def name(self) -> str:
@@ -258,7 +255,7 @@ class KaratsubaKernel(LimbKernel):
         p11 = mm(a1, b1)
         # The differences overwrite limbs no longer needed: no new (k, n) temporaries.
         d = mm(np.subtract(a0, a1, out=a1), np.subtract(b1, b0, out=b1))
-        low_ints, p11_ints, t1 = (_exact_int_np(x) for x in (low, p11, d))
+        low_ints, p11_ints, t1 = (_exact_int(x) for x in (low, p11, d))
         t0, t2 = low_ints[:m], low_ints[m:]
         t1 += t0
         t1 += p11_ints
@@ -270,10 +267,6 @@ class KaratsubaKernel(LimbKernel):
 
 #: Most terms of one Karatsuba chunk (see ``KaratsubaKernel``): 512 (2^22)^2 <= 2^53.
 KARATSUBA_CHUNK = 1 << 9
-
-
-def _exact_int_np(part: np.ndarray) -> np.ndarray:
-    return part.astype(np.int64).view(np.uint64)
 
 
 def _torch_mm(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -358,10 +351,11 @@ def chosen() -> tuple[str, dict[str, float]]:
     ``SPLITWIRE_RING_KERNEL=<name>`` forces a kernel and skips the calibration.
     """
     global _chosen
-    # A process that multiplies ring matrices keeps its freed temporaries (protocol.heap).
-    heap.keep_freed_memory()
     with _lock:
         if _chosen is None:
+            # A process that multiplies ring matrices keeps its freed temporaries (its first
+            # product gets here first): protocol.heap.
+            heap.keep_freed_memory()
             forced = os.environ.get(FORCE_ENV)
             if forced:
                 if forced not in KERNELS:
