@@ -43,6 +43,7 @@ from attack.fit_sharing import FitLedger
 from attack.ladder import ATTACKS
 from attack.validator import train_validator_cached
 from defences.spec import DefenceSpec
+from protocol import ring_kernels
 from protocol.codecs import codec_names, get_codec
 from protocol.errors import ConfigError
 
@@ -340,6 +341,7 @@ def run_lab(options: LabOptions, *, progress: Callable[[str, int], Any] | None =
     ``after_protocol(protocol, backend)`` runs before each backend shuts down (captures)."""
     t0 = time.perf_counter()
     torch.set_num_threads(1)
+    ring_kernels.forced_kernel()  # a bad SPLITWIRE_RING_KERNEL fails here, not in a role
     data = load_dataset(options)
     if options.clients > len(data.train.y):
         raise ConfigError(f"--clients {options.clients} exceeds the {len(data.train.y)} "

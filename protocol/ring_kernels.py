@@ -345,6 +345,16 @@ def calibrate(shape: tuple[int, int, int] = CALIBRATION_SHAPES[0], rounds: int =
     return seconds
 
 
+def forced_kernel() -> str | None:
+    """The kernel ``SPLITWIRE_RING_KERNEL`` names, if set; ConfigError if it names none (the
+    CLI checks it before any role starts, where the error would only drop a frame)."""
+    forced = os.environ.get(FORCE_ENV)
+    if forced and forced not in KERNELS:
+        raise ConfigError(f"{FORCE_ENV}={forced!r}: no such ring kernel "
+                          f"(one of {', '.join(KERNELS)})")
+    return forced or None
+
+
 def chosen() -> tuple[str, dict[str, float]]:
     """(name of the kernel in use, the calibration's seconds per kernel), once per process.
 
@@ -356,11 +366,8 @@ def chosen() -> tuple[str, dict[str, float]]:
             # A process that multiplies ring matrices keeps its freed temporaries (its first
             # product gets here first): protocol.heap.
             heap.keep_freed_memory()
-            forced = os.environ.get(FORCE_ENV)
+            forced = forced_kernel()
             if forced:
-                if forced not in KERNELS:
-                    raise ConfigError(f"{FORCE_ENV}={forced!r}: no such ring kernel "
-                                      f"(one of {', '.join(KERNELS)})")
                 _chosen = (forced, {})
             else:
                 seconds: dict[str, float] = {}

@@ -103,3 +103,14 @@ def test_impossible_fault_plans_exit_2(flags, needle, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+def test_an_unknown_ring_kernel_in_the_environment_exits_2_before_any_role(tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setenv("SPLITWIRE_RING_KERNEL", "fastest-please")
+    code = main(["--protocol", "secret-shared", "--epochs", "1", "--backend", "local",
+                 "--quiet", "--out", str(tmp_path / "o"), "--aux-size", "100"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "SPLITWIRE_RING_KERNEL='fastest-please'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o" / "results.json").exists()  # nothing ran
