@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import numpy as np
 import pytest
@@ -186,7 +187,17 @@ def reveal_params(n0, n1):
             for a, b in zip(n0.params, n1.params, strict=True)]
 
 
-def test_cnn_training_steps_on_shares_match_torch_sgd_with_momentum():
+def seeded_shares(monkeypatch, seed: int) -> None:
+    """Every share, mask and dealer seed this test draws (``ring.SecureRandom``'s, from
+    ``os.urandom``) comes from a seeded stream instead: the run is the same each time. With
+    fresh randomness, about 1 run in 200 rounds a ReLU or max-pool input within units of 0 to
+    the other side, which moves a cut gradient of ~1e-4 by more than the check allows."""
+    stream = np.random.default_rng(seed)
+    monkeypatch.setattr(ring, "os", types.SimpleNamespace(urandom=stream.bytes))
+
+
+def test_cnn_training_steps_on_shares_match_torch_sgd_with_momentum(monkeypatch):
+    seeded_shares(monkeypatch, 0)
     ref = cnn_server_part()
     layers, n0, n1 = shared_nets(ref, input_shape=(8, 12, 12))
     # ReLU then MaxPool runs as MaxPool then ReLU (the same function; a quarter of the
