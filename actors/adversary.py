@@ -7,10 +7,14 @@ tapped), the compute server (what it decrypted) — mixes this in and implements
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from actors.nets.descriptor import Shape, SplitNetwork
 from attack.base import Rung
@@ -158,10 +162,13 @@ class InversionAttacker(ABC):
         self.__dict__.setdefault("_prepared", {})[adversary] = prepared
         return None if inputs is None else fit_digest(rung, *inputs)
 
-    def fit_attack(self, adversary: str) -> Rung:
-        """Fit the rung ``prepare_attack`` built for ``adversary``; returns it, fitted."""
+    def fit_attack(self, adversary: str, sharers: int | None = None) -> Rung:
+        """Fit the rung ``prepare_attack`` built for ``adversary``; returns it, fitted.
+        ``sharers``: how many fits share this node's cores now (``Backend.fit_sharers``); the
+        fit takes its share of them as torch threads, or one thread where None."""
         prepared = self._prepared_for(adversary)
-        prepared.fit()
+        with fit_threads(sharers if prepared.rung.THREAD_INVARIANT else None):
+            prepared.fit()
         return prepared.rung
 
     def attack_with(self, adversary: str, owners: list[str],
@@ -232,3 +239,29 @@ class InversionAttacker(ABC):
             return (np.zeros((0, *shape), np.float32),
                     np.zeros((0, *self.net.input_shape), np.float32))
         return np.concatenate(acts).astype(np.float32), np.concatenate(images)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextmanager
+def fit_threads(sharers: int | None) -> Iterator[int]:
+    """torch's intra-op threads for one fit: this node's cores split between ``sharers`` fits,
+    at least one; unchanged where ``sharers`` is None. A fit's result does not depend on its
+    thread count (``tests/test_fit_threads.py`` checks the bits), so this only decides how fast
+    it runs: at the end of a secret-shared run its one fit used to run 15 s on one core of
+    two while the other idled (roles otherwise keep one thread: many share few cores)."""
+    if sharers is None:
+        yield torch.get_num_threads()
+        return
+    before = torch.get_num_threads()
+    threads = max(1, usable_cores() // max(1, sharers))
+    torch.set_num_threads(threads)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(before)

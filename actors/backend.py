@@ -47,6 +47,13 @@ class Backend(ABC):
         """Run several calls, concurrently where the backend can; results in order."""
         return [self.call(name, method, *args) for name, method, args in calls]
 
+    def fit_sharers(self, fits: int) -> int | None:
+        """How many attack fits share a node's cores while ``fits`` of this run's run side by
+        side (``InversionAttacker.fit_attack``), or None: fits keep one thread. In-process
+        every role shares the lab's process (and pytest-xdist's workers share the cores), so
+        None here."""
+        return None
+
     def submit(self, name: str, method: Method, *args: Any, returns: int = 1) -> Any:
         """Start ``role.method(*args)``; ``fetch`` waits for it. With ``returns`` = 2 the
         method returns a pair and this gives two handles: the second result can stay where it

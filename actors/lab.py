@@ -529,8 +529,9 @@ def run_attacks(backend: Backend, cfg: RunConfig, cast: Cast, aux: np.ndarray,
         for a, digest in zip(adversaries, digests, strict=True):
             if digest is not None and digest not in fits and digest not in leaders:
                 leaders[digest] = a
-        fitted = backend.call_all([(cast.adversaries[a][0], InversionAttacker.fit_attack, (a,))
-                                   for a in leaders.values()])
+        sharers = backend.fit_sharers(len(leaders))
+        fitted = backend.call_all([(cast.adversaries[a][0], InversionAttacker.fit_attack,
+                                    (a, sharers)) for a in leaders.values()])
         for (digest, a), rung in zip(leaders.items(), fitted, strict=True):
             fits.add(digest, rung, who[a])
         got = backend.call_all([(*cast.adversaries[a], (a, owners, fits.get(d)))

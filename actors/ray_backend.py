@@ -222,8 +222,20 @@ class RolePool:
     and the lab: ~3 s of CPU each on the 2-core AMD EPYC). Only workers started with the
     default placement and resources are kept; ``close`` ends the ones nobody took."""
 
+    #: Pools open in this process: one per lane still running (``RayBackend.fit_sharers``).
+    _open = 0
+    _open_lock = threading.Lock()
+
     def __init__(self) -> None:
         self.idle: list[Any] = []
+        self._closed = False
+        with RolePool._open_lock:
+            RolePool._open += 1
+
+    @classmethod
+    def open_count(cls) -> int:
+        with cls._open_lock:
+            return cls._open
 
     def take(self) -> Any | None:
         return self.idle.pop() if self.idle else None
@@ -235,6 +247,9 @@ class RolePool:
         for actor in self.idle:
             ray.kill(actor, no_restart=True)
         self.idle.clear()
+        with RolePool._open_lock:
+            if not self._closed:
+                self._closed, RolePool._open = True, RolePool._open - 1
 
 
 #: Role groups kept apart by --placement spread, in order of who gets a node first.
@@ -328,6 +343,11 @@ class RayBackend(Backend):
 
     def call_all(self, calls: Sequence[tuple[str, Method, tuple]]) -> list[Any]:
         return self._get([self.actors[n].call.remote(method_name(m), *a) for n, m, a in calls])
+
+    def fit_sharers(self, fits: int) -> int:
+        # Every lane still running (each has its pool open) may be training or fitting on the
+        # same cores; once the others are done, the last lane's fit gets the node.
+        return max(1, RolePool.open_count()) * max(1, fits)
 
     def submit(self, name: str, method: Method, *args: Any, returns: int = 1) -> Any:
         actor = self.actors[name]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -196,6 +197,8 @@ class ConvInversion(BlackBoxInversion):
     the decoder sees them, so one learning rate suits 500-d ReLU activations near 1 and 10-d
     logits near 20 alike.
     """
+
+    THREAD_INVARIANT: ClassVar[bool] = False  # see Rung.THREAD_INVARIANT
 
     epochs: int = 20
     #: Higher rate and smaller batches than the MLP's 1e-3 / 128: the conv decoder needs more,

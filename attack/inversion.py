@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -64,6 +65,8 @@ class BlackBoxInversion(Rung):
 
     ``input_shape`` may be left None: ``fit`` takes it from the auxiliary images.
     """
+
+    THREAD_INVARIANT: ClassVar[bool] = True  # dense layers only: checked in the tests
 
     epochs: int = 30
     batch_size: int = 128

@@ -170,3 +170,22 @@ def test_forcing_a_kernel_by_environment(monkeypatch):
     monkeypatch.setenv(ring_kernels.FORCE_ENV, "fastest-please")
     with pytest.raises(ConfigError, match="no such ring kernel"):
         ring_kernels.chosen()
+
+
+def test_signed_bits_up_to_agrees_with_the_full_scan():
+    # The probe only ever skips the scan where the answer is "too large": the result equals
+    # the definition for matrices small everywhere, large at the start, large only after the
+    # probe, and transposed (non-contiguous) views of each.
+    rng = np.random.default_rng(3)
+    small = (rng.integers(-(2**20), 2**20, (300, 70))).astype(np.int64).view(np.uint64)
+    late = small.copy()
+    late[-1, -1] = np.uint64(2**40)
+    early = small.copy()
+    early[0, 0] = np.uint64(2**40)
+    uniform = rng.integers(0, 2**64, (300, 70), dtype=np.uint64)
+    for x in (small, late, early, uniform):
+        for view in (x, x.T):
+            for limit in (19, 20, 21, 40, 63):
+                full = ring_kernels._signed_bits(view)
+                want = full if full <= limit else None
+                assert ring_kernels._signed_bits_up_to(view, limit) == want
