@@ -39,14 +39,34 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
     return buf
 
 
-def send_frames(sock: socket.socket, frames: list[bytes]) -> None:
-    parts: list[bytes | memoryview] = [_COUNT.pack(len(frames))]
+#: Buffers one ``sendmsg`` call takes at most (Linux's IOV_MAX).
+IOV_MAX = 1024
+
+
+def send_frames(sock: socket.socket, frames: list[bytes | bytearray]) -> None:
+    parts = [memoryview(_COUNT.pack(len(frames)))]
     for f in frames:
-        parts += [_LEN.pack(len(f)), memoryview(f)]
-    sock.sendall(b"".join(parts))  # one write: with TCP_NODELAY, one segment train
+        parts += [memoryview(_LEN.pack(len(f))), memoryview(f).cast("B")]
+    _send_all(sock, parts)
 
 
-def recv_frames(sock: socket.socket) -> list[bytes]:
+def _send_all(sock: socket.socket, parts: list[memoryview]) -> None:
+    """``sendall`` of the concatenation, without making it: one gathering write (with
+    TCP_NODELAY, one segment train) reads the frames where they are, so a secret-shared step's
+    megabytes of shares are not copied once more into a joined buffer first."""
+    i = 0
+    while i < len(parts):
+        sent = sock.sendmsg(parts[i:i + IOV_MAX])
+        while i < len(parts) and sent >= len(parts[i]):
+            sent -= len(parts[i])
+            i += 1
+        if sent:  # a partial write stopped inside parts[i]
+            parts[i] = parts[i][sent:]
+
+
+def recv_frames(sock: socket.socket) -> list[bytearray]:
+    """One exchange's frames, each in a buffer of its own (handed on as received, not copied
+    into ``bytes``: the frame decoder and the codecs read any buffer)."""
     (count,) = _COUNT.unpack(_recv_exact(sock, _COUNT.size))
     if count > MAX_FRAMES:
         raise PeerGoneError(f"peer announced {count} frames")
@@ -55,7 +75,7 @@ def recv_frames(sock: socket.socket) -> list[bytes]:
         (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
         if n > MAX_FRAME_BYTES:
             raise PeerGoneError(f"peer announced a frame of {n} bytes")
-        frames.append(bytes(_recv_exact(sock, n)))
+        frames.append(_recv_exact(sock, n))
     return frames
 
 

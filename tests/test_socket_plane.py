@@ -39,3 +39,25 @@ def test_absurd_announcements_are_refused():
         a.sendall((10**6).to_bytes(4, "little"))
         with pytest.raises(PeerGoneError, match="frames"):
             recv_frames(b)
+
+
+def test_gathered_writes_survive_partial_sends_and_many_buffers():
+    # A tiny send buffer makes sendmsg stop inside a buffer again and again; more frames than
+    # one call takes buffers (IOV_MAX) makes it go on across calls. The bytes must arrive in
+    # order, whole, and frames of every size (empty ones too) keep their boundaries.
+    import threading
+
+    from actors.socket_plane import IOV_MAX, send_frames
+
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    frames = [bytes([i % 251]) * (i * 37 % 3001) for i in range(IOV_MAX + 300)]
+    frames[5] = bytearray(b"")
+    frames[7] = bytearray(range(256)) * 700  # bytearrays (what encode returns) too
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(recv_frames(b)))
+    with a, b:
+        reader.start()
+        send_frames(a, frames)
+        reader.join(timeout=30)
+    assert got and [bytes(f) for f in got[0]] == [bytes(f) for f in frames]
