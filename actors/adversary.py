@@ -253,8 +253,9 @@ def fit_threads(sharers: int | None) -> Iterator[int]:
     """torch's intra-op threads for one fit: this node's cores split between ``sharers`` fits,
     at least one; unchanged where ``sharers`` is None. ``fit_attack`` passes ``sharers`` only
     for rungs whose fitted bits do not depend on the thread count (``Rung.THREAD_INVARIANT``,
-    checked in ``tests/test_fit_threads.py``), so this only decides how fast they run: at the end of a secret-shared run its one fit used to run 15 s on one core of
-    two while the other idled (roles otherwise keep one thread: many share few cores)."""
+    checked in ``tests/test_fit_threads.py``), so this only decides how fast they run: at
+    the end of a secret-shared run its one fit used to run 15 s on one core of two while
+    the other idled (roles otherwise keep one thread: many share few cores)."""
     if sharers is None:
         yield torch.get_num_threads()
         return
