@@ -144,9 +144,15 @@ class RoleActor:
                        if sockets else None)
 
     def retire(self) -> bool:
-        """The run is over: drop the role. True if this worker can host another role (False
-        where its priority was lowered or it serves a socket data plane)."""
-        reusable = self.server is None and int(getattr(self.role, "cpu_nice", 0)) == 0
+        """The run is over: drop the role and close its socket data plane (listener and
+        connections: the next role listens on a port of its own). True if this worker can
+        host another role (False where its priority was lowered: niceness only goes up)."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.transport.plane is not None:
+            self.transport.plane.close()
+        reusable = int(getattr(self.role, "cpu_nice", 0)) == 0
         self.role = None
         return reusable
 

@@ -111,6 +111,12 @@ class FrameServer:
 
     def close(self) -> None:
         """Stop listening and drop every connection (what a dying process does)."""
+        try:
+            # close() alone leaves the port listening while the accept thread is blocked in
+            # accept() on it (Linux keeps the socket open for that call); shutdown wakes it.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for conn in self.conns:
             try:
@@ -136,6 +142,14 @@ class FrameClient:
                     sock.close()
                     del self._conns[name]
             self.addresses = dict(addresses)
+
+    def close(self) -> None:
+        """Drop every connection (the role is done; a new one starts with a new client)."""
+        with self._lock:
+            for sock in self._conns.values():
+                sock.close()
+            self._conns.clear()
+            self.addresses = {}
 
     def knows(self, peer: str) -> bool:
         return peer in self.addresses

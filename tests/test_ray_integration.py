@@ -85,31 +85,36 @@ def test_actor_drops_bad_frames_and_keeps_running(ray_local):
         backend.shutdown()
 
 
-def test_the_next_protocol_hosts_its_roles_in_the_workers_the_last_one_left(ray_local):
+@pytest.mark.parametrize("data_plane", ["ray", "sockets"])
+def test_the_next_protocol_hosts_its_roles_in_the_workers_the_last_one_left(ray_local,
+                                                                             data_plane):
     """actors.api's lanes: a backend hands its default workers to a RolePool at shutdown and
     the next backend's roles start in them (no new process), fresh roles that work; a worker
-    whose priority was lowered (the dealer's) is ended instead."""
+    whose priority was lowered (the dealer's) is ended instead. With the socket data plane
+    the old role's listener is closed and the new role answers on a port of its own."""
     from actors.lab import DEALER, SERVER
     from actors.mpc_roles import Dealer
     from actors.owner import TrainConfig
     from actors.ray_backend import RayBackend, RolePool
     from actors.server import ComputeServer
+    from actors.socket_plane import FrameClient, PeerGoneError
     from protocol.endpoint import Endpoint
     from protocol.frame import MessageKind
 
     pool = RolePool()
-    first = RayBackend(pool=pool)
+    first = RayBackend(pool=pool, data_plane=data_plane)
     try:
         first.start(SERVER, ComputeServer, codec="plaintext", session=9, net=mlp_net(0),
                     config=TrainConfig())
         first.start(DEALER, Dealer, codec="plaintext", session=9)
         first.connect()
         pids = {n: ray_local.get(a.pid.remote()) for n, a in first.actors.items()}
+        old_address = ray_local.get(first.actors[SERVER].address.remote())
         first.call(SERVER, "wire_stats")
     finally:
         first.shutdown()
     assert len(pool.idle) == 1 and not first.actors  # the server's worker, not the dealer's
-    second = RayBackend(pool=pool)
+    second = RayBackend(pool=pool, data_plane=data_plane)
     try:
         second.start(SERVER, ComputeServer, codec="plaintext", session=11, net=mlp_net(1),
                      config=TrainConfig())
@@ -117,10 +122,23 @@ def test_the_next_protocol_hosts_its_roles_in_the_workers_the_last_one_left(ray_
         actor = second.actors[SERVER]
         assert ray_local.get(actor.pid.remote()) == pids[SERVER] and not pool.idle
         owner = Endpoint("owner:0", "plaintext", 11)  # the new role's session, not the old
-        replies = ray_local.get(actor.handle.remote([
-            owner.encode("server", MessageKind.INFER_ACTIVATIONS, np.ones((2, 500), np.float32))
-        ]))
+        request = [owner.encode("server", MessageKind.INFER_ACTIVATIONS,
+                                np.ones((2, 500), np.float32))]
+        replies = ray_local.get(actor.handle.remote(request))
         assert owner.decode(replies[0]).tensor.shape == (2, 10)
+        address = ray_local.get(actor.address.remote())
+        assert (address is None) == (old_address is None) == (data_plane == "ray")
+        if data_plane == "sockets":
+            assert address != old_address
+            client = FrameClient()
+            client.set_addresses({"new": tuple(address), "old": tuple(old_address)})
+            request = [owner.encode("server", MessageKind.INFER_ACTIVATIONS,  # no replay
+                                    np.ones((3, 500), np.float32))]
+            replies = client.exchange("new", request)
+            assert owner.decode(bytes(replies[0])).tensor.shape == (3, 10)
+            with pytest.raises(PeerGoneError):  # the old role's listener is gone
+                client.exchange("old", request)
+            client.close()
         assert sum(second.call(SERVER, "wire_stats").dropped.values()) == 0
     finally:
         second.shutdown()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -156,10 +158,31 @@ def test_calibration_times_every_kernel_and_picks_the_fastest(monkeypatch):
     fake = {(64, 500, 500): {"int64": 1.0, "limb16-float64": 2.0},  # int64 wins this one,
             (500, 64, 500): {"int64": 3.0, "limb16-float64": 1.0}}  # limb16 the sum
     monkeypatch.setattr(ring_kernels, "CALIBRATION_SHAPES", tuple(fake))
-    monkeypatch.setattr(ring_kernels, "calibrate", lambda shape: timed.append(shape) or fake[shape])
+    monkeypatch.setattr(ring_kernels, "calibrate",
+                        lambda shape, prune=None: timed.append(shape) or fake[shape])
     monkeypatch.delenv(ring_kernels.FORCE_ENV, raising=False)
     assert ring_kernels.chosen() == ("limb16-float64", {"int64": 4.0, "limb16-float64": 3.0})
     assert timed == list(fake)
+
+
+def test_calibration_stops_timing_a_clear_loser_after_one_round(monkeypatch):
+    calls = {"fast": 0, "slow": 0}
+
+    def kernel(name, delay):
+        def run(a, b):
+            calls[name] += 1
+            time.sleep(delay)
+            return ring_kernels.int64_matmul(a, b)
+        return run
+
+    monkeypatch.setitem(ring_kernels.KERNELS, "fast", kernel("fast", 0.0))
+    monkeypatch.setitem(ring_kernels.KERNELS, "slow", kernel("slow", 0.05))
+    seconds = ring_kernels.calibrate((4, 30, 4), rounds=4, names=("fast", "slow"), prune=2.0)
+    assert calls == {"fast": 4, "slow": 1}
+    assert seconds["slow"] >= 0.05 > seconds["fast"]
+    calls.update(fast=0, slow=0)
+    ring_kernels.calibrate((4, 30, 4), rounds=4, names=("fast", "slow"))  # no pruning
+    assert calls == {"fast": 4, "slow": 4}
 
 
 def test_forcing_a_kernel_by_environment(monkeypatch):

@@ -33,6 +33,22 @@ def test_a_closed_peer_is_peer_gone_and_a_new_address_reconnects():
     second.close()
 
 
+def test_a_closed_server_stops_listening_for_new_connections():
+    # Its accept thread is blocked in accept() when close() runs: the port must still close
+    # (a retired worker's old role must not be reachable through it).
+    server = FrameServer("127.0.0.1", lambda frames: frames)
+    client = FrameClient()
+    client.set_addresses({"peer": server.address})
+    assert client.exchange("peer", [b"x"]) == [b"x"]
+    server.close()
+    fresh = FrameClient()
+    fresh.set_addresses({"peer": server.address})
+    with pytest.raises(PeerGoneError):
+        fresh.exchange("peer", [b"x"])
+    client.close()
+    assert not client.knows("peer")
+
+
 def test_absurd_announcements_are_refused():
     a, b = socket.socketpair()
     with a, b:
