@@ -92,7 +92,7 @@ def main() -> int:
     kernel, calibration = ring_kernels.chosen()
     shapes = " + ".join("x".join(map(str, s)) for s in ring_kernels.CALIBRATION_SHAPES)
     print(f"ring-product kernel: {kernel} (calibration, best of 5 on m x k x n = {shapes}, "
-          f"one run where over {ring_kernels.PRUNE_FACTOR:g}x the fastest: "
+          f"of {ring_kernels.PRUNE_AFTER} where over {ring_kernels.PRUNE_FACTOR:g}x the fastest: "
           + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
     every = ring_kernels.calibrate((args.batch, D_IN, D_HIDDEN), rounds=3,
                                    names=tuple(ring_kernels.KERNELS))

@@ -339,11 +339,14 @@ _lock = threading.Lock()
 _chosen: tuple[str, dict[str, float]] | None = None
 
 
-#: After its first round the calibration stops timing a kernel this many times slower than
-#: the best of that round (its first time stands): a clear loser needs no best-of-five. On
-#: the 2-core AMD EPYC with AVX-512 int64 took 3 ms for both products and the limb kernels
-#: 11-50 ms, so the calibration took 0.96 s of a role's start-up instead of ~0.15 s.
+#: After its first two rounds the calibration stops timing a kernel this many times slower
+#: than the best so far (its best of two stands): a clear loser needs no best-of-five. On the
+#: 2-core AMD EPYC with AVX-512, int64 took 3 ms for both products and the limb kernels
+#: 11-50 ms, and the calibration 0.96 s of each multiplying role's start-up. Not after one
+#: round: a kernel's first call can pay a one-off cost (numpy's BLAS being held to one thread:
+#: 124 ms against 11 ms for the next call, measured), and it is the winner on some CPUs.
 PRUNE_FACTOR = 2.0
+PRUNE_AFTER = 2
 
 
 def calibrate(shape: tuple[int, int, int] = CALIBRATION_SHAPES[0], rounds: int = 5,
@@ -353,7 +356,8 @@ def calibrate(shape: tuple[int, int, int] = CALIBRATION_SHAPES[0], rounds: int =
 
     The kernels take turns, ``rounds`` times, so a burst of load from another process hits
     all of them rather than the one that happened to be running. With ``prune``, a kernel
-    more than ``prune`` times slower than the fastest in the first round is timed only once.
+    more than ``prune`` times slower than the fastest after ``PRUNE_AFTER`` rounds is not
+    timed again.
     """
     m, k, n = shape
     rng = np.random.default_rng(0)
@@ -363,7 +367,7 @@ def calibrate(shape: tuple[int, int, int] = CALIBRATION_SHAPES[0], rounds: int =
     seconds = dict.fromkeys(names, float("inf"))
     timed = tuple(names)
     for round_ in range(rounds):
-        if round_ == 1 and prune is not None:
+        if round_ == PRUNE_AFTER and prune is not None:
             fastest = min(seconds.values())
             timed = tuple(name for name in names if seconds[name] <= prune * fastest)
         for name in timed:
