@@ -342,9 +342,10 @@ _chosen: tuple[str, dict[str, float]] | None = None
 #: After its first two rounds the calibration stops timing a kernel this many times slower
 #: than the best so far (its best of two stands): a clear loser needs no best-of-five. On the
 #: 2-core AMD EPYC with AVX-512, int64 took 3 ms for both products and the limb kernels
-#: 11-50 ms, and the calibration 0.96 s of each multiplying role's start-up. Not after one
-#: round: a kernel's first call can pay a one-off cost (numpy's BLAS being held to one thread:
-#: 124 ms against 11 ms for the next call, measured), and it is the winner on some CPUs.
+#: 11-50 ms; the calibration took 0.32-0.45 s of each multiplying role's start-up on an idle
+#: machine (0.96 s beside other work), 0.14-0.16 s pruned. Not after one round: a kernel's
+#: first call can pay a one-off cost (numpy's BLAS being held to one thread: 124 ms against
+#: 11 ms for the next call, measured), and it is the winner on some CPUs.
 PRUNE_FACTOR = 2.0
 PRUNE_AFTER = 2
 
