@@ -7,15 +7,12 @@ tapped), the compute server (what it decrypted) — mixes this in and implements
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from actors.fit_cores import fit_threads
 from actors.nets.descriptor import Shape, SplitNetwork
 from attack.base import Rung
 from attack.fit_sharing import fit_digest
@@ -239,30 +236,3 @@ class InversionAttacker(ABC):
             return (np.zeros((0, *shape), np.float32),
                     np.zeros((0, *self.net.input_shape), np.float32))
         return np.concatenate(acts).astype(np.float32), np.concatenate(images)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-@contextmanager
-def fit_threads(sharers: int | None) -> Iterator[int]:
-    """torch's intra-op threads for one fit: this node's cores split between ``sharers`` fits,
-    at least one; unchanged where ``sharers`` is None. ``fit_attack`` passes ``sharers`` only
-    for rungs whose fitted bits do not depend on the thread count (``Rung.THREAD_INVARIANT``,
-    checked in ``tests/test_fit_threads.py``), so this only decides how fast they run: at
-    the end of a secret-shared run its one fit used to run 15 s on one core of two while
-    the other idled (roles otherwise keep one thread: many share few cores)."""
-    if sharers is None:
-        yield torch.get_num_threads()
-        return
-    before = torch.get_num_threads()
-    threads = max(1, usable_cores() // max(1, sharers))
-    torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(before)

@@ -52,7 +52,7 @@ class Rung(ABC):
     #: Attributes that are results of fitting, not settings a caller may pass.
     STATE: frozenset[str] = frozenset({"model", "queries_used", "input_bound"})
     #: Its fit gives the same bits on any number of torch threads, so a fit may take a
-    #: node's idle cores (``actors.adversary.fit_threads``); tests/test_fit_threads.py checks
+    #: node's idle cores (``actors.fit_cores.fit_threads``); tests/test_fit_threads.py checks
     #: every rung that says so. The conv decoder's does not (its convolutions' gradients add
     #: up in another order on two threads), so it keeps one.
     THREAD_INVARIANT: ClassVar[bool] = False

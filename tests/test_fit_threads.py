@@ -1,4 +1,4 @@
-"""An attack fit may take a node's idle cores (``actors.adversary.fit_threads``) only because its
+"""An attack fit may take a node's idle cores (``actors.fit_cores.fit_threads``) only because its
 result does not depend on the thread count: checked here bit for bit, on the lab's shapes."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from actors.adversary import fit_threads, usable_cores
+from actors import fit_cores
 from actors.backend import LocalBackend
+from actors.fit_cores import fit_threads, threads_agree, usable_cores
 from attack.ladder import RUNG_CLASSES, intercept_point, make_attack
 
 
@@ -63,6 +64,22 @@ def test_fit_threads_splits_the_cores_and_restores_one_thread():
         assert threads == 1
     with pytest.raises(RuntimeError), fit_threads(1):
         raise RuntimeError("a failed fit")
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="one core: every fit has one thread")
+def test_the_blas_gives_the_same_bits_on_every_core_in_the_lab():
+    # MKL_CBWR=AUTO,STRICT (actors/__init__.py) in effect: without it MKL's small-batch
+    # products differ by thread count on Intel CPUs, and a fit on idle cores would not be
+    # the fit on one.
+    assert threads_agree(usable_cores())
+
+
+def test_a_fit_keeps_its_thread_count_where_more_threads_would_change_its_bits(monkeypatch):
+    monkeypatch.setattr(fit_cores, "threads_agree", lambda threads: threads == 1)
+    before = torch.get_num_threads()
+    with fit_threads(1) as threads:
+        assert threads == before == torch.get_num_threads()
     assert torch.get_num_threads() == before
 
 
