@@ -49,19 +49,20 @@ class SecureRandom:
     def uint64(self, shape: Shape) -> np.ndarray:
         n = int(np.prod(shape, dtype=np.int64))
         out = np.empty(n, dtype="<u8")  # the keystream is written straight into the array
-        self._stream.update_into(_zeros(8 * n), memoryview(out.view(np.uint8)))
+        view = memoryview(out.view(np.uint8))
+        # In pieces of the shared zero block: a fresh zero buffer as large as a 500x500 mask
+        # cost more than encrypting it (calloc's new pages). CTR's stream runs on across calls.
+        for start in range(0, len(view), len(_ZEROS)):
+            piece = view[start:start + len(_ZEROS)]
+            self._stream.update_into(_ZEROS[:len(piece)], piece)
         return out.reshape(shape)
 
     def __repr__(self) -> str:
         return "SecureRandom(<seeded>)"
 
 
+#: Zero bytes, the plaintext whose AES-CTR encryption is the keystream (reused, read-only).
 _ZEROS = memoryview(bytes(1 << 20))
-
-
-def _zeros(n: int) -> memoryview | bytes:
-    """n zero bytes (the plaintext whose AES-CTR encryption is the keystream), reused."""
-    return _ZEROS[:n] if n <= len(_ZEROS) else bytes(n)
 
 
 def encode(x: np.ndarray | torch.Tensor, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:

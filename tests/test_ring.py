@@ -96,3 +96,17 @@ def test_prg_is_seeded_and_distinct():
     assert not np.array_equal(a, ring.SecureRandom().uint64((100,)))
     with pytest.raises(ValueError):
         ring.SecureRandom(b"short")
+
+
+def test_secure_random_is_the_aes_ctr_keystream_across_draws_larger_than_its_zero_block():
+    # Draws bigger than the 1 MB zero block are encrypted in pieces; the stream must run on
+    # exactly as one AES-256-CTR encryption of zeros would, whatever the sizes drawn.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = bytes(range(32))
+    sizes = [(3,), (500, 500), (1,), (131072,), (131073,), (7, 11)]
+    rng = ring.SecureRandom(seed)
+    got = b"".join(rng.uint64(shape).tobytes() for shape in sizes)
+    total = 8 * sum(int(np.prod(shape)) for shape in sizes)
+    want = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor().update(bytes(total))
+    assert got == want
