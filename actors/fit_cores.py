@@ -35,7 +35,7 @@ def usable_cores() -> int:
 @functools.cache
 def threads_agree(threads: int) -> bool:
     """Whether float32 products give the same bits on ``threads`` threads as on one, probed
-    once per process and thread count on the shapes that differ when they do (~10 ms)."""
+    once per process and thread count on the shapes that differ when they do (~20 ms)."""
     if threads <= 1:
         return True
     generator = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def fit_threads(sharers: int | None) -> Iterator[int]:
     many share few cores)."""
     before = torch.get_num_threads()
     threads = before if sharers is None else max(1, usable_cores() // max(1, sharers))
-    if not threads_agree(threads):
+    if threads != before and not threads_agree(threads):
         threads = before
     torch.set_num_threads(threads)
     try:
