@@ -10,6 +10,12 @@ which kernel wins (AVX2, AVX-512, NEON), the torch and numpy builds and their BL
 the secret-shared protocol runs beside the others (``actors.api.protocol_lanes``), so their
 seconds overlap; ``--alone`` runs the command once more with ``--one-protocol-at-a-time`` and
 prints each protocol's seconds on its own and secret sharing's ratio to plaintext.
+
+Each run also says how the machine's CPU time went while it ran (Linux ``/proc/stat``, all
+processes): busy, idle, and stolen by the hypervisor. A shared cloud VM can lose a quarter of
+its CPU to its neighbours (measured on 2026-12-03: two busy processes on a 2-core VM got 1.6
+cores' worth of work done, 25% of their time stolen), which no change to the lab explains away;
+a figure measured there says so beside it.
 """
 
 from __future__ import annotations
@@ -52,6 +58,37 @@ def cpu() -> tuple[str, list[str]]:
         model = out.stdout.strip() or model
         flags |= {"neon", "asimd"} if platform.machine() == "arm64" else set()
     return model, [f for f in FLAGS if f in flags]
+
+
+#: /proc/stat's per-CPU columns, in order (see proc(5)); guest time is already in user.
+STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> dict[str, float] | None:
+    """Machine-wide CPU seconds so far by kind (busy, idle, steal), or None off Linux."""
+    try:
+        first = stat.read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    if first[0] != "cpu":
+        return None
+    ticks = dict(zip(STAT_FIELDS, (int(v) for v in first[1:1 + len(STAT_FIELDS)]),
+                     strict=False))
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = sum(ticks.get(k, 0) for k in ("user", "nice", "system", "irq", "softirq"))
+    idle = ticks.get("idle", 0) + ticks.get("iowait", 0)
+    return {"busy": busy / hz, "idle": idle / hz, "steal": ticks.get("steal", 0) / hz}
+
+
+def cpu_share(before: dict[str, float] | None, after: dict[str, float] | None) -> str:
+    """How the machine's CPU time between two ``cpu_times`` went, as one phrase."""
+    if before is None or after is None:
+        return "CPU accounting: not available here"
+    spent = {k: after[k] - before[k] for k in before}
+    total = sum(spent.values()) or 1.0
+    return (f"machine CPU: {spent['busy']:.0f} core-s busy ({100 * spent['busy'] / total:.0f}%), "
+            f"{100 * spent['idle'] / total:.0f}% idle, {spent['steal']:.0f} core-s "
+            f"({100 * spent['steal'] / total:.0f}%) stolen by the hypervisor")
 
 
 def builds() -> list[str]:
@@ -99,14 +136,16 @@ def main() -> int:
 def timed(runs: int, extra: list[str], what: str) -> tuple[dict[str, list[float]], dict]:
     """Run the command ``runs`` times; print its wall time and each protocol's seconds."""
     walls: list[float] = []
+    shares: list[str] = []
     per_protocol: dict[str, list[float]] = {}
     last: dict = {}
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
+            t, before = time.perf_counter(), cpu_times()
             subprocess.run([sys.executable, "-m", "actors.simulate", "--quiet", "--out", out,
                             *extra], check=True, stdout=subprocess.DEVNULL)
             walls.append(time.perf_counter() - t)
+            shares.append(cpu_share(before, cpu_times()))
             runs_json = json.loads((Path(out) / "results.json").read_text())["runs"]
         seen = {}
         for run in runs_json:  # one row per adversary; the protocol's seconds are shared
@@ -118,6 +157,8 @@ def timed(runs: int, extra: list[str], what: str) -> tuple[dict[str, list[float]
     med = statistics.median
     print(f"{what}: {med(walls):.1f} s (median of {len(walls)}: "
           + ", ".join(f"{w:.1f}" for w in walls) + ")")
+    for wall, share in zip(walls, shares, strict=True):
+        print(f"  run of {wall:.1f} s: {share}")
     for protocol, seconds in per_protocol.items():
         print(f"  {protocol}: {med(seconds):.1f} s")
     return per_protocol, last

@@ -34,3 +34,19 @@ def test_mpc_bench_prints_the_kernel_and_both_modes():
     assert [r.split("|")[1].strip() for r in rows] == ["public weights", "shared weights"]
     for row in rows:  # the error column: a broken protocol would be far off
         assert float(row.rstrip(" |").split("|")[-1]) < 1e-2
+
+
+def test_e2e_accounts_the_machines_cpu_time_steal_included(tmp_path):
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal, in clock ticks
+    stat.write_text(f"cpu  {hz * 10} 0 {hz * 2} {hz * 100} 0 0 0 {hz}\ncpu0 1 2 3\n")
+    before = e2e.cpu_times(stat)
+    assert before == {"busy": 12.0, "idle": 100.0, "steal": 1.0}
+    stat.write_text(f"cpu  {hz * 40} 0 {hz * 2} {hz * 110} 0 0 0 {hz * 11}\n")
+    share = e2e.cpu_share(before, e2e.cpu_times(stat))
+    # 30 busy, 10 idle, 10 stolen: of 50 core-seconds
+    assert share == ("machine CPU: 30 core-s busy (60%), 20% idle, 10 core-s (20%) stolen by "
+                     "the hypervisor")
+    assert e2e.cpu_times(tmp_path / "missing") is None
+    assert "not available" in e2e.cpu_share(None, before)
