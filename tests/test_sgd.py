@@ -67,27 +67,35 @@ def test_bad_settings_are_config_errors():
         MomentumSGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=-0.1)
 
 
-def _imports_dynamo(code: str) -> bool:
-    out = subprocess.run([sys.executable, "-c", code + "import sys\n"
-                          "print('torch._dynamo' in sys.modules)\n"],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip() == "True"
+def _dynamo_loaded_after(*stages: str) -> list[bool]:
+    """Run ``stages`` in order in one fresh process; after each, is torch._dynamo loaded?"""
+    probe = "print('torch._dynamo' in sys.modules)\n"
+    code = "import sys\n" + "".join(stage + probe for stage in stages)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    seen = out.stdout.split()
+    assert len(seen) == len(stages), out.stdout
+    return [word == "True" for word in seen]
 
 
 def test_a_training_step_imports_no_dynamo():
-    """Nor does a fit step with ``attack.adam.Adam`` (the attacks' and validator's optimiser):
-    one subprocess checks both, each costs an import of torch."""
-    if _imports_dynamo("import torch\n"):
-        pytest.skip("this torch imports torch._dynamo with torch itself: nothing to save")
-    if not _imports_dynamo("import torch\ntorch.optim.SGD([torch.zeros(1)], lr=0.1)\n"):
-        pytest.skip("this torch's optimisers no longer import torch._dynamo: "
-                    "actors.nets.sgd could give way to torch.optim.SGD")
-    assert not _imports_dynamo(
-        "import torch\n"
+    """Nor does a fit step with ``attack.adam.Adam`` (the attacks' and validator's optimiser).
+    One subprocess checks the three stages in turn (each process costs an import of torch,
+    3-4 s on a slow host): an import is never undone, so what a stage finds loaded was loaded
+    by it or before it."""
+    after_torch, after_ours, after_sgd = _dynamo_loaded_after(
+        "import torch\n",
         "from actors.nets.sgd import MomentumSGD\n"
         "m = torch.nn.Linear(3, 2); opt = MomentumSGD(m.parameters(), 0.1, 0.9)\n"
         "opt.zero_grad(); m(torch.ones(1, 3)).sum().backward(); opt.step()\n"
         "m.load_state_dict(m.state_dict())\n"
         "from attack.adam import Adam\n"
         "fit = Adam(m.parameters(), 0.01)\n"
-        "fit.zero_grad(); m(torch.ones(1, 3)).sum().backward(); fit.step()\n")
+        "fit.zero_grad(); m(torch.ones(1, 3)).sum().backward(); fit.step()\n",
+        "torch.optim.SGD([torch.zeros(1)], lr=0.1)\n")
+    if after_torch:
+        pytest.skip("this torch imports torch._dynamo with torch itself: nothing to save")
+    assert not after_ours
+    if not after_sgd:
+        pytest.skip("this torch's optimisers no longer import torch._dynamo: "
+                    "actors.nets.sgd could give way to torch.optim.SGD")
