@@ -11,11 +11,11 @@ the secret-shared protocol runs beside the others (``actors.api.protocol_lanes``
 seconds overlap; ``--alone`` runs the command once more with ``--one-protocol-at-a-time`` and
 prints each protocol's seconds on its own and secret sharing's ratio to plaintext.
 
-Each run also says how the machine's CPU time went while it ran (Linux ``/proc/stat``, all
-processes): busy, idle, and stolen by the hypervisor. A shared cloud VM can lose a quarter of
-its CPU to its neighbours (measured on 2026-12-03: two busy processes on a 2-core VM got 1.6
-cores' worth of work done, 25% of their time stolen), which no change to the lab explains away;
-a figure measured there says so beside it.
+Each run also says how the machine's CPU time went while it ran (psutil's machine-wide
+times, all processes; Linux counts the steal): busy, idle, and stolen by the hypervisor. A
+shared cloud VM can lose a quarter of its CPU to its neighbours (measured on 2026-12-03: two
+busy processes on a 2-core VM got 1.6 cores' worth of work done, 25% of their time stolen),
+which no change to the lab explains away; a figure measured there says so beside it.
 """
 
 from __future__ import annotations
@@ -60,24 +60,20 @@ def cpu() -> tuple[str, list[str]]:
     return model, [f for f in FLAGS if f in flags]
 
 
-#: /proc/stat's per-CPU columns, in order (see proc(5)); guest time is already in user.
-STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-
-def cpu_times(stat: Path = Path("/proc/stat")) -> dict[str, float] | None:
-    """Machine-wide CPU seconds so far by kind (busy, idle, steal), or None off Linux."""
+def cpu_times() -> dict[str, float] | None:
+    """Machine-wide CPU seconds so far by kind (busy, idle, steal), from psutil (the ``test``
+    extra, as for bench/scale.py); None without psutil or where it reports no steal (off
+    Linux). Guest time is already counted in user and nice."""
     try:
-        first = stat.read_text().splitlines()[0].split()
-    except OSError:
+        import psutil
+
+        t = psutil.cpu_times()
+    except (ImportError, OSError):
         return None
-    if first[0] != "cpu":
+    if not hasattr(t, "steal"):
         return None
-    ticks = dict(zip(STAT_FIELDS, (int(v) for v in first[1:1 + len(STAT_FIELDS)]),
-                     strict=False))
-    hz = os.sysconf("SC_CLK_TCK")
-    busy = sum(ticks.get(k, 0) for k in ("user", "nice", "system", "irq", "softirq"))
-    idle = ticks.get("idle", 0) + ticks.get("iowait", 0)
-    return {"busy": busy / hz, "idle": idle / hz, "steal": ticks.get("steal", 0) / hz}
+    busy = t.user + t.nice + t.system + t.irq + t.softirq
+    return {"busy": busy, "idle": t.idle + t.iowait, "steal": t.steal}
 
 
 def cpu_share(before: dict[str, float] | None, after: dict[str, float] | None) -> str:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from protocol import ring_kernels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,17 +38,22 @@ def test_mpc_bench_prints_the_kernel_and_both_modes():
         assert float(row.rstrip(" |").split("|")[-1]) < 1e-2
 
 
-def test_e2e_accounts_the_machines_cpu_time_steal_included(tmp_path):
+def test_e2e_accounts_the_machines_cpu_time_steal_included(tmp_path, monkeypatch):
+    psutil = pytest.importorskip("psutil")
+    if not hasattr(psutil.cpu_times(), "steal"):
+        pytest.skip("psutil reports no steal time here (not Linux)")
     stat = tmp_path / "stat"
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path))  # psutil reads PROCFS_PATH/stat
     hz = os.sysconf("SC_CLK_TCK")
-    # user nice system idle iowait irq softirq steal, in clock ticks
-    stat.write_text(f"cpu  {hz * 10} 0 {hz * 2} {hz * 100} 0 0 0 {hz}\ncpu0 1 2 3\n")
-    before = e2e.cpu_times(stat)
+    # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
+    stat.write_text(f"cpu  {hz * 10} 0 {hz * 2} {hz * 100} 0 0 0 {hz} 0 0\ncpu0 1 2 3\n")
+    before = e2e.cpu_times()
     assert before == {"busy": 12.0, "idle": 100.0, "steal": 1.0}
-    stat.write_text(f"cpu  {hz * 40} 0 {hz * 2} {hz * 110} 0 0 0 {hz * 11}\n")
-    share = e2e.cpu_share(before, e2e.cpu_times(stat))
+    stat.write_text(f"cpu  {hz * 40} 0 {hz * 2} {hz * 110} 0 0 0 {hz * 11} 0 0\n")
+    share = e2e.cpu_share(before, e2e.cpu_times())
     # 30 busy, 10 idle, 10 stolen: of 50 core-seconds
     assert share == ("machine CPU: 30 core-s busy (60%), 20% idle, 10 core-s (20%) stolen by "
                      "the hypervisor")
-    assert e2e.cpu_times(tmp_path / "missing") is None
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path / "missing"))
+    assert e2e.cpu_times() is None
     assert "not available" in e2e.cpu_share(None, before)
