@@ -256,7 +256,6 @@ class ShareServer(Role, InversionAttacker):
         # party 1's running program: generator, the round it is in, the shares received so far
         self._proto: mpc.Proto | None = None
         self._current: mpc.Open | None = None
-        self._inbox: list[np.ndarray] = []
         self._on_done: Callable[[object], None] | None = None
         self._worker: Future | None = None  # party 1's next-round computation
         self._rounds: ThreadPoolExecutor | None = None  # its one thread, made on first use
@@ -374,11 +373,11 @@ class ShareServer(Role, InversionAttacker):
         start = np.array([op, owner_idx, getattr(store, "request_id", 0)], np.int64)
         items = [(K.CONTROL, start)]
         while True:
-            items += [(K.OPEN, a) for a in msg.arrays]
+            items.append((K.OPEN, pack_round(msg)))
             with self.timing.waiting("peer"):
                 replies = self.request(self.peer, items)
-            theirs = [m.tensor for m in replies if m.kind == K.OPEN and m.sender == self.peer]
-            _check_round(msg, theirs)
+            theirs = unpack_round(msg, [m.tensor for m in replies
+                                        if m.kind == K.OPEN and m.sender == self.peer])
             self.rounds += 1
             try:
                 with self.timing.clock("compute"):
@@ -419,7 +418,7 @@ class ShareServer(Role, InversionAttacker):
         proto, done = self._program(op, owner, request_id)
         with self.timing.clock("compute"):
             first = next(proto)
-        self._proto, self._on_done, self._current, self._inbox = proto, done, first, []
+        self._proto, self._on_done, self._current = proto, done, first
 
     def _program(self, op: Op, owner: str, request_id: int
                  ) -> tuple[mpc.Proto, Callable[[object], None]]:
@@ -459,12 +458,8 @@ class ShareServer(Role, InversionAttacker):
     def _follow(self, share: np.ndarray) -> list[bytes]:
         if self._current is None:
             raise ShapeError("OPEN received with no program running")
-        self._inbox.append(share)
-        if len(self._inbox) < len(self._current.arrays):
-            return []
-        mine, theirs, self._inbox = self._current, self._inbox, []
-        _check_round(mine, theirs)
-        opened = mpc.combine(mine, theirs)
+        mine = self._current
+        opened = mpc.combine(mine, unpack_round(mine, [share]))
         # Reply first, compute the next round after: server 0 computes its next round at the
         # same time, instead of waiting for ours. One long-lived thread takes every round: a
         # new thread's start() cost ~150 us before each reply, a hand-off to it ~13 us.
@@ -472,7 +467,7 @@ class ShareServer(Role, InversionAttacker):
             self._rounds = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-rounds")
             weakref.finalize(self, self._rounds.shutdown, wait=False)
         self._worker = self._rounds.submit(self._advance, opened)
-        return [self.reply(SERVER0, K.OPEN, a) for a in mine.arrays]
+        return [self.reply(SERVER0, K.OPEN, pack_round(mine))]
 
     def _advance(self, opened: list[np.ndarray]) -> None:
         t = time.perf_counter()
@@ -547,11 +542,24 @@ def _to_ring(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def _check_round(mine: mpc.Open, theirs: list[np.ndarray]) -> None:
-    if len(theirs) != len(mine.arrays) or any(
-            t.shape != m.shape or t.dtype != np.uint64 for t, m in zip(theirs, mine.arrays,
-                                                                       strict=True)):
+def pack_round(mine: mpc.Open) -> np.ndarray:
+    """One round's masked shares as one OPEN frame's tensor: every array flattened, in order.
+    One frame a round, not one per array: each frame costs its header, seal, check and tap
+    record at both ends, and a ReLU level opens four arrays."""
+    if len(mine.arrays) == 1:
+        return mine.arrays[0].reshape(-1)
+    return np.concatenate([a.reshape(-1) for a in mine.arrays])
+
+
+def unpack_round(mine: mpc.Open, theirs: list[np.ndarray]) -> list[np.ndarray]:
+    """The peer's OPEN frame split like this party's round (both run the same protocol, so
+    the shapes are this party's own); anything else means the protocols are out of step."""
+    sizes = [a.size for a in mine.arrays]
+    if (len(theirs) != 1 or theirs[0].dtype != np.uint64 or theirs[0].ndim != 1
+            or theirs[0].size != sum(sizes)):
         raise ShapeError("the peer's round does not match this party's (protocols out of step)")
+    parts = np.split(theirs[0], np.cumsum(sizes)[:-1])
+    return [p.reshape(a.shape) for p, a in zip(parts, mine.arrays, strict=True)]
 
 
 class SharingOwner(DataOwner):

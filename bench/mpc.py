@@ -6,8 +6,8 @@ The server part is Linear(500,500) + ReLU + Linear(500,10). For one batch it tim
 over ``--repeats`` trials:
 
 - plaintext: torch float32 forward (one core);
-- public weights (``--reveal-model``): local ring products, 9 ReLU rounds;
-- shared weights (the default): Beaver products for both linear layers, 11 rounds;
+- public weights (``--reveal-model``): local ring products, 8 ReLU rounds;
+- shared weights (the default): Beaver products for both linear layers, 10 rounds;
 
 each secret-shared mode "online" (triples dealt beforehand, as the dealer's offline phase) and
 "with triples" (the dealer's work and both parties' expansion of its seeds included). Both

@@ -1,16 +1,21 @@
 """Correlated randomness from the dealer: Beaver triples, arithmetic and binary.
 
 A triple is (a, b, c) with c = a*b (element-wise), a@b (matrix), a&b (bitwise, XOR-shared) or
-a convolution, secret-shared between the two servers. Convolution triples (CrypTen's) have a
-shaped like the convolution's (B, C, H, W) input: "conv" has c = im2col(a) @ b (b shaped like
-the (C kh kw, n) weight matrix), so a Beaver product of a convolution opens x - a, the input's
-size, instead of its im2col matrix (kh kw times larger); "convgrad" has c = im2col(a)^T @ b
-(b shaped like the output gradient), the weight gradient's product, whose a is the forward
-conv triple's a reused. A spec's ``geometry`` (kh, kw, sh, sw, ph, pw) fixes the convolution.
+a convolution, secret-shared between the two servers. A "bitmul" triple multiplies by a random
+bit held both ways: r is XOR-shared (``Triple.r``, packed in one bit-plane,
+``protocol.bitplanes``) and arithmetically shared (b), with c = a*r; it turns a XOR-shared bit
+into an arithmetic one and multiplies a shared value by it in the same round (``mpc.relu``).
+
+Convolution triples (CrypTen's) have a shaped like the convolution's (B, C, H, W) input:
+"conv" has c = im2col(a) @ b (b shaped like the (C kh kw, n) weight matrix), so a Beaver
+product of a convolution opens x - a, the input's size, instead of its im2col matrix (kh kw
+times larger); "convgrad" has c = im2col(a)^T @ b (b shaped like the output gradient), the
+weight gradient's product, whose a is the forward conv triple's a reused. A spec's
+``geometry`` (kh, kw, sh, sw, ph, pw) fixes the convolution.
 
 The dealer compresses what it sends as CrypTen's trusted third party does: each party's shares
 of a and b — and party 0's share of c — are expanded from a 32-byte seed, so only party 1's
-correction c1 = c - c0 (or c ^ c0) crosses the wire.
+correction c1 = c - c0 (or c ^ c0) crosses the wire (and a bitmul's b1 = r - b0).
 
 A *plan* is the ordered list of triples a protocol run will consume; dealer and parties expand
 the same plan in the same order, and a party that consumes a triple of the wrong kind or shape
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protocol import ring, ring_conv
+from protocol.bitplanes import from_plane
 from protocol.errors import ShapeError
 from protocol.ring import SecureRandom
 
@@ -36,13 +42,13 @@ Shape = tuple[int, ...]
 MaskRef = tuple[int, str, bool]
 
 
-KINDS = ("mul", "matmul", "and", "conv", "convgrad")
+KINDS = ("mul", "matmul", "and", "conv", "convgrad", "bitmul")
 CONV_KINDS = ("conv", "convgrad")
 
 
 @dataclass(frozen=True)
 class TripleSpec:
-    kind: str  # "mul", "matmul", "conv", "convgrad" (arithmetic), "and" (binary)
+    kind: str  # "mul", "matmul", "conv", "convgrad", "bitmul" (arithmetic), "and" (binary)
     a: Shape
     b: Shape
     a_ref: MaskRef | None = None
@@ -63,6 +69,11 @@ class TripleSpec:
             return (ring_conv.cols_shape(self.a, self.geometry)[1], self.b[1])
         return self.a
 
+    @property
+    def bit_words(self) -> int:
+        """Words of the packed random bit r ("bitmul": one plane of ceil(n / 64) words)."""
+        return -(-self.a[0] // 64) if self.kind == "bitmul" else 0
+
     def check(self) -> TripleSpec:
         """Raise ShapeError unless a and b fit the kind (for specs read from the wire)."""
         a, b = self.a, self.b
@@ -75,7 +86,9 @@ class TripleSpec:
                 raise ShapeError(f"inconsistent triple spec {self}")
         elif self.geometry or (self.kind == "matmul" and (len(a) != 2 or len(b) != 2
                                                          or a[1] != b[0])) or (
-                self.kind != "matmul" and a != b):
+                self.kind != "matmul" and a != b) or (
+                self.kind == "bitmul" and (len(a) != 1 or self.b_ref is not None)):
+            # a bitmul's b is its fresh random bit: never a reused mask
             raise ShapeError(f"inconsistent triple spec {self}")
         return self
 
@@ -107,6 +120,7 @@ class Triple:
     a: np.ndarray
     b: np.ndarray
     c: np.ndarray
+    r: np.ndarray | None = None  # "bitmul": this party's XOR share of the bit, one plane
 
 
 def mul(shape: Shape) -> TripleSpec:
@@ -121,6 +135,10 @@ def and_(n: int) -> TripleSpec:
     return TripleSpec("and", (n,), (n,))
 
 
+def bitmul(n: int) -> TripleSpec:
+    return TripleSpec("bitmul", (n,), (n,))
+
+
 def conv(in_shape: Shape, weight_shape: Shape, geometry: ring_conv.Geometry) -> TripleSpec:
     """A convolution triple: a shaped like the (B, C, H, W) input, b like the weight matrix."""
     return TripleSpec("conv", tuple(in_shape), tuple(weight_shape),
@@ -133,7 +151,7 @@ class DealerOutput:
 
     seed0: bytes
     seed1: bytes
-    corrections: np.ndarray  # party 1's c shares, flattened and concatenated in plan order
+    corrections: np.ndarray  # party 1's c (and bitmul b) shares, flattened, in plan order
 
 
 def _mask(spec: TripleSpec, which: str, rng: SecureRandom,
@@ -161,6 +179,9 @@ def deal(plan: list[TripleSpec]) -> DealerOutput:
     masks0: list[tuple[np.ndarray, np.ndarray]] = []
     masks1: list[tuple[np.ndarray, np.ndarray]] = []
     for spec in plan:
+        if spec.kind == "bitmul":
+            corrections += _deal_bitmul(spec, rng0, rng1, masks0, masks1)
+            continue
         a0, b0 = _mask(spec, "a", rng0, masks0), _mask(spec, "b", rng0, masks0)
         c0 = rng0.uint64(spec.c)
         a1, b1 = _mask(spec, "a", rng1, masks1), _mask(spec, "b", rng1, masks1)
@@ -172,8 +193,26 @@ def deal(plan: list[TripleSpec]) -> DealerOutput:
     return DealerOutput(seed0, seed1, flat)
 
 
+def _deal_bitmul(spec: TripleSpec, rng0: SecureRandom, rng1: SecureRandom,
+                 masks0: list[tuple[np.ndarray, np.ndarray]],
+                 masks1: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """A random bit r = r0 ^ r1 (each party's share from its seed, one plane), its arithmetic
+    shares b0 + b1 = r and c = a*r; party 1's corrections are b1, then c1. The draws are in
+    the order ``TripleStore._expand`` makes them: a, b, r, c for party 0; a, r for party 1."""
+    n = spec.a[0]
+    a0, b0 = _mask(spec, "a", rng0, masks0), rng0.uint64((n,))
+    r0, c0 = rng0.uint64((spec.bit_words,)), rng0.uint64((n,))
+    a1, r1 = _mask(spec, "a", rng1, masks1), rng1.uint64((spec.bit_words,))
+    r = from_plane(r0 ^ r1, n)
+    b1 = r - b0
+    masks0.append((a0, b0))
+    masks1.append((a1, b1))
+    return [b1, (a0 + a1) * r - c0]
+
+
 def corrections_len(plan: list[TripleSpec]) -> int:
-    return sum(int(np.prod(s.c)) for s in plan)
+    """Party 1's correction words: every c, and a bitmul's b (its arithmetic bit) too."""
+    return sum(int(np.prod(s.c)) + (s.a[0] if s.kind == "bitmul" else 0) for s in plan)
 
 
 class TripleStore:
@@ -212,15 +251,21 @@ class TripleStore:
 
     def _expand(self, i: int) -> Triple:
         spec = self.plan[i]
-        a, b = _mask(spec, "a", self.rng, self.masks), _mask(spec, "b", self.rng, self.masks)
-        self.masks.append((a, b))
-        if self.party == 0:
-            c = self.rng.uint64(spec.c)
+        a = _mask(spec, "a", self.rng, self.masks)
+        if spec.kind == "bitmul":  # b is the bit's arithmetic share: party 1's is a correction
+            b = self.rng.uint64(spec.b) if self.party == 0 else self._correction(spec.b)
         else:
-            n = int(np.prod(spec.c))
-            c = self.corrections[self.offset:self.offset + n].reshape(spec.c)
-            self.offset += n
-        return Triple(spec, a, b, c)
+            b = _mask(spec, "b", self.rng, self.masks)
+        self.masks.append((a, b))
+        r = self.rng.uint64((spec.bit_words,)) if spec.kind == "bitmul" else None
+        c = self.rng.uint64(spec.c) if self.party == 0 else self._correction(spec.c)
+        return Triple(spec, a, b, c, r)
+
+    def _correction(self, shape: Shape) -> np.ndarray:
+        n = int(np.prod(shape))
+        out = self.corrections[self.offset:self.offset + n].reshape(shape)
+        self.offset += n
+        return out
 
     @property
     def exhausted(self) -> bool:

@@ -10,9 +10,9 @@ Layers (weights stored as (in, out) ring matrices, 16 fractional bits by default
 - linear: Beaver matrix triples, then local truncation (protocol.ring.truncate);
 - ReLU: arithmetic-to-binary conversion of the two shares, the carry tree of a parallel-prefix
   adder over XOR shares with binary AND triples (7 rounds, bit-sliced: one bit of 64 elements
-  to a word) to get the sign bit, a Beaver product to turn that bit back into an arithmetic
-  share, and a product with the input; the bit (ReLU's derivative) is kept for the backward
-  pass;
+  to a word) to get the sign bit, then one round that turns that bit into an arithmetic share
+  and multiplies the input by it (a "bitmul" triple: 8 rounds in all); the bit (ReLU's
+  derivative) is kept for the backward pass;
 - backward and SGD with momentum, all on shares; the cut-layer gradient is returned as shares.
 """
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from protocol import beaver, ring
 from protocol.beaver import Triple, TripleSpec, TripleStore
+from protocol.bitplanes import PLANE_OF_BIT, from_plane, to_planes
 
 PARAMS = ("w1", "b1", "w2", "b2")
 
@@ -77,7 +78,15 @@ def multiply(party: int, store: TripleStore,
 
 
 def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
-    """ReLU on shares; returns (relu(x), d) with d = [x >= 0] as an integer-valued share.
+    """ReLU on shares; returns (relu(x), d) with d = [x >= 0] as an integer-valued share."""
+    y, d, _ = yield from relu_with_bit(party, store, x)
+    return y, d
+
+
+def relu_with_bit(party: int, store: TripleStore, x: np.ndarray) -> Proto:
+    """ReLU on shares: (relu(x), d, c), d = [x >= 0] as an integer-valued share and c the
+    opened m ^ r of the last round (m = 1 - d, r the bitmul triple's bit), which a product
+    with d needs again (``protocol.shared.core.times_derivative``).
 
     The sign bit of x = x0 + x1 is bit 63 of a 64-bit addition whose inputs each party holds in
     the clear (arithmetic-to-binary: as XOR shares, party 0 holds (x0, 0), party 1 (0, x1)).
@@ -91,10 +100,18 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
     is then two slices and one AND round, and no level moves bits; the AND triples hold as
     many words as packing every element's bits would (``relu_plan``; n is padded up to a
     multiple of 64).
+
+    The last round turns the sign m = [x < 0] (XOR-shared, one plane) into an arithmetic share
+    and multiplies x by 1 - m at once, with a bitmul triple (a, r, a*r; r a random bit held
+    both ways): it opens c = m ^ r (one plane: a bit per element) and e = x - a, and then
+    m = c + (1 - 2c) r and x*m = c x + (1 - 2c)(e r + a r) are local. A Beaver product of the
+    opened bit and x would take two rounds (the bit's conversion, then the product) and open
+    four words per element instead of one and a bit.
     """
     shape, n = x.shape, x.size
     flat = x.reshape(-1)
     mine = to_planes(flat)
+    sign = mine[PLANE_OF_BIT[63]].copy()  # bit 63 of this party's own input, one plane
     mine[PLANE_OF_BIT[63]] = 0  # the adder adds the 63 low bits
     a, b = (mine.reshape(-1), ZERO) if party == 0 else (ZERO, mine.reshape(-1))
     (g,) = yield from multiply(party, store, [(beaver.and_(mine.size), a, b)])
@@ -116,88 +133,36 @@ def relu(party: int, store: TripleStore, x: np.ndarray) -> Proto:
             (t,) = yield from multiply(party, store, [(spec, p_hi, g_lo)])
         t ^= g_hi
         g = t.reshape(half, -1)
-    carry = from_plane(g[0], n)
-    sign = (flat >> np.uint64(63)) & np.uint64(1)  # bit 63 of this party's own input
-    msb = sign ^ carry
-    # Binary-to-arithmetic of one bit: m = m0 + m1 - 2 m0 m1, with one Beaver product.
-    m0, m1 = (msb, ZERO) if party == 0 else (ZERO, msb)
-    (m01,) = yield from multiply(party, store, [(beaver.mul((n,)), m0, m1)])
-    # d = [x >= 0] = 1 - m, an integer (not scaled); this party's share of m is its msb minus
-    # 2 m01, so d is built in place in the fresh product.
-    d = m01
-    d <<= np.uint64(1)
-    d -= msb
+    msb = sign ^ g[0]  # this party's XOR share of m = [x < 0], one plane
+    t = store.take(beaver.bitmul(n))
+    c_plane, e = yield Open([msb ^ t.r, flat - t.a], [True, False])
+    c = from_plane(c_plane, n)
+    flip = np.uint64(1) - (c << np.uint64(1))  # 1 - 2c: 1 or -1 in the ring
+    xm = e * t.b  # x*m = c x + (1 - 2c)(e r + a r), built in place
+    xm += t.c
+    xm *= flip
+    xm += c * flat
+    y = flat - xm  # x * d = x - x*m
+    d = flip * t.b  # d = 1 - m = (1 - c) - (1 - 2c) r
+    np.negative(d, out=d)
     if party == 0:
-        d += np.uint64(1)
-    (y,) = yield from multiply(party, store, [(beaver.mul((n,)), flat, d)])
-    return y.reshape(shape), d.reshape(shape)
+        d += np.uint64(1) - c
+    return y.reshape(shape), d.reshape(shape), c
 
 
 #: The peer's input to a product, which this party holds as zero (broadcast when masked).
 ZERO = np.zeros(1, np.uint64)
 
 
-def _reverse6(i: int) -> int:
-    return int(f"{i:06b}"[::-1], 2)
-
-
-#: Bit i of every element lands in plane PLANE_OF_BIT[i] (the 6-bit reversal of i): even bits
-#: fill the first 32 planes and bit 2j + 1 sits 32 planes after bit 2j, so the carry tree's
-#: groups (2j, 2j+1) pair up as the two halves, and the same holds again for the groups.
-PLANE_OF_BIT = [_reverse6(i) for i in range(64)]
-#: Element r of a column of 64 (``to_planes``) is bit REVERSED6[r] of its plane words.
-REVERSED6 = np.array(PLANE_OF_BIT)
-#: Low-half masks of the swaps at distance 1, 2, ..., 32 within a word.
-_LOW_HALVES = [np.uint64(m) for m in (0x5555555555555555, 0x3333333333333333,
-                                      0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF,
-                                      0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)]
-
-
-def to_planes(values: np.ndarray) -> np.ndarray:
-    """64 bit-planes of uint64 ``values``: a (64, ceil(n/64)) array whose row PLANE_OF_BIT[i]
-    holds bit i of every value (zeros pad n up to a multiple of 64).
-
-    Value e is row ``e // W``, column ``e % W`` of a (64, W) word matrix (W = ceil(n/64), one
-    copy into the zero-padded buffer); each word column is a 64x64 bit matrix, transposed by six
-    delta swaps that each exchange one bit of the row index with one bit of the bit index:
-    row bit 5-k with bit-index bit k, which puts bit i in row reverse6(i) and row r's bit
-    at position reverse6(r) (``from_plane`` undoes that).
-    """
-    words = -(-values.size // 64)
-    x = np.zeros(64 * words, np.uint64)
-    x[:values.size] = values
-    x = x.reshape(64, words)
-    t = np.empty((32, words), np.uint64)
-    for k in range(6):
-        row_step, shift = 1 << (5 - k), np.uint64(1 << k)
-        pairs = x.reshape(32 // row_step, 2, row_step, words)
-        lo, hi = pairs[:, 0], pairs[:, 1]  # rows with row bit 5-k clear, and their partners
-        tmp = t.reshape(lo.shape)
-        # swap lo's bits at index bit k = 1 with hi's bits at index bit k = 0
-        np.right_shift(lo, shift, out=tmp)
-        tmp ^= hi
-        tmp &= _LOW_HALVES[k]
-        hi ^= tmp
-        tmp <<= shift
-        lo ^= tmp
-    return x
-
-
-def from_plane(plane: np.ndarray, n: int) -> np.ndarray:
-    """The n bits of one plane (``to_planes``' layout) as 0/1 uint64s in element order."""
-    bits = np.unpackbits(plane.view(np.uint8), bitorder="little").reshape(len(plane), 64)
-    return bits[:, REVERSED6].T.reshape(-1)[:n].astype(np.uint64)
-
-
 def relu_plan(n: int) -> list[TripleSpec]:
     """The triples ``relu`` takes for n elements: the AND of 64 planes of ceil(n/64) words,
-    two ANDs of half as many planes per level but the last, then two products."""
+    two ANDs of half as many planes per level but the last, then one bitmul."""
     words = -(-n // 64)
     plan, planes = [beaver.and_(64 * words)], 64
     while planes > 1:
         planes //= 2
         plan += [beaver.and_(planes * words)] * (2 if planes > 1 else 1)
-    return plan + [beaver.mul((n,)), beaver.mul((n,))]
+    return plan + [beaver.bitmul(n)]
 
 
 # --- the server part: Linear(500,500) + ReLU + Linear(500,10) ---------------------------------

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from actors.mpc_roles import decode_plan, encode_plan
-from protocol import beaver, mpc, ring
+from actors.mpc_roles import decode_plan, encode_plan, pack_round, unpack_round
+from protocol import beaver, bitplanes, mpc, ring
 from protocol.beaver import TripleSpec, TripleStore
 from protocol.errors import ShapeError
+from protocol.shared.core import Ctx, times_derivative
+from protocol.shared.core import relu as core_relu
 
 ULP = 2.0**-ring.DEFAULT_FRAC_BITS
 
@@ -36,6 +38,58 @@ def test_dealt_triples_are_correct_including_reused_masks():
         assert np.array_equal(c, spec.product(a, b)), spec
     a1 = triples[1][0].a + triples[1][1].a
     assert np.array_equal(triples[3][0].a + triples[3][1].a, a1.T)  # the reused mask
+    assert s0.exhausted and s1.exhausted
+
+
+def test_dealt_bit_triples_hold_one_random_bit_both_ways():
+    """A bitmul triple: r = r0 ^ r1 (packed in one bit-plane), b0 + b1 = r as integers,
+    c = a * r; a later product reusing its b multiplies by the same r."""
+    n = 130
+    plan = [beaver.matmul(2, 3, 4), beaver.bitmul(n),
+            TripleSpec("mul", (n,), (n,), b_ref=(1, "b", False)), beaver.mul((5,))]
+    s0, s1 = stores(plan)
+    triples = [(s0.take(spec), s1.take(spec)) for spec in plan]
+    (t0, t1) = triples[1]
+    assert t0.r.shape == t1.r.shape == (3,)  # ceil(130 / 64) words
+    r = bitplanes.from_plane(t0.r ^ t1.r, n)
+    assert set(np.unique(r)) == {0, 1}  # a bit per element, both values drawn
+    assert np.array_equal(t0.b + t1.b, r)
+    assert np.array_equal(t0.c + t1.c, (t0.a + t1.a) * r)
+    (u0, u1) = triples[2]
+    assert np.array_equal(u0.b + u1.b, r)  # the reused bit
+    assert np.array_equal(u0.c + u1.c, (u0.a + u1.a) * r)
+    for (x0, x1), spec in zip(triples[::3], plan[::3], strict=True):  # neighbours unharmed
+        assert np.array_equal(x0.c + x1.c, spec.product(x0.a + x1.a, x0.b + x1.b))
+    assert s0.exhausted and s1.exhausted
+    with pytest.raises(ShapeError, match="inconsistent"):
+        TripleSpec("bitmul", (n,), (n,), b_ref=(0, "b", False)).check()
+
+
+def test_relu_times_its_derivative_opens_only_the_gradients_mask():
+    """The backward product g * d reuses the bitmul's bit: exact, one round, n words."""
+    rng = np.random.default_rng(3)
+    n = 150
+    x = rng.integers(0, 2**64, n, dtype=np.uint64)
+    g = rng.integers(0, 2**64, n, dtype=np.uint64)
+    plan = mpc.relu_plan(n) + [TripleSpec("mul", (n,), (n,), b_ref=(len(mpc.relu_plan(n)) - 1,
+                                                                     "b", False))]
+    s0, s1 = stores(plan)
+
+    def party(p, x_share, g_share, store):
+        ctx = Ctx(p, store)
+        out = yield from core_relu(ctx, x_share)
+        return (yield from times_derivative(ctx, g_share, out))
+
+    x0, g0 = rng.integers(0, 2**64, n, dtype=np.uint64), rng.integers(0, 2**64, n,
+                                                                      dtype=np.uint64)
+    stats = mpc.RoundStats()
+    z0, z1 = mpc.run_locally(party(0, x0, g0, s0), party(1, x - x0, g - g0, s1), stats)
+    nonneg = x.view(np.int64) >= 0
+    assert np.array_equal(z0 + z1, np.where(nonneg, g, np.uint64(0)))
+    words = -(-n // 64)
+    # ReLU: 378 words of AND openings per 64 elements, then one bit and one word per element
+    # (a Beaver product of the bit would open four words); the backward opens n more.
+    assert stats.rounds == 8 + 1 and stats.opened_elements == 378 * words + words + n + n
     assert s0.exhausted and s1.exhausted
 
 
@@ -70,7 +124,7 @@ def test_relu_and_its_derivative_on_shares(scale):
     xq = ring.decode(ring.encode(x))  # what the ring holds
     assert np.array_equal(ring.decode(ring.reveal(y0, y1)), np.maximum(xq, 0))  # exact
     assert np.array_equal(ring.reveal(d0, d1).view(np.int64), (xq >= 0).astype(np.int64))
-    assert stats.rounds == 9 and s0.exhausted
+    assert stats.rounds == 8 and s0.exhausted
 
 
 EDGES = np.array([0, 1, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**62, 2**32, 2**31, 2**32 - 1],
@@ -82,10 +136,10 @@ def test_bit_planes_hold_each_bit_of_each_element(n):
     rng = np.random.default_rng(n)
     v = rng.integers(0, 2**64, n, dtype=np.uint64)
     v[:min(n, len(EDGES))] = EDGES[:n]
-    planes = mpc.to_planes(v)
+    planes = bitplanes.to_planes(v)
     assert planes.shape == (64, -(-n // 64))
     for i in range(64):
-        bits = mpc.from_plane(planes[mpc.PLANE_OF_BIT[i]], n)
+        bits = bitplanes.from_plane(planes[bitplanes.PLANE_OF_BIT[i]], n)
         assert np.array_equal(bits, (v >> np.uint64(i)) & np.uint64(1)), i
 
 
@@ -166,7 +220,7 @@ def test_public_weight_inference_equals_shared_weight_inference():
     with torch.no_grad():
         want = ref(torch.from_numpy(h).float()).numpy()
     assert np.abs(ring.decode(ring.reveal(z0, z1)) - want).max() < 1e-2
-    assert stats.rounds == 9  # only ReLU needs rounds
+    assert stats.rounds == 8  # only ReLU needs rounds
 
 
 def test_plan_wire_encoding_round_trips_and_rejects_garbage():
@@ -184,3 +238,17 @@ def test_plan_wire_encoding_round_trips_and_rejects_garbage():
     forward_ref[-1, 5] = len(plan) + 3  # a mask reference to a triple not yet dealt
     with pytest.raises(ShapeError, match="reference"):
         decode_plan(forward_ref)
+
+
+def test_a_round_travels_as_one_frame_split_by_the_receivers_own_shapes():
+    rng = np.random.default_rng(5)
+    arrays = [rng.integers(0, 2**64, shape, dtype=np.uint64) for shape in ((3, 4), (7,), (2, 5))]
+    mine = mpc.Open(arrays, [False, True, False])
+    packed = pack_round(mine)
+    assert packed.shape == (12 + 7 + 10,) and packed.dtype == np.uint64
+    back = unpack_round(mine, [packed])
+    assert all(np.array_equal(a, b) and a.shape == b.shape for a, b in zip(arrays, back,
+                                                                           strict=True))
+    for bad in ([packed[:-1]], [packed, packed], [packed.view(np.int64)], [packed.reshape(1, -1)]):
+        with pytest.raises(ShapeError, match="out of step"):
+            unpack_round(mine, bad)

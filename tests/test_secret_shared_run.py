@@ -68,9 +68,9 @@ def test_communication_is_accounted(shared_runs):
     _, shared = shared_runs
     mpc = shared["server"].mpc
     step, batch = mpc["per_training_step"], mpc["per_inference_batch"]
-    # training: 2 linear + 9 ReLU rounds forward, 3 backward; inference: the weights' masks
-    # opened once (protocol.shared prepare), then 2 linear + 9 ReLU rounds
-    assert step["rounds"] == 14 and batch["rounds"] == 12
+    # training: 2 linear + 8 ReLU rounds forward, 3 backward; inference: the weights' masks
+    # opened once (protocol.shared prepare), then 2 linear + 8 ReLU rounds
+    assert step["rounds"] == 13 and batch["rounds"] == 11
     assert step["online_bytes"] > 1e6 and step["dealer_bytes"] > 1e5
     assert mpc["rounds"] == step["rounds"] * step["steps"] + batch["rounds"] * batch["batches"]
     assert mpc["channel_encryption"] and mpc["inference_weights"] == "shared"
@@ -113,7 +113,7 @@ def test_all_taps_win_and_a_revealed_model_infers_with_fewer_rounds(setting):
               reveal_model=True)["eavesdropper"]
     assert not got.mpc["channel_encryption"]
     assert got.attack.validator_accuracy >= 0.6
-    assert got.mpc["per_inference_batch"]["rounds"] == 9  # only ReLU needs rounds
+    assert got.mpc["per_inference_batch"]["rounds"] == 8  # only ReLU needs rounds
     assert got.mpc["reveal_model"]["rounds"] == 1
     assert got.mpc["inference_weights"] == "public"
     assert got.target_accuracy > 0.6  # one epoch of 32 steps (72% in plaintext; chance 10%)

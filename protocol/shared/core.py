@@ -42,7 +42,7 @@ class PlanRecorder:
     def take(self, spec: TripleSpec) -> Triple:
         self.plan.append(spec)
         return Triple(spec, np.zeros(spec.a, np.uint64), np.zeros(spec.b, np.uint64),
-                      np.zeros(spec.c, np.uint64))
+                      np.zeros(spec.c, np.uint64), np.zeros(spec.bit_words, np.uint64))
 
 
 def run_on_zeros(proto: Proto) -> object:
@@ -145,34 +145,33 @@ def products(ctx: Ctx, items: list[tuple[TripleSpec, Factor, Factor]]) -> Proto:
 class ReluOut:
     y: np.ndarray  # shares of max(x, 0)
     d: np.ndarray  # shares of [x >= 0] (integers, not fixed point)
-    d_opened: np.ndarray  # d - mask, opened by the final product y = x * d
-    d_index: int  # plan index of that product's triple: its "b" mask is d's mask
+    c: np.ndarray  # the opened m ^ r (0/1 per element; m = 1 - d, r the bitmul's bit)
+    bit_index: int  # plan index of the bitmul triple: its "b" is r's arithmetic share
 
 
 def relu(ctx: Ctx, x: np.ndarray) -> Proto:
-    """``mpc.relu`` (the comparison circuit, 9 rounds), keeping what the backward pass needs to
-    multiply by the derivative without opening it again: its last round is the product
-    x * d, whose second opened value is d - b."""
+    """``mpc.relu_with_bit`` (the comparison circuit, 8 rounds), keeping what the backward pass
+    needs to multiply by the derivative without opening anything but the gradient's mask:
+    the opened bit c and the index of the triple whose random bit r hides m = 1 - d."""
     flat = np.ascontiguousarray(x).reshape(-1)
-    inner = mpc.relu(ctx.party, _CheckedStore(ctx), flat)
-    last: list[np.ndarray] = []
-    try:
-        msg = next(inner)
-        while True:
-            last = yield msg
-            msg = inner.send(last)
-    except StopIteration as done:
-        y, d = done.value
-    return ReluOut(y.reshape(x.shape), d, last[1], ctx.store.taken - 1)
+    y, d, c = yield from mpc.relu_with_bit(ctx.party, _CheckedStore(ctx), flat)
+    return ReluOut(y.reshape(x.shape), d, c, ctx.store.taken - 1)
 
 
 def times_derivative(ctx: Ctx, g: np.ndarray, r: ReluOut) -> Proto:
-    """Shares of g * d for a ReLU output's derivative d, in one round opening only g's mask."""
+    """Shares of g * d for a ReLU output's derivative d, in one round opening only g's mask:
+    g d = g - g m with m = c + (1 - 2c) r, so g m = c g + (1 - 2c) g r, and g r is a Beaver
+    product whose triple's b *is* r (the bitmul's arithmetic bit, reused): r - b = 0 is
+    known without opening anything."""
     n = r.d.size
-    spec = TripleSpec("mul", (n,), (n,), b_ref=(r.d_index, "b", False))
-    (p,) = yield from products(ctx, [(spec, Factor(np.ascontiguousarray(g).reshape(-1)),
-                                      Factor(opened=r.d_opened))])
-    return p.z.reshape(g.shape)
+    spec = TripleSpec("mul", (n,), (n,), b_ref=(r.bit_index, "b", False))
+    flat = np.ascontiguousarray(g).reshape(-1)
+    (p,) = yield from products(ctx, [(spec, Factor(flat), Factor(opened=np.zeros(n,
+                                                                                 np.uint64)))])
+    gm = p.z  # g r, fresh: g m is built in place
+    gm *= np.uint64(1) - (r.c << np.uint64(1))
+    gm += r.c * flat
+    return (flat - gm).reshape(g.shape)
 
 
 class Layer(ABC):

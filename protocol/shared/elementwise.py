@@ -1,8 +1,8 @@
 """ReLU and Flatten on shares.
 
-ReLU is protocol.mpc's comparison circuit (9 rounds); its backward pass is one product with the
-derivative bit, whose mask and opening are reused from the forward pass's last product, so
-only the incoming gradient is opened (one round). Flatten is a local reshape.
+ReLU is protocol.mpc's comparison circuit (8 rounds); its backward pass is one product with the
+derivative bit, whose random mask and opening are reused from the forward pass's last round,
+so only the incoming gradient is opened (one round). Flatten is a local reshape.
 """
 
 from __future__ import annotations

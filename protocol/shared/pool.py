@@ -1,10 +1,10 @@
 """Pooling on shares: average (local, public divisor) and max (pairwise maxima).
 
 MaxPool2d reduces each window by a tree of pairwise maxima, max(a, b) = b + ReLU(a - b), with
-every comparison of one tree level in a single batched ReLU (9 rounds a level: 2 levels for a
+every comparison of one tree level in a single batched ReLU (8 rounds a level: 2 levels for a
 2x2 window). A tie picks a, the earlier element of the window, and so does the gradient: the
 same element torch's max_pool2d routes it to. Backward walks the levels back, one round each:
-d_a = g * [a >= b] (the comparison bit's mask reused from the forward pass), d_b = g - d_a.
+d_a = g * [a >= b] (the comparison bit's random mask reused from the forward pass), d_b = g - d_a.
 """
 
 from __future__ import annotations
