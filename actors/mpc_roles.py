@@ -32,13 +32,17 @@ from protocol import beaver, mpc, ring, shared
 from protocol.beaver import TripleSpec, TripleStore
 from protocol.endpoint import Message
 from protocol.errors import ShapeError
+from protocol.frame import MAX_PAYLOAD
 from protocol.frame import MessageKind as K
 
 SERVER0, SERVER1, DEALER = "server:0", "server:1", "dealer"
 #: A plan bigger than this many ring elements is refused: a dealer must not be made to
 #: allocate without bound by one request.
 MAX_PLAN_ELEMENTS = 20_000_000
-_KINDS = beaver.KINDS  # "mul", "matmul", "and", "conv", "convgrad": a row's kind is the index
+_KINDS = beaver.KINDS  # "mul", "matmul", "and", "conv", "convgrad", "bitmul": a row's kind is
+#                         its index here
+#: Words of one OPEN frame at most: a round larger than a frame's payload travels in pieces.
+OPEN_FRAME_WORDS = (MAX_PAYLOAD - 1024) // 8
 
 
 class Op(enum.IntEnum):
@@ -115,7 +119,7 @@ def decode_plan(arr: np.ndarray) -> tuple[int, list[TripleSpec]]:
         if not geometry and any(row[13:19]):
             raise ShapeError(f"bad triple spec {row}")
         spec = TripleSpec(_KINDS[kind], a, b, _ref(row[5:8], i), _ref(row[8:11], i), geometry)
-        spec.check()
+        beaver.check_refs(spec, plan)
         total += 2 * int(np.prod(a)) + int(np.prod(b)) + int(np.prod(spec.c))
         plan.append(spec)
     if total > MAX_PLAN_ELEMENTS:
@@ -256,6 +260,7 @@ class ShareServer(Role, InversionAttacker):
         # party 1's running program: generator, the round it is in, the shares received so far
         self._proto: mpc.Proto | None = None
         self._current: mpc.Open | None = None
+        self._inbox: list[np.ndarray] = []  # pieces of server 0's round received so far
         self._on_done: Callable[[object], None] | None = None
         self._worker: Future | None = None  # party 1's next-round computation
         self._rounds: ThreadPoolExecutor | None = None  # its one thread, made on first use
@@ -373,7 +378,7 @@ class ShareServer(Role, InversionAttacker):
         start = np.array([op, owner_idx, getattr(store, "request_id", 0)], np.int64)
         items = [(K.CONTROL, start)]
         while True:
-            items.append((K.OPEN, pack_round(msg)))
+            items += [(K.OPEN, piece) for piece in pack_round(msg)]
             with self.timing.waiting("peer"):
                 replies = self.request(self.peer, items)
             theirs = unpack_round(msg, [m.tensor for m in replies
@@ -418,7 +423,7 @@ class ShareServer(Role, InversionAttacker):
         proto, done = self._program(op, owner, request_id)
         with self.timing.clock("compute"):
             first = next(proto)
-        self._proto, self._on_done, self._current = proto, done, first
+        self._proto, self._on_done, self._current, self._inbox = proto, done, first, []
 
     def _program(self, op: Op, owner: str, request_id: int
                  ) -> tuple[mpc.Proto, Callable[[object], None]]:
@@ -459,7 +464,11 @@ class ShareServer(Role, InversionAttacker):
         if self._current is None:
             raise ShapeError("OPEN received with no program running")
         mine = self._current
-        opened = mpc.combine(mine, unpack_round(mine, [share]))
+        self._inbox.append(share)
+        if sum(p.size for p in self._inbox) < round_words(mine):
+            return []  # a round too large for one frame: more pieces to come
+        pieces, self._inbox = self._inbox, []
+        opened = mpc.combine(mine, unpack_round(mine, pieces))
         # Reply first, compute the next round after: server 0 computes its next round at the
         # same time, instead of waiting for ours. One long-lived thread takes every round: a
         # new thread's start() cost ~150 us before each reply, a hand-off to it ~13 us.
@@ -467,7 +476,7 @@ class ShareServer(Role, InversionAttacker):
             self._rounds = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-rounds")
             weakref.finalize(self, self._rounds.shutdown, wait=False)
         self._worker = self._rounds.submit(self._advance, opened)
-        return [self.reply(SERVER0, K.OPEN, pack_round(mine))]
+        return [self.reply(SERVER0, K.OPEN, piece) for piece in pack_round(mine)]
 
     def _advance(self, opened: list[np.ndarray]) -> None:
         t = time.perf_counter()
@@ -542,23 +551,36 @@ def _to_ring(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.uint64)
 
 
-def pack_round(mine: mpc.Open) -> np.ndarray:
-    """One round's masked shares as one OPEN frame's tensor: every array flattened, in order.
-    One frame a round, not one per array: each frame costs its header, seal, check and tap
-    record at both ends, and a ReLU level opens four arrays."""
-    if len(mine.arrays) == 1:
-        return mine.arrays[0].reshape(-1)
-    return np.concatenate([a.reshape(-1) for a in mine.arrays])
+def _round_head(mine: mpc.Open) -> np.ndarray:
+    return np.array([len(mine.arrays), *(a.size for a in mine.arrays)], np.uint64)
+
+
+def round_words(mine: mpc.Open) -> int:
+    """Words a round's OPEN frames carry in all: its head, then every array."""
+    return 1 + len(mine.arrays) + sum(a.size for a in mine.arrays)
+
+
+def pack_round(mine: mpc.Open) -> list[np.ndarray]:
+    """One round's masked shares as OPEN frames' tensors: a head (the number of arrays and
+    each one's size, so a peer out of step is told apart from one in step) and every array
+    flattened, in order; one frame a round unless it exceeds a frame's payload. One frame,
+    not one per array: each frame costs its header, seal, check and tap record at both ends,
+    and a ReLU level opens four arrays."""
+    flat = np.concatenate([_round_head(mine), *(a.reshape(-1) for a in mine.arrays)])
+    return [flat[i:i + OPEN_FRAME_WORDS] for i in range(0, flat.size, OPEN_FRAME_WORDS)]
 
 
 def unpack_round(mine: mpc.Open, theirs: list[np.ndarray]) -> list[np.ndarray]:
-    """The peer's OPEN frame split like this party's round (both run the same protocol, so
-    the shapes are this party's own); anything else means the protocols are out of step."""
-    sizes = [a.size for a in mine.arrays]
-    if (len(theirs) != 1 or theirs[0].dtype != np.uint64 or theirs[0].ndim != 1
-            or theirs[0].size != sum(sizes)):
+    """The peer's OPEN frames split like this party's round; a head or size other than this
+    party's own round's means the protocols are out of step."""
+    if not theirs or any(t.dtype != np.uint64 or t.ndim != 1 for t in theirs):
         raise ShapeError("the peer's round does not match this party's (protocols out of step)")
-    parts = np.split(theirs[0], np.cumsum(sizes)[:-1])
+    flat = theirs[0] if len(theirs) == 1 else np.concatenate(theirs)
+    head = _round_head(mine)
+    if flat.size != round_words(mine) or not np.array_equal(flat[:head.size], head):
+        raise ShapeError("the peer's round does not match this party's (protocols out of step)")
+    sizes = [a.size for a in mine.arrays]
+    parts = np.split(flat[head.size:], np.cumsum(sizes)[:-1])
     return [p.reshape(a.shape) for p, a in zip(parts, mine.arrays, strict=True)]
 
 

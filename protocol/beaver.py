@@ -72,7 +72,7 @@ class TripleSpec:
     @property
     def bit_words(self) -> int:
         """Words of the packed random bit r ("bitmul": one plane of ceil(n / 64) words)."""
-        return -(-self.a[0] // 64) if self.kind == "bitmul" else 0
+        return -(-int(np.prod(self.a)) // 64) if self.kind == "bitmul" else 0
 
     def check(self) -> TripleSpec:
         """Raise ShapeError unless a and b fit the kind (for specs read from the wire)."""
@@ -212,7 +212,23 @@ def _deal_bitmul(spec: TripleSpec, rng0: SecureRandom, rng1: SecureRandom,
 
 def corrections_len(plan: list[TripleSpec]) -> int:
     """Party 1's correction words: every c, and a bitmul's b (its arithmetic bit) too."""
-    return sum(int(np.prod(s.c)) + (s.a[0] if s.kind == "bitmul" else 0) for s in plan)
+    return sum(int(np.prod(s.c)) + (int(np.prod(s.b)) if s.kind == "bitmul" else 0)
+               for s in plan)
+
+
+def check_refs(spec: TripleSpec, earlier: list[TripleSpec]) -> TripleSpec:
+    """``spec.check()``, and its mask references against the plan before it: a bitmul's b
+    is a single bit, not a uniform mask, so only an element-wise product's b may reuse it
+    (whose "y - b" is then known to be 0 and never opened: ``shared.core.times_derivative``);
+    a product that opened a value masked by it would reveal that value to within 1."""
+    spec.check()
+    for which, ref in (("a", spec.a_ref), ("b", spec.b_ref)):
+        if ref is None or not 0 <= ref[0] < len(earlier):
+            continue  # a reference out of range is refused where it is expanded
+        if earlier[ref[0]].kind == "bitmul" and ref[1] == "b" and (
+                spec.kind != "mul" or which != "b" or ref[2]):
+            raise ShapeError(f"triple {spec} may not reuse a bitmul's bit as its {which}")
+    return spec
 
 
 class TripleStore:
@@ -221,7 +237,8 @@ class TripleStore:
     def __init__(self, party: int, plan: list[TripleSpec], seed: bytes,
                  corrections: np.ndarray | None = None) -> None:
         if party == 1 and (corrections is None or len(corrections) != corrections_len(plan)):
-            raise ShapeError("party 1's triples need one correction per element of every c")
+            raise ShapeError("party 1's triples need one correction per element of every c "
+                             "(and of every bitmul's b)")
         self.party = party
         self.plan = list(plan)
         self.rng = SecureRandom(seed)

@@ -12,7 +12,7 @@ from actors.mpc_roles import decode_plan, encode_plan, pack_round, unpack_round
 from protocol import beaver, bitplanes, mpc, ring
 from protocol.beaver import TripleSpec, TripleStore
 from protocol.errors import ShapeError
-from protocol.shared.core import Ctx, times_derivative
+from protocol.shared.core import Ctx, Factor, products, times_derivative
 from protocol.shared.core import relu as core_relu
 
 ULP = 2.0**-ring.DEFAULT_FRAC_BITS
@@ -240,15 +240,46 @@ def test_plan_wire_encoding_round_trips_and_rejects_garbage():
         decode_plan(forward_ref)
 
 
-def test_a_round_travels_as_one_frame_split_by_the_receivers_own_shapes():
+def test_a_round_travels_as_one_frame_split_by_the_receivers_own_shapes(monkeypatch):
     rng = np.random.default_rng(5)
     arrays = [rng.integers(0, 2**64, shape, dtype=np.uint64) for shape in ((3, 4), (7,), (2, 5))]
     mine = mpc.Open(arrays, [False, True, False])
-    packed = pack_round(mine)
-    assert packed.shape == (12 + 7 + 10,) and packed.dtype == np.uint64
+    (packed,) = pack_round(mine)
+    assert packed.shape == (1 + 3 + 12 + 7 + 10,) and packed.dtype == np.uint64
+    assert packed[:4].tolist() == [3, 12, 7, 10]  # the head: arrays and their sizes
     back = unpack_round(mine, [packed])
     assert all(np.array_equal(a, b) and a.shape == b.shape for a, b in zip(arrays, back,
                                                                            strict=True))
-    for bad in ([packed[:-1]], [packed, packed], [packed.view(np.int64)], [packed.reshape(1, -1)]):
+    # The same words split otherwise (12 | 7 | 10 against 7 | 12 | 10) is a peer out of step.
+    other = mpc.Open([arrays[1], arrays[0].reshape(-1), arrays[2]], [False] * 3)
+    bad_split = pack_round(other)
+    for bad in ([packed[:-1]], [packed, packed], [packed.view(np.int64)], [packed.reshape(1, -1)],
+                [], bad_split):
         with pytest.raises(ShapeError, match="out of step"):
             unpack_round(mine, bad)
+    # A round larger than a frame's payload travels in pieces, in order.
+    monkeypatch.setattr("actors.mpc_roles.OPEN_FRAME_WORDS", 8)
+    pieces = pack_round(mine)
+    assert len(pieces) == 5 and all(p.size <= 8 for p in pieces)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, unpack_round(mine, pieces),
+                                                    strict=True))
+
+
+def test_a_bitmul_bit_is_reused_only_as_an_unopened_product_factor():
+    """A bitmul's b is one bit, not a uniform mask: a plan may reuse it only as an
+    element-wise product's b (never opened), and a program may not open a factor masked by it."""
+    n = 70
+    ok = [beaver.bitmul(n), TripleSpec("mul", (n,), (n,), b_ref=(0, "b", False))]
+    request_id, back = decode_plan(encode_plan(ok, 3))
+    assert back == ok
+    for bad in (TripleSpec("mul", (n,), (n,), a_ref=(0, "b", False)),
+                TripleSpec("and", (n,), (n,), b_ref=(0, "b", False)),
+                TripleSpec("matmul", (1, n), (n, 1), a_ref=(0, "b", True))):
+        with pytest.raises(ShapeError, match="bitmul's bit"):
+            decode_plan(encode_plan([ok[0], bad], 3))
+    s0, s1 = stores(ok)
+    ctx = Ctx(0, s0)
+    ctx.take(ok[0])
+    with pytest.raises(ShapeError, match="must not open"):
+        next(products(ctx, [(ok[1], Factor(np.zeros(n, np.uint64)),
+                             Factor(np.zeros(n, np.uint64)))]))

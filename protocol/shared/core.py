@@ -128,6 +128,10 @@ def products(ctx: Ctx, items: list[tuple[TripleSpec, Factor, Factor]]) -> Proto:
     for (spec, x, y), (_, t) in zip(items, taken, strict=True):
         if spec.kind not in ("mul", "matmul", *CONV_KINDS):
             raise ShapeError(f"products() computes arithmetic triples, not {spec.kind}")
+        if (y.opened is None and spec.b_ref is not None
+                and ctx.store.plan[spec.b_ref[0]].kind == "bitmul"):
+            # its b is a single bit: y - b would reveal y to within 1 (beaver.check_refs)
+            raise ShapeError("a product reusing a bitmul's bit must not open its second factor")
         if x.opened is None:
             masked.append(x.share - t.a)
         if y.opened is None:
