@@ -42,7 +42,8 @@ class PlanRecorder:
     def take(self, spec: TripleSpec) -> Triple:
         self.plan.append(spec)
         return Triple(spec, np.zeros(spec.a, np.uint64), np.zeros(spec.b, np.uint64),
-                      np.zeros(spec.c, np.uint64), np.zeros(spec.bit_words, np.uint64))
+                      np.zeros(spec.c, np.uint64),
+                      np.zeros(spec.bit_words, np.uint64) if spec.kind == "bitmul" else None)
 
 
 def run_on_zeros(proto: Proto) -> object:
@@ -168,11 +169,11 @@ def times_derivative(ctx: Ctx, g: np.ndarray, r: ReluOut) -> Proto:
     product whose triple's b *is* r (the bitmul's arithmetic bit, reused): r - b = 0 is
     known without opening anything."""
     n = r.d.size
-    spec = TripleSpec("mul", (n,), (n,), b_ref=(r.bit_index, "b", False))
+    _, t = ctx.take(TripleSpec("mul", (n,), (n,), b_ref=(r.bit_index, "b", False)))
     flat = np.ascontiguousarray(g).reshape(-1)
-    (p,) = yield from products(ctx, [(spec, Factor(flat), Factor(opened=np.zeros(n,
-                                                                                 np.uint64)))])
-    gm = p.z  # g r, fresh: g m is built in place
+    (e,) = yield Open([flat - t.a], [False])
+    gm = e * t.b  # g r = e r + a r (no public term: r is never opened); g m built in place
+    gm += t.c
     gm *= np.uint64(1) - (r.c << np.uint64(1))
     gm += r.c * flat
     return (flat - gm).reshape(g.shape)
