@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import without_avx512  # bench/ is the script's directory
 
 from protocol import ring_kernels
 
@@ -102,7 +103,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--alone", action="store_true",
                    help="also time each protocol on its own (--one-protocol-at-a-time)")
-    args, extra = p.parse_known_args()
+    p.add_argument(without_avx512.FLAG, action="store_true",
+                   help="emulate a CPU without AVX-512 (bench/without_avx512.py)")
+    argv = sys.argv[1:]
+    emulated = without_avx512.reexec_if_asked(argv)
+    args, extra = p.parse_known_args(argv)
     torch.set_num_threads(1)
     model, flags = cpu()
     kernel, calibration = ring_kernels.chosen()
@@ -110,6 +115,8 @@ def main() -> int:
     print(f"# flags: {', '.join(flags) or 'none of ' + '/'.join(FLAGS)}")
     for line in builds():
         print(f"# {line}")
+    if emulated:
+        print(without_avx512.banner())
     print(f"# ring kernel here: {kernel} (" + ", ".join(
         f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
     per_protocol, last = timed(args.runs, extra, "whole command")

@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+import without_avx512  # bench/ is the script's directory
 
 from actors.nets.zoo import ModelSpec, build_network
 from protocol import beaver, mpc, ring, ring_kernels
@@ -52,7 +53,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args()
+    p.add_argument(without_avx512.FLAG, action="store_true",
+                   help="emulate a CPU without AVX-512 (bench/without_avx512.py)")
+    argv = sys.argv[1:]
+    emulated = without_avx512.reexec_if_asked(argv)
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     net = NET.server_part().eval()
     rng = np.random.default_rng(0)
@@ -89,6 +94,8 @@ def main() -> int:
     print(f"# {platform.machine()}, Python {platform.python_version()}, torch "
           f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; batch {args.batch}, "
           f"medians of {args.repeats}")
+    if emulated:
+        print(without_avx512.banner())
     kernel, calibration = ring_kernels.chosen()
     shapes = " + ".join("x".join(map(str, s)) for s in ring_kernels.CALIBRATION_SHAPES)
     print(f"ring-product kernel: {kernel} (calibration, best of 5 on m x k x n = {shapes}, "

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 import e2e  # noqa: E402 - bench/ is not a package
+import without_avx512  # noqa: E402
 
 
 def test_e2e_names_the_cpu_its_flags_and_the_builds():
@@ -57,3 +58,24 @@ def test_e2e_accounts_the_machines_cpu_time_steal_included(tmp_path, monkeypatch
     monkeypatch.setattr(psutil, "PROCFS_PATH", str(tmp_path / "missing"))
     assert e2e.cpu_times() is None
     assert "not available" in e2e.cpu_share(None, before)
+
+
+def test_without_avx512_restarts_the_bench_with_avx512_switched_off(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in without_avx512.ENV}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "mpc.py"), "--batch", "8",
+                          "--repeats", "1", without_avx512.FLAG], capture_output=True,
+                         text=True, check=True, cwd=ROOT,
+                         env={**env, "PYTHONPATH": str(ROOT)}).stdout
+    assert "an emulation of a machine without AVX-512" in out
+    kernel = next(line for line in out.splitlines() if line.startswith("ring-product kernel"))
+    assert kernel.split()[2].rstrip() == without_avx512.KERNEL_WITHOUT_AVX512
+    # The restarted process's libraries read the switches when they loaded: torch's ATen
+    # reports the capability it was held to.
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys\nimport torch\nimport without_avx512\nargv = sys.argv[1:]\n"
+                     "assert without_avx512.reexec_if_asked(argv) and argv == ['--x']\n"
+                     "print(torch.backends.cpu.get_cpu_capability())\n")
+    got = subprocess.run([sys.executable, str(probe), without_avx512.FLAG, "--x"],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**env, "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"})
+    assert got.stdout.split()[-1] in ("AVX2", "DEFAULT", "NO AVX")  # never AVX512
