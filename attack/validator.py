@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attack import adam
 from attack.adam import Adam
 from protocol.errors import ConfigError, ShapeError
 
@@ -167,7 +168,8 @@ def _cache_key(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: in
         h.update(repr(part).encode())
     h.update(x.tobytes())
     h.update(y.tobytes())
-    h.update(Path(__file__).read_bytes())  # a change to the validator or its training
+    h.update(Path(__file__).read_bytes())  # a change to the validator or its training,
+    h.update(Path(adam.__file__).read_bytes())  # or to the optimiser that trains it
     return h.hexdigest()[:32]
 
 

@@ -1,4 +1,4 @@
-"""The fits' Adam is torch.optim.Adam to the bit (that it imports no torch._dynamo: test_sgd)."""
+"""The fits' Adam is torch.optim.Adam(fused=True) to the bit (no torch._dynamo: test_sgd)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_steps_equal_torch_adam_to_the_bit(lr):
     ours, theirs = _net(0), _net(0)
     frozen = next(ours.parameters()), next(theirs.parameters())
     opt_ours, opt_theirs = Adam(ours.parameters(), lr=lr), torch.optim.Adam(theirs.parameters(),
-                                                                             lr=lr)
+                                                                             lr=lr, fused=True)
     gen = torch.Generator().manual_seed(1)
     for step in range(60):
         x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
@@ -34,7 +34,7 @@ def test_steps_equal_torch_adam_to_the_bit(lr):
         assert torch.equal(a, b)
     p, q = next(ours.parameters()), next(theirs.parameters())
     assert torch.equal(opt_ours.state[p]["exp_avg_sq"], opt_theirs.state[q]["exp_avg_sq"])
-    assert opt_ours.state[p]["step"] == opt_theirs.state[q]["step"].item() < 60
+    assert opt_ours.state[p]["step"].item() == opt_theirs.state[q]["step"].item() < 60
 
 
 def test_bad_settings_are_config_errors():

@@ -79,3 +79,14 @@ def test_a_directory_that_cannot_hold_the_cache_is_a_config_error(digits, tmp_pa
     blocker.write_text("")
     with pytest.raises(ConfigError, match=CACHE_ENV):
         train_validator_cached(x, y, 10, seed=3, epochs=1, cache_dir=blocker / "cache")
+
+
+def test_a_change_to_the_optimiser_is_a_new_key(digits, tmp_path, monkeypatch):
+    # The validator trains with attack.adam: a network cached before its optimiser changed
+    # is not the one training would give now.
+    x, y = digits
+    before = validator._cache_key(x, y, 10, 3, 1, 64)
+    changed = tmp_path / "adam.py"
+    changed.write_bytes(open(validator.adam.__file__, "rb").read() + b"\n# changed\n")
+    monkeypatch.setattr(validator.adam, "__file__", str(changed))
+    assert validator._cache_key(x, y, 10, 3, 1, 64) != before

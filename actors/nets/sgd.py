@@ -32,6 +32,12 @@ class MomentumSGD(PlainOptimizer):
         super().__init__(params)
         self.lr, self.momentum = float(lr), float(momentum)
 
+    @torch.no_grad()
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                self._update(p, p.grad, self.state[p])
+
     def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> None:
         if self.momentum != 0.0:
             buf = state.get("momentum_buffer")
