@@ -117,8 +117,9 @@ def main() -> int:
         print(f"# {line}")
     if emulated:
         print(without_avx512.banner())
-    print(f"# ring kernel here: {kernel} (" + ", ".join(
-        f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
+    how = (", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) if calibration
+           else f"forced by {ring_kernels.FORCE_ENV}: no calibration")
+    print(f"# ring kernel here: {kernel} ({how})")
     per_protocol, last = timed(args.runs, extra, "whole command")
     med = statistics.median
     if last:

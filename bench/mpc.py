@@ -98,9 +98,13 @@ def main() -> int:
         print(without_avx512.banner())
     kernel, calibration = ring_kernels.chosen()
     shapes = " + ".join("x".join(map(str, s)) for s in ring_kernels.CALIBRATION_SHAPES)
-    print(f"ring-product kernel: {kernel} (calibration, best of 5 on m x k x n = {shapes}, "
-          f"of {ring_kernels.PRUNE_AFTER} where over {ring_kernels.PRUNE_FACTOR:g}x the fastest: "
-          + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items()) + ")")
+    if calibration:
+        print(f"ring-product kernel: {kernel} (calibration, best of 5 on m x k x n = {shapes}, "
+              f"of {ring_kernels.PRUNE_AFTER} where over {ring_kernels.PRUNE_FACTOR:g}x the "
+              "fastest: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in calibration.items())
+              + ")")
+    else:
+        print(f"ring-product kernel: {kernel} (forced by {ring_kernels.FORCE_ENV}: no calibration)")
     every = ring_kernels.calibrate((args.batch, D_IN, D_HIDDEN), rounds=3,
                                    names=tuple(ring_kernels.KERNELS))
     print(f"every exact kernel on {args.batch}x{D_IN} @ {D_IN}x{D_HIDDEN}: " + ", ".join(
