@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from attack import adam
-from attack.adam import Adam
 from protocol.errors import ConfigError, ShapeError
 
 #: A directory in this environment variable keeps trained validators between runs (tests, a
@@ -104,7 +103,7 @@ def train_validator(
     torch.manual_seed(seed + 7919)  # its own stream: independent of the target model's init
     gen = torch.Generator().manual_seed(seed + 7919)
     model = build_validator(x.shape[1:], classes)  # type: ignore[arg-type]
-    opt = Adam(model.parameters(), lr=2e-3)
+    opt = adam.Adam(model.parameters(), lr=2e-3)
     xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
     for _ in range(epochs):
         perm = torch.randperm(len(xt), generator=gen)

@@ -103,11 +103,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--alone", action="store_true",
                    help="also time each protocol on its own (--one-protocol-at-a-time)")
-    p.add_argument(without_avx512.FLAG, action="store_true",
-                   help="emulate a CPU without AVX-512 (bench/without_avx512.py)")
-    argv = sys.argv[1:]
-    emulated = without_avx512.reexec_if_asked(argv)
-    args, extra = p.parse_known_args(argv)
+    (args, extra), emulated = without_avx512.parse(p, known=True)
     torch.set_num_threads(1)
     model, flags = cpu()
     kernel, calibration = ring_kernels.chosen()

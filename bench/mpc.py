@@ -53,11 +53,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument(without_avx512.FLAG, action="store_true",
-                   help="emulate a CPU without AVX-512 (bench/without_avx512.py)")
-    argv = sys.argv[1:]
-    emulated = without_avx512.reexec_if_asked(argv)
-    args = p.parse_args(argv)
+    args, emulated = without_avx512.parse(p)
     torch.set_num_threads(1)
     net = NET.server_part().eval()
     rng = np.random.default_rng(0)

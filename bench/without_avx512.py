@@ -25,6 +25,7 @@ forced to the one that machine's calibration picks, ``karatsuba22-float64-numpy`
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -61,6 +62,17 @@ def reexec_if_asked(argv: list[str]) -> bool:
     os.execve(sys.executable, [sys.executable, *sys.argv[:1], *argv],
               {**os.environ, **ENV})
     return True  # not reached: the restarted script, with ENV set, gets here above
+
+
+def parse(parser: argparse.ArgumentParser, known: bool = False) -> tuple[object, bool]:
+    """Add ``FLAG`` to a bench's ``parser`` (for its --help), restart the bench under ``ENV``
+    if the flag is given, then parse: (``parse_args`` or ``parse_known_args``'s result,
+    whether the run is emulated)."""
+    parser.add_argument(FLAG, action="store_true",
+                        help="emulate a CPU without AVX-512 (bench/without_avx512.py)")
+    argv = sys.argv[1:]
+    emulated = reexec_if_asked(argv)
+    return (parser.parse_known_args(argv) if known else parser.parse_args(argv)), emulated
 
 
 def banner() -> str:
