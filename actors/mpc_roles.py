@@ -137,7 +137,15 @@ class PhaseClock:
     - ``encoding``: framing, sealing and checking frames (the endpoint's encode and accept);
     - ``peer`` / ``dealer``: server 0 waiting for server 1's reply (wire both ways and server
       1's handling) or for the dealer's triples, encoding excluded.
+
+    Those are wall seconds: on a machine with fewer cores than busy roles a phase also counts
+    the time its thread waited for a core. ``<phase>_cpu`` (for ``CPU_PHASES``) is the CPU time
+    of the thread that ran it, so wall minus CPU is that wait: on two cores, three busy
+    processes (two servers and the dealer) take turns.
     """
+
+    #: Phases whose thread CPU time is kept beside their wall time (the others wait).
+    CPU_PHASES = frozenset({"busy", "compute", "deal", "encoding"})
 
     def __init__(self, role: Role) -> None:
         self.seconds: Counter = Counter()
@@ -146,16 +154,18 @@ class PhaseClock:
         endpoint.encode = self.timed("encoding", endpoint.encode)
         endpoint.accept = self.timed("encoding", endpoint.accept)
 
-    def add(self, phase: str, seconds: float) -> None:
+    def add(self, phase: str, seconds: float, cpu: float | None = None) -> None:
         self.seconds[phase] += seconds
+        if cpu is not None and phase in self.CPU_PHASES:
+            self.seconds[f"{phase}_cpu"] += cpu
 
     @contextmanager
     def clock(self, phase: str) -> Iterator[None]:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - t
+            self.add(phase, time.perf_counter() - t, time.thread_time() - c)
 
     @contextmanager
     def waiting(self, phase: str) -> Iterator[None]:
@@ -479,7 +489,7 @@ class ShareServer(Role, InversionAttacker):
         return [self.reply(SERVER0, K.OPEN, piece) for piece in pack_round(mine)]
 
     def _advance(self, opened: list[np.ndarray]) -> None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             self._current = self._proto.send(opened)
         except StopIteration as done:
@@ -489,7 +499,7 @@ class ShareServer(Role, InversionAttacker):
             self._failure = exc
             self._proto = self._current = self._on_done = None
         finally:  # this thread's only write to the clock; the main thread waits on it first
-            self.timing.add("compute", time.perf_counter() - t)
+            self.timing.add("compute", time.perf_counter() - t, time.thread_time() - c)
 
     def _join(self) -> None:
         if self._worker is not None:

@@ -124,6 +124,7 @@ def main() -> int:
             text = (", ".join(f"{k} {v:.1f}" for k, v in phases.items())
                     if isinstance(phases, dict) else f"{phases:.1f}")
             print(f"  {role}: {text}")
+        print(cpu_per_step(last))
     if args.alone:
         alone, _ = timed(args.runs, [*extra, "--one-protocol-at-a-time"],
                          "one protocol at a time")
@@ -131,6 +132,28 @@ def main() -> int:
             ratio = med(alone["secret-shared"]) / med(alone["plaintext"])
             print(f"secret-shared / plaintext, each alone: {ratio:.2f}x")
     return 0
+
+
+def cpu_per_step(mpc: dict) -> str:
+    """Each role's CPU a training step (its ``busy_cpu``, plus server 1's ``compute_cpu``,
+    which runs in a thread of its own), beside the wall time of its busy phase: the figure to
+    put next to ``bench/mpc_layers.py --net mlp``'s serial training step (the protocol's own
+    compute, all parties in one process, no wire), which shows what the lab adds. Server 1's
+    ``compute_cpu`` also counts each program's first round, which runs inside its busy phase
+    (a subtraction or two: well under a millisecond a step)."""
+    steps = mpc.get("per_training_step", {}).get("steps") or 0
+    if not steps:
+        return "  (no training steps on shares)"
+    parts, total = [], 0.0
+    for role, phases in mpc.get("seconds", {}).items():
+        if not isinstance(phases, dict) or "busy_cpu" not in phases:
+            continue
+        cpu = phases["busy_cpu"] + (phases.get("compute_cpu", 0.0) if role == "server:1" else 0)
+        total += cpu
+        parts.append(f"{role} {1e3 * cpu / steps:.1f} ms CPU ({1e3 * phases['busy'] / steps:.1f}"
+                     " ms wall busy)")
+    return (f"  a training step ({steps} of them, inference included): " + ", ".join(parts)
+            + f"; {1e3 * total / steps:.1f} ms CPU in all")
 
 
 def timed(runs: int, extra: list[str], what: str) -> tuple[dict[str, list[float]], dict]:

@@ -1,7 +1,7 @@
 """The CNN server part on shares (protocol.shared) against plaintext float32, in one run.
 
     python bench/mpc_layers.py [--net cnn|mlp] [--batch 64] [--repeats 5] [--clock cpu|wall]
-                               [--before]
+                               [--before] [--without-avx512]
 
 The server part is the contract's ``cnn`` after pool1, on an (B, 8, 12, 12) cut: conv2 5x5
 8->16, ReLU, MaxPool 2, Flatten, Linear 256->120, ReLU, Linear 120->84, ReLU, Linear 84->10.
@@ -42,6 +42,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 import torch.nn.functional as F
+import without_avx512  # bench/ is the script's directory
 from torch import nn
 
 from protocol import beaver, mpc, ring, ring_conv
@@ -244,7 +245,7 @@ def main() -> int:
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--before", action="store_true",
                    help="also the shared-weight rows on im2col matrix triples (as before)")
-    args = p.parse_args()
+    args, emulated = without_avx512.parse(p)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(1)
@@ -264,6 +265,8 @@ def main() -> int:
           f"{torch.__version__}, one thread, {time.strftime('%Y-%m-%d')}; {args.net} server part, "
           f"batch {args.batch}, "
           f"medians of {args.repeats}; {args.clock} time; ring kernel {ring.kernel_name()}")
+    if emulated:
+        print(without_avx512.banner())
     print(f"plaintext float32: inference {1e3 * t_infer:.2f} ms, training step "
           f"{1e3 * t_train:.2f} ms")
     print("| mode | online, side by side | online, summed | +triples, side by side "

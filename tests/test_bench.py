@@ -39,6 +39,20 @@ def test_mpc_bench_prints_the_kernel_and_both_modes():
         assert float(row.rstrip(" |").split("|")[-1]) < 1e-2
 
 
+def test_e2e_adds_each_roles_cpu_per_training_step():
+    mpc = {"per_training_step": {"steps": 100},
+           "seconds": {"server:0": {"busy": 8.0, "busy_cpu": 5.0, "compute_cpu": 4.0},
+                       # server 1 computes in a thread of its own: its CPU is added
+                       "server:1": {"busy": 3.0, "busy_cpu": 2.0, "compute_cpu": 4.0},
+                       "dealer": {"busy": 4.0, "busy_cpu": 3.0, "deal_cpu": 2.5},
+                       "transport_estimate": 1.0}}
+    line = e2e.cpu_per_step(mpc)
+    assert "server:0 50.0 ms CPU (80.0 ms wall busy)" in line
+    assert "server:1 60.0 ms CPU (30.0 ms wall busy)" in line
+    assert "dealer 30.0 ms CPU" in line and line.endswith("140.0 ms CPU in all")
+    assert "no training steps" in e2e.cpu_per_step({"per_training_step": {"steps": 0}})
+
+
 def test_e2e_accounts_the_machines_cpu_time_steal_included(tmp_path, monkeypatch):
     psutil = pytest.importorskip("psutil")
     if not hasattr(psutil.cpu_times(), "steal"):

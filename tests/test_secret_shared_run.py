@@ -88,6 +88,13 @@ def test_time_is_accounted_per_phase(shared_runs):
     assert s0["peer"] > 0 and s0["dealer"] >= 0 and "compute_waited" in s1
     assert s0["busy"] >= s0["compute"] + s0["peer"]  # server 0 computes and waits inside frames
     assert 0 < dealer["deal"] <= dealer["busy"]
+    # CPU beside wall: a thread's CPU time cannot exceed the wall time it ran (1 ms rounding);
+    # positive, as every one of these phases computed or sealed something
+    for phases, names in ((s0, ("busy", "compute", "encoding")),
+                          (s1, ("busy", "compute", "encoding")), (dealer, ("busy", "deal"))):
+        for name in names:
+            assert 0 < phases[f"{name}_cpu"] <= phases[name] + 2e-3, (name, phases)
+    assert "peer_cpu" not in s0 and "compute_waited_cpu" not in s1  # waits have no CPU kept
     assert 0 <= seconds["transport_estimate"] <= s0["peer"]
     # the run's training and inference cannot take less than server 0's time on them
     assert shared["server"].seconds >= s0["busy"]
