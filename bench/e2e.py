@@ -1,15 +1,16 @@
 """The README's main command end to end, per protocol, and the machine it ran on.
 
-    python bench/e2e.py [--runs 1] [--alone] [SIMULATE FLAG ...]
+    python bench/e2e.py [--runs 1] [--alone] [--without-avx512] [SIMULATE FLAG ...]
 
 Runs ``python -m actors.simulate --quiet`` (Ray start included, every protocol, default flags
 plus any given) ``--runs`` times and prints the whole command's wall time, each protocol's
-``seconds`` from ``results.json``, the secret-shared run's seconds per phase and the ring
-kernel its servers used; first, the machine: CPU model and the vector extensions that decide
-which kernel wins (AVX2, AVX-512, NEON), the torch and numpy builds and their BLAS. By default
-the secret-shared protocol runs beside the others (``actors.api.protocol_lanes``), so their
-seconds overlap; ``--alone`` runs the command once more with ``--one-protocol-at-a-time`` and
-prints each protocol's seconds on its own and secret sharing's ratio to plaintext.
+``seconds`` from ``results.json``, the secret-shared run's seconds per phase (wall and CPU),
+each of its roles' CPU a training step, and the ring kernel its servers used; first, the
+machine: CPU model and the vector extensions that decide which kernel wins (AVX2, AVX-512,
+NEON), the torch and numpy builds and their BLAS. By default the secret-shared protocol runs
+beside the others (``actors.api.protocol_lanes``), so their seconds overlap; ``--alone`` runs
+the command once more with ``--one-protocol-at-a-time`` and prints each protocol's seconds on
+its own and secret sharing's ratio to plaintext.
 
 Each run also says how the machine's CPU time went while it ran (psutil's machine-wide
 times, all processes; Linux counts the steal): busy, idle, and stolen by the hypervisor. A
