@@ -154,18 +154,15 @@ class PhaseClock:
         endpoint.encode = self.timed("encoding", endpoint.encode)
         endpoint.accept = self.timed("encoding", endpoint.accept)
 
-    def add(self, phase: str, seconds: float, cpu: float | None = None) -> None:
-        self.seconds[phase] += seconds
-        if cpu is not None and phase in self.CPU_PHASES:
-            self.seconds[f"{phase}_cpu"] += cpu
-
     @contextmanager
     def clock(self, phase: str) -> Iterator[None]:
         t, c = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self.add(phase, time.perf_counter() - t, time.thread_time() - c)
+            self.seconds[phase] += time.perf_counter() - t
+            if phase in self.CPU_PHASES:
+                self.seconds[f"{phase}_cpu"] += time.thread_time() - c
 
     @contextmanager
     def waiting(self, phase: str) -> Iterator[None]:
@@ -489,17 +486,16 @@ class ShareServer(Role, InversionAttacker):
         return [self.reply(SERVER0, K.OPEN, piece) for piece in pack_round(mine)]
 
     def _advance(self, opened: list[np.ndarray]) -> None:
-        t, c = time.perf_counter(), time.thread_time()
-        try:
-            self._current = self._proto.send(opened)
-        except StopIteration as done:
-            self._on_done(done.value)
-            self._proto = self._current = self._on_done = None
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the next _join
-            self._failure = exc
-            self._proto = self._current = self._on_done = None
-        finally:  # this thread's only write to the clock; the main thread waits on it first
-            self.timing.add("compute", time.perf_counter() - t, time.thread_time() - c)
+        # This thread's only write to the clock; the main thread waits on it first (_join).
+        with self.timing.clock("compute"):
+            try:
+                self._current = self._proto.send(opened)
+            except StopIteration as done:
+                self._on_done(done.value)
+                self._proto = self._current = self._on_done = None
+            except BaseException as exc:  # noqa: BLE001 - surfaced by the next _join
+                self._failure = exc
+                self._proto = self._current = self._on_done = None
 
     def _join(self) -> None:
         if self._worker is not None:
